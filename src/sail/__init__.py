@@ -1,0 +1,5 @@
+"""sail: a proxyless service mesh for Python."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

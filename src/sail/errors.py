@@ -1,0 +1,86 @@
+"""The one exception tree of sail.
+
+```
+SailError
+├── BootstrapError(SailError, ValueError)        bad or missing bootstrap: names file and field
+├── ConfigError(SailError, ValueError)           a config resource that cannot be used
+│   └── ResourceError(ConfigError)               one xDS resource failed validation (NACKed)
+├── XdsError(SailError, ConnectionError)         the control plane cannot be reached
+└── RequestError(SailError)                      a mesh request could not be sent
+    ├── UnknownService(RequestError)             no listener for that host
+    ├── NoRoute(RequestError)                    no virtual host / route matched
+    └── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
+```
+
+On the HTTP path these errors reach callers as `httpx` exceptions so that an existing
+`except httpx.HTTPError` keeps working: `sail.http` maps `NoHealthyUpstream` to
+`sail.http.NoHealthyUpstreamError`, which subclasses both `httpx.ConnectError` and
+`NoHealthyUpstream` (see `sail.http.errors`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BootstrapError",
+    "ConfigError",
+    "NoHealthyUpstream",
+    "NoRoute",
+    "RequestError",
+    "ResourceError",
+    "SailError",
+    "UnknownService",
+    "XdsError",
+]
+
+
+class SailError(Exception):
+    """Base class of every error sail raises."""
+
+
+class BootstrapError(SailError, ValueError):
+    """The bootstrap could not be found, parsed or validated.
+
+    The message names where the bootstrap came from (a path or an environment variable)
+    and the offending field, e.g. ``xds_servers[0].server_uri``.
+    """
+
+
+class ConfigError(SailError, ValueError):
+    """A piece of mesh configuration cannot be used."""
+
+
+class ResourceError(ConfigError):
+    """One xDS resource failed validation.
+
+    **Parameters**
+
+    * `type_name` - the short resource type (``Listener``, ``Cluster``...).
+    * `name` - the resource name, or ``""`` when it could not be read.
+    * `reason` - what was wrong, naming the field.
+    """
+
+    def __init__(self, type_name: str, name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{type_name} {name!r}: {reason}")
+
+
+class XdsError(SailError, ConnectionError):
+    """The xDS control plane could not be reached or answered badly."""
+
+
+class RequestError(SailError):
+    """A request through the mesh could not be sent."""
+
+
+class UnknownService(RequestError):
+    """No listener exists for the requested service."""
+
+
+class NoRoute(RequestError):
+    """The service's route configuration has no route for the request."""
+
+
+class NoHealthyUpstream(RequestError):
+    """The cluster chosen by the route has no endpoint that can take the request."""

@@ -1,0 +1,80 @@
+"""The config model: frozen attrs classes that xDS decodes into and the data plane reads.
+
+Nothing here knows protobuf; `sail.xds` converts in both directions.
+"""
+
+from __future__ import annotations
+
+from sail.model.cluster import Cluster, DiscoveryType, LbPolicy
+from sail.model.endpoint import (
+    ClusterLoadAssignment,
+    Endpoint,
+    HealthStatus,
+    Locality,
+    LocalityEndpoints,
+)
+from sail.model.listener import HttpConnectionManager, HttpFilter, Listener
+from sail.model.matchers import (
+    FractionalPercent,
+    HeaderMatcher,
+    Int64Range,
+    QueryParameterMatcher,
+    StringMatcher,
+    StringMatchKind,
+)
+from sail.model.policy import (
+    CircuitBreakers,
+    HashPolicy,
+    OutlierDetection,
+    RetryPolicy,
+    Thresholds,
+)
+from sail.model.route import (
+    ClusterWeight,
+    DirectResponse,
+    PathMatch,
+    PathMatchKind,
+    RegexRewrite,
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    VirtualHost,
+)
+from sail.model.snapshot import MeshSnapshot
+
+__all__ = [
+    "CircuitBreakers",
+    "Cluster",
+    "ClusterLoadAssignment",
+    "ClusterWeight",
+    "DirectResponse",
+    "DiscoveryType",
+    "Endpoint",
+    "FractionalPercent",
+    "HashPolicy",
+    "HeaderMatcher",
+    "HealthStatus",
+    "HttpConnectionManager",
+    "HttpFilter",
+    "Int64Range",
+    "LbPolicy",
+    "Listener",
+    "Locality",
+    "LocalityEndpoints",
+    "MeshSnapshot",
+    "OutlierDetection",
+    "PathMatch",
+    "PathMatchKind",
+    "QueryParameterMatcher",
+    "RegexRewrite",
+    "RetryPolicy",
+    "Route",
+    "RouteAction",
+    "RouteConfig",
+    "RouteMatch",
+    "StringMatchKind",
+    "StringMatcher",
+    "Thresholds",
+    "VirtualHost",
+]
