@@ -7,10 +7,12 @@ new picker and swap it whole; the request path only ever calls `pick()`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from sail.model import Endpoint, LbPolicy
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sail.model import Endpoint, LbPolicy
 
 __all__ = ["Picker", "PolicyFactory"]
 

@@ -3,7 +3,10 @@ selects it, and a name with no registered policy is rejected when the config is 
 
 from __future__ import annotations
 
-from sail.balancing.base import PolicyFactory
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sail.balancing.base import PolicyFactory
 
 __all__ = ["get", "names", "register"]
 

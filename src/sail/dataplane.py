@@ -1,0 +1,139 @@
+"""What the request path reads: routers and pickers built once per config change.
+
+`build_state` turns a `MeshSnapshot` into a `DataplaneState`, reusing the router of every
+route config and the picker of every cluster that did not change, so an EDS update to one
+cluster rebuilds one picker. The state is frozen and swapped whole; a request reads
+`Dataplane.state` once and works on that object to the end, with no lock.
+
+The call stack for one request, in order (Finagle's stack, flattened):
+
+1. *service* - the listener named by the request's authority;
+2. *route* - virtual host by Host, then the first matching route (`sail.routing`);
+3. *cluster* - the route's cluster (weighted pick already done by the router);
+4. *balance* - the cluster's picker chooses an endpoint (`sail.balancing`).
+
+Retries, circuit breaking and outlier detection wrap steps 3-4 in the resilience work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from sail.balancing import Picker, UnavailablePicker, build_picker
+from sail.errors import NoHealthyUpstream, UnknownService
+from sail.model import Cluster, ClusterLoadAssignment, Endpoint, MeshSnapshot, RouteConfig
+from sail.routing import Headers, Router, RouteResult
+
+__all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state"]
+
+
+@attrs.frozen
+class ClusterRuntime:
+    cluster: Cluster
+    assignment: ClusterLoadAssignment | None
+    picker: Picker
+
+
+@attrs.frozen
+class ServiceRuntime:
+    name: str
+    config: RouteConfig
+    router: Router
+
+
+@attrs.frozen
+class DataplaneState:
+    snapshot: MeshSnapshot
+    services: Mapping[str, ServiceRuntime]
+    clusters: Mapping[str, ClusterRuntime]
+    authorities: frozenset[str]
+
+
+@attrs.frozen
+class Target:
+    """Where one request goes: the route's decision and the picked endpoint."""
+
+    service: str
+    route: RouteResult
+    endpoint: Endpoint | None
+
+
+def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
+    old_services = previous.services if previous else {}
+    old_clusters = previous.clusters if previous else {}
+    services: dict[str, ServiceRuntime] = {}
+    for name, config in snapshot.routes.items():
+        old = old_services.get(name)
+        if old is not None and old.config == config:
+            services[name] = old
+        else:
+            services[name] = ServiceRuntime(name, config, Router.build(config))
+    clusters: dict[str, ClusterRuntime] = {}
+    for name, cluster in snapshot.clusters.items():
+        assignment = snapshot.endpoints.get(name)
+        prior = old_clusters.get(name)
+        if prior is not None and prior.cluster == cluster and prior.assignment == assignment:
+            clusters[name] = prior
+            continue
+        picker: Picker
+        if assignment is None:
+            picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
+        else:
+            picker = build_picker(cluster, assignment)
+        clusters[name] = ClusterRuntime(cluster, assignment, picker)
+    authorities = frozenset(
+        e.authority for cla in snapshot.endpoints.values() for e in cla.endpoints
+    )
+    return DataplaneState(snapshot, services, clusters, authorities)
+
+
+class Dataplane:
+    """Holds the current `DataplaneState`; `update` swaps it, `resolve` reads it."""
+
+    def __init__(self) -> None:
+        self.state = build_state(MeshSnapshot())
+
+    def update(self, snapshot: MeshSnapshot) -> DataplaneState:
+        self.state = build_state(snapshot, self.state)
+        return self.state
+
+    def resolve(
+        self,
+        service: str,
+        authority: str,
+        path: str,
+        headers: Headers,
+        method: str = "GET",
+        state: DataplaneState | None = None,
+    ) -> Target:
+        """Route and balance one request. Raises `UnknownService`, `NoRoute` or
+        `NoHealthyUpstream`, each naming the service and route."""
+        state = state or self.state
+        runtime = state.services.get(service)
+        if runtime is None:
+            raise UnknownService(f"service {service!r}: no listener for it in the mesh config")
+        result = runtime.router.route(authority, path, headers, method=method)
+        if result.cluster is None:
+            return Target(service, result, None)
+        cluster = state.clusters.get(result.cluster)
+        if cluster is None:
+            raise NoHealthyUpstream(
+                f"service {service!r} route {_route_name(result)}: cluster "
+                f"{result.cluster!r} is not in the mesh config"
+            )
+        try:
+            endpoint = cluster.picker.pick()
+        except NoHealthyUpstream as exc:
+            raise NoHealthyUpstream(
+                f"service {service!r} route {_route_name(result)}: {exc}"
+            ) from None
+        return Target(service, result, endpoint)
+
+
+def _route_name(result: RouteResult) -> str:
+    return repr(result.route.name) if result.route.name else (
+        f"#{result.virtual_host.routes.index(result.route)} of virtual host "
+        f"{result.virtual_host.name!r}"
+    )

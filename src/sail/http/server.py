@@ -1,0 +1,204 @@
+"""Server side for HTTP: ASGI and WSGI apps as mesh workloads.
+
+`Mesh.service(...)` wraps the app. Each request then runs with a `RequestContext` in a
+context variable (`sail.current_request()`), and ASGI apps also find it in
+`scope["extensions"]["sail"]`. `@sail.operation("GetReview")` on a handler names the
+operation in that context (metrics and policies will key on it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from sail.model import HealthStatus
+from sail.registration import Registrar, Workload
+
+__all__ = ["RequestContext", "current_request", "operation", "wrap_app"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@attrs.define
+class RequestContext:
+    """What the mesh knows of the request being served.
+
+    **Parameters**
+
+    * `service` - the workload's service name.
+    * `workload` - the workload serving it.
+    * `method`, `path` - of the request.
+    * `headers` - the request headers, lower-cased names.
+    * `operation` - set by `@sail.operation` when the handler runs (`None` before).
+    """
+
+    service: str
+    workload: Workload
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    operation: str | None = None
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "sail_request", default=None
+)
+
+
+def current_request() -> RequestContext | None:
+    """The `RequestContext` of the request this code serves, or `None` outside one."""
+    return _current.get()
+
+
+def operation(name: str) -> Callable[[F], F]:
+    """Name the operation a handler implements, e.g. `@sail.operation("GetReview")`."""
+
+    def decorate(handler: F) -> F:
+        if inspect.iscoroutinefunction(handler):
+
+            @functools.wraps(handler)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                ctx = _current.get()
+                if ctx is not None:
+                    ctx.operation = name
+                return await handler(*args, **kwargs)
+
+            async_wrapper.__sail_operation__ = name  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(handler)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = _current.get()
+            if ctx is not None:
+                ctx.operation = name
+            return handler(*args, **kwargs)
+
+        wrapper.__sail_operation__ = name  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _is_asgi(app: Any) -> bool:
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call)
+
+
+def wrap_app(app: Any, workload: Workload, registrar: Registrar) -> Any:
+    """Wrap an ASGI or WSGI app (told apart by whether it is a coroutine function)."""
+    if _is_asgi(app):
+        return AsgiService(app, workload, registrar)
+    registrar.register(workload)
+    return WsgiService(app, workload, registrar)
+
+
+class AsgiService:
+    """An ASGI app as a mesh workload: registers on lifespan startup, drains (DRAINING)
+    and deregisters on shutdown, and sets the request context."""
+
+    def __init__(self, app: Any, workload: Workload, registrar: Registrar) -> None:
+        self.app = app
+        self.workload = workload
+        self._registrar = registrar
+        self._registered = False
+        functools.update_wrapper(self, app, updated=())
+
+    def _register(self) -> None:
+        if not self._registered:
+            self._registrar.register(self.workload)
+            self._registered = True
+
+    def _deregister(self) -> None:
+        if self._registered:
+            self._registrar.set_health(self.workload, HealthStatus.DRAINING)
+            self._registrar.deregister(self.workload)
+            self._registered = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        self._register()  # servers that skip lifespan register on the first request
+        ctx = RequestContext(
+            service=self.workload.service,
+            workload=self.workload,
+            method=scope.get("method", "GET"),
+            path=scope.get("path", "/"),
+            headers=_asgi_headers(scope.get("headers", ())),
+        )
+        scope.setdefault("extensions", {})
+        scope["extensions"] = {**(scope["extensions"] or {}), "sail": ctx}
+        token = _current.set(ctx)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current.reset(token)
+
+    async def _lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def wrapped_receive() -> Any:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._register()
+            elif message["type"] == "lifespan.shutdown":
+                self._deregister()
+            return message
+
+        try:
+            await self.app(scope, wrapped_receive, send)
+        except Exception:
+            # An app without lifespan support: answer the protocol ourselves.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self._register()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self._deregister()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+
+def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+
+
+class WsgiService:
+    """A WSGI app as a mesh workload (registered when wrapped; `close()` deregisters)."""
+
+    def __init__(self, app: Any, workload: Workload, registrar: Registrar) -> None:
+        self.app = app
+        self.workload = workload
+        self._registrar = registrar
+        functools.update_wrapper(self, app, updated=())
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        ctx = RequestContext(
+            service=self.workload.service,
+            workload=self.workload,
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=environ.get("PATH_INFO", "/"),
+            headers={
+                k[5:].replace("_", "-").lower(): v
+                for k, v in environ.items()
+                if k.startswith("HTTP_")
+            },
+        )
+        environ["sail.request"] = ctx
+        token = _current.set(ctx)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            _current.reset(token)
+
+    def close(self) -> None:
+        self._registrar.set_health(self.workload, HealthStatus.DRAINING)
+        self._registrar.deregister(self.workload)

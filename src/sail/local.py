@@ -1,0 +1,143 @@
+"""Local mode: mesh config from a YAML or JSON file in Envoy's JSON form, no registry.
+
+The file holds Listener, RouteConfiguration, Cluster and ClusterLoadAssignment resources,
+either as a list (or `{"resources": [...]}`) of objects with an `"@type"`, or as an Envoy
+static bootstrap (`static_resources: {listeners, clusters}`). Resources go through the same
+decoders as xDS, so a file is validated exactly as a server's response would be.
+
+The file is polled for changes (once a second by default). A reload with errors keeps the
+last good version of each bad resource and uses the good ones, like a partial NACK, and
+the errors are logged naming the file and the resource.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sail.errors import ConfigError, ResourceError
+from sail.xds.codec.envoy_json import load_resources
+from sail.xds.codec.types import RESOURCE_TYPES, resource_name
+from sail.xds.codec.extensions import type_url_of
+
+__all__ = ["LocalConfig", "load_file"]
+
+log = logging.getLogger("sail.local")
+
+
+def load_file(
+    path: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+    """Read and decode `path`: `(resources by type URL and name, errors by (type URL, name))`.
+
+    Raises `ConfigError` naming the file when it cannot be read or parsed at all.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{exc}") from None
+    if data is None:
+        data = []
+    try:
+        messages = load_resources(data)
+    except ResourceError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    resources: dict[str, dict[str, Any]] = {t: {} for t in RESOURCE_TYPES}
+    errors: dict[tuple[str, str], str] = {}
+    for message in messages:
+        type_url = type_url_of(message)
+        rtype = RESOURCE_TYPES[type_url]
+        name = resource_name(message)
+        try:
+            resources[type_url][name] = rtype.decode(message)
+        except ResourceError as exc:
+            errors[(type_url, name)] = f"{path}: {exc}"
+    return resources, errors
+
+
+class LocalConfig:
+    """Loads a file into a consumer and keeps it current.
+
+    **Parameters**
+
+    * `path` - the YAML (`.yaml`, `.yml`) or JSON (`.json`) file.
+    * `apply` - receives the full resource set after each successful (re)load.
+    * `poll_interval` - seconds between checks of the file; `0` disables watching.
+
+    The first load raises `ConfigError` on any error, since there is no last good
+    config to fall back to.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        apply: Callable[[Mapping[str, Mapping[str, Any]]], None],
+        *,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self._apply = apply
+        self._poll = poll_interval
+        self._stop = threading.Event()
+        self._current: dict[str, dict[str, Any]] = {}
+        self.errors: dict[tuple[str, str], str] = {}
+        resources, errors = load_file(self.path)
+        if errors:
+            raise ConfigError("; ".join(errors.values()))
+        self._stamp = self._stat()
+        self._current = resources
+        apply(resources)
+        self._thread: threading.Thread | None = None
+        if poll_interval > 0:
+            self._thread = threading.Thread(target=self._watch, name="sail-local", daemon=True)
+            self._thread.start()
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                stamp = self._stat()
+                if stamp is not None and stamp != self._stamp:
+                    self._stamp = stamp
+                    self.reload()
+            except Exception:  # the watcher must never die silently
+                log.exception("sail local: reloading %s failed; keeping the last config",
+                              self.path)
+
+    def reload(self) -> None:
+        """Re-read the file now. Bad resources keep their last good version."""
+        try:
+            resources, errors = load_file(self.path)
+        except ConfigError as exc:
+            self.errors = {("", ""): str(exc)}
+            log.error("sail local: %s; keeping the last good config", exc)
+            return
+        for (type_url, name), message in errors.items():
+            log.error("sail local: %s; keeping its last good version", message)
+            last_good = self._current.get(type_url, {})
+            if name in last_good:
+                resources[type_url][name] = last_good[name]
+        self.errors = errors
+        self._current = resources
+        self._apply(resources)
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,309 @@
+"""`Mesh`: the object a service holds. It owns the config source, the data plane state, and
+makes clients and server decorators.
+
+Which hosts belong to the mesh (the rule `mesh.client()` follows, in order):
+
+1. a host whose listener the mesh already has is a mesh host;
+2. in local mode, nothing else is;
+3. IP literals, `localhost`, and names with a dot that do not end in one of the
+   `mesh_domains` are outside hosts: they go to the ordinary transport at once, with no
+   lookup at all (so outside calls never wait on discovery);
+4. any other name (a single label such as `reviews`, or a name under a mesh domain) is
+   asked of the control plane once, as a Listener named `host` or `host:port`. The first
+   request waits until the answer is in (one round trip with sail's registry; at most
+   the 15 s does-not-exist timer with a server that stays silent); the answer is cached,
+   and later requests do not wait.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import anyio.to_thread
+import httpx
+
+from sail.bootstrap import Bootstrap, load_bootstrap
+from sail.dataplane import Dataplane
+from sail.model import MeshSnapshot
+from sail.registration import InProcessRegistrar, Registrar
+from sail.xds.resolver import ConfigResolver
+
+__all__ = ["Mesh"]
+
+log = logging.getLogger("sail")
+
+_POOL_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "trust_env")
+_OUTSIDE_CACHE_LIMIT = 4096
+T = TypeVar("T")
+
+
+class _Source(Protocol):
+    resolver: ConfigResolver
+
+    def request(self, name: str) -> threading.Event | None: ...
+
+    def close(self) -> None: ...
+
+
+class _Retiring(Protocol):
+    def retire(self, live: frozenset[str]) -> None: ...
+
+
+class _XdsSource:
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        publish: Callable[[MeshSnapshot], None],
+        client_options: Mapping[str, Any],
+    ) -> None:
+        from sail.xds.client import AdsClient
+
+        self.bootstrap = bootstrap
+        self.resolver = ConfigResolver(publish, subscribe=self._subscribe)
+        self.client = AdsClient(bootstrap, self.resolver, **client_options)
+        self.client.start()
+
+    def _subscribe(self, type_url: str, names: frozenset[str]) -> None:
+        self.client.set_names(type_url, names)
+
+    def request(self, name: str) -> threading.Event:
+        event = self.resolver.settled_event(name)
+        if not event.is_set():
+            self.client.call_soon(lambda: self.resolver.add_interest([name]))
+        return event
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _LocalSource:
+    def __init__(
+        self, path: str | os.PathLike[str], publish: Callable[[MeshSnapshot], None],
+        poll_interval: float,
+    ) -> None:
+        from sail.local import LocalConfig
+
+        self.resolver = ConfigResolver(publish)
+        self.config = LocalConfig(path, self.resolver.replace_all, poll_interval=poll_interval)
+
+    def request(self, name: str) -> None:
+        return None
+
+    def close(self) -> None:
+        self.config.close()
+
+
+class Mesh:
+    """A service's view of the mesh. Make one per process with `Mesh.from_bootstrap()` or
+    `Mesh.local(path)`, and close it (or use it as a context manager) at shutdown.
+
+    **Parameters** (of both constructors)
+
+    * `mesh_domains` - DNS suffixes whose names are asked of the control plane, e.g.
+      `("svc.cluster.local",)`; single-label names always are.
+    * `discovery_timeout` - the longest a first request to an unknown name waits for the
+      control plane, in seconds (default 15, the does-not-exist timer).
+    * `registrar` - where `@mesh.service` registers workloads (default: in-process).
+    """
+
+    def __init__(
+        self,
+        source: Callable[[Callable[[MeshSnapshot], None]], _Source],
+        *,
+        mesh_domains: Iterable[str] = (),
+        discovery_timeout: float = 15.0,
+        registrar: Registrar | None = None,
+    ) -> None:
+        self._dataplane = Dataplane()
+        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._outside: dict[str, bool] = {}
+        self._domains = tuple("." + d.strip(".").lower() for d in mesh_domains)
+        self._timeout = discovery_timeout
+        self.registrar: Registrar = registrar or InProcessRegistrar()
+        self._source = source(self._publish)
+        self._dynamic = not isinstance(self._source, _LocalSource)
+
+    @classmethod
+    def from_bootstrap(
+        cls,
+        bootstrap: Bootstrap | str | os.PathLike[str] | None = None,
+        *,
+        services: Iterable[str] = (),
+        mesh_domains: Iterable[str] = (),
+        discovery_timeout: float = 15.0,
+        registrar: Registrar | None = None,
+        **client_options: Any,
+    ) -> Mesh:
+        """A mesh fed by xDS from the bootstrap's servers.
+
+        `bootstrap` is a parsed `Bootstrap`, a path, or `None` to find one through
+        `SAIL_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP` or `GRPC_XDS_BOOTSTRAP_CONFIG`. `services`
+        are subscribed at once, so their first requests do not wait. Extra keyword
+        arguments go to `sail.xds.client.AdsClient` (e.g. `does_not_exist_timeout`).
+        """
+        boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
+        mesh = cls(
+            lambda publish: _XdsSource(boot, publish, client_options),
+            mesh_domains=mesh_domains,
+            discovery_timeout=discovery_timeout,
+            registrar=registrar,
+        )
+        for name in services:
+            mesh._source.request(name)
+        return mesh
+
+    @classmethod
+    def local(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval: float = 1.0,
+        registrar: Registrar | None = None,
+    ) -> Mesh:
+        """A mesh whose config is a local YAML/JSON file of Envoy resources (see
+        `sail.local`), reloaded when the file changes. No control plane is needed."""
+        return cls(
+            lambda publish: _LocalSource(path, publish, poll_interval), registrar=registrar
+        )
+
+    # -- config -----------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> MeshSnapshot:
+        """The config the data plane runs on now."""
+        return self._dataplane.state.snapshot
+
+    def _publish(self, snapshot: MeshSnapshot) -> None:
+        try:
+            state = self._dataplane.update(snapshot)
+        except Exception:
+            log.exception("sail: could not build config version %d; keeping the last one",
+                          snapshot.version)
+            return
+        for transport in list(self._transports):
+            try:
+                transport.retire(state.authorities)
+            except Exception:
+                log.exception("sail: closing connections to departed endpoints failed")
+
+    def _track(self, transport: _Retiring) -> None:
+        self._transports.add(transport)
+
+    # -- which hosts are the mesh's ---------------------------------------------------------
+
+    def _classify(self, host: str, name: str) -> bool | threading.Event:
+        """True/False when known; an event to wait on when the control plane is asked."""
+        if name in self._dataplane.state.services:
+            return True
+        cached = self._outside.get(name)
+        if cached is not None:
+            return cached
+        if not self._dynamic or not self._is_candidate(host):
+            if len(self._outside) >= _OUTSIDE_CACHE_LIMIT:
+                self._outside.clear()
+            self._outside[name] = False
+            return False
+        event = self._source.request(name)
+        if event is None or event.is_set():
+            return name in self._dataplane.state.snapshot.listeners
+        return event
+
+    def _is_candidate(self, host: str) -> bool:
+        host = host.lower()
+        if host == "localhost":
+            return False
+        try:
+            ipaddress.ip_address(host)
+            return False
+        except ValueError:
+            pass
+        if "." not in host:
+            return True
+        return bool(self._domains) and host.endswith(self._domains)
+
+    def is_mesh_host(self, host: str, name: str) -> bool:
+        """Whether requests to `name` (`host` or `host:port`) go through the mesh; may wait
+        for the control plane the first time a candidate name is seen."""
+        verdict = self._classify(host, name)
+        if isinstance(verdict, bool):
+            return verdict
+        verdict.wait(self._timeout)
+        return name in self._dataplane.state.snapshot.listeners
+
+    async def ais_mesh_host(self, host: str, name: str) -> bool:
+        """`is_mesh_host` for async code: waits without blocking the event loop."""
+        verdict = self._classify(host, name)
+        if isinstance(verdict, bool):
+            return verdict
+        await anyio.to_thread.run_sync(verdict.wait, self._timeout)
+        return name in self._dataplane.state.snapshot.listeners
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An `httpx.Client` whose requests to mesh hosts go through sail.
+
+        Every `httpx.Client` argument is accepted; `verify`, `cert`, `http1`, `http2`,
+        `limits` and `trust_env` configure both the mesh's per-endpoint pools and the
+        transport for other hosts (or pass your own `transport` for those)."""
+        from sail.http.transport import MeshTransport
+
+        pool_options = {k: kwargs.pop(k) for k in _POOL_OPTIONS if k in kwargs}
+        passthrough = kwargs.pop("transport", None) or httpx.HTTPTransport(**pool_options)
+        return httpx.Client(transport=MeshTransport(self, passthrough, pool_options), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """The `httpx.AsyncClient` twin of `client()`."""
+        from sail.http.transport import AsyncMeshTransport
+
+        pool_options = {k: kwargs.pop(k) for k in _POOL_OPTIONS if k in kwargs}
+        passthrough = kwargs.pop("transport", None) or httpx.AsyncHTTPTransport(**pool_options)
+        return httpx.AsyncClient(
+            transport=AsyncMeshTransport(self, passthrough, pool_options), **kwargs
+        )
+
+    # -- servers ----------------------------------------------------------------------------
+
+    def service(
+        self,
+        name: str,
+        *,
+        port: int,
+        labels: Mapping[str, str] | None = None,
+        address: str = "127.0.0.1",
+        weight: int = 1,
+    ) -> Callable[[T], T]:
+        """Make an ASGI or WSGI app a mesh workload of service `name`.
+
+        The workload is registered when the app starts (ASGI lifespan startup, or at once
+        for WSGI) and deregistered when it stops; each request carries a
+        `sail.RequestContext` (see `sail.current_request()`)."""
+        from sail.http.server import wrap_app
+        from sail.registration import Workload
+
+        workload = Workload(
+            service=name, address=address, port=port, labels=dict(labels or {}), weight=weight
+        )
+
+        def decorate(app: T) -> T:
+            return wrap_app(app, workload, self.registrar)  # type: ignore[no-any-return]
+
+        return decorate
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the config source. Clients made by this mesh should be closed first."""
+        self._source.close()
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""Workloads and where they are registered.
+
+A `Registrar` records that a workload of a service is up (with its address, labels and
+weight), changes its health (DRAINING on graceful shutdown), and removes it. The
+in-process registrar here keeps them in memory and tells subscribers, which is what
+`sail.testing` builds endpoints from; the registry work adds a remote registrar with leases.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import attrs
+
+from sail.model import HealthStatus, Locality
+
+__all__ = ["InProcessRegistrar", "Registrar", "Workload"]
+
+
+@attrs.frozen
+class Workload:
+    """One instance of a service.
+
+    **Parameters**
+
+    * `service` - the service name (`reviews`).
+    * `address`, `port` - where it listens.
+    * `labels` - e.g. `{"version": "v2"}`; subsets select workloads by labels.
+    * `locality` - where it runs; `weight` - its load-balancing weight (≥ 1).
+    """
+
+    service: str
+    address: str
+    port: int
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    locality: Locality = Locality()
+    weight: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}/{self.address}:{self.port}"
+
+
+class Registrar(Protocol):
+    def register(self, workload: Workload) -> None: ...
+
+    def set_health(self, workload: Workload, health: HealthStatus) -> None: ...
+
+    def deregister(self, workload: Workload) -> None: ...
+
+
+class InProcessRegistrar:
+    """Keeps workloads in memory; `subscribe` gets the full set after every change."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workloads: dict[str, tuple[Workload, HealthStatus]] = {}
+        self._subscribers: list[Callable[[Mapping[str, tuple[Workload, HealthStatus]]], None]] = []
+
+    @property
+    def workloads(self) -> Mapping[str, tuple[Workload, HealthStatus]]:
+        with self._lock:
+            return dict(self._workloads)
+
+    def subscribe(
+        self, callback: Callable[[Mapping[str, tuple[Workload, HealthStatus]]], None]
+    ) -> None:
+        self._subscribers.append(callback)
+        callback(self.workloads)
+
+    def register(self, workload: Workload) -> None:
+        self._change(workload, HealthStatus.HEALTHY)
+
+    def set_health(self, workload: Workload, health: HealthStatus) -> None:
+        self._change(workload, health)
+
+    def deregister(self, workload: Workload) -> None:
+        self._change(workload, None)
+
+    def _change(self, workload: Workload, health: HealthStatus | None) -> None:
+        with self._lock:
+            if health is None:
+                self._workloads.pop(workload.key, None)
+            else:
+                self._workloads[workload.key] = (workload, health)
+            current = dict(self._workloads)
+        for callback in list(self._subscribers):
+            callback(current)

@@ -1,0 +1,154 @@
+"""`Cluster` → `Cluster`: discovery type, balancing policy, limits and outlier detection.
+
+* `EDS` clusters need `eds_cluster_config.eds_config` to be `ads` or `self`: sail has one ADS
+  stream and nowhere else to fetch endpoints from (gRFC A27).
+* `STATIC`, `STRICT_DNS` and `LOGICAL_DNS` clusters carry their endpoints in
+  `load_assignment`, decoded with the EDS rules; a `LOGICAL_DNS` cluster has exactly one
+  endpoint (Envoy's rule). `ORIGINAL_DST` and custom `cluster_type`s (aggregate clusters
+  included) are not supported.
+* Unset values take Envoy's defaults: `connect_timeout` 5 s, `healthy_panic_threshold` 50 %,
+  circuit breaker limits 1024/1024/1024/3, outlier detection 5 consecutive 5xx, 10 s
+  interval, 30 s base ejection, 10 % max ejected, enforcing 100 %.
+* `transport_socket` is not read yet: TLS comes from sail's own security settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from sail.model import (
+    CircuitBreakers,
+    Cluster,
+    ClusterLoadAssignment,
+    DiscoveryType,
+    OutlierDetection,
+    Thresholds,
+)
+from sail.xds.codec.decode_endpoint import decode_load_assignment
+from sail.xds.codec.decode_lb_policy import decode_lb_policy
+from sail.xds.codec.validation import Invalid, at, resource
+from sail.xds.codec.wellknown import duration_seconds, uint32_value
+
+__all__ = ["decode_cluster"]
+
+_DISCOVERY = {
+    cluster_pb2.Cluster.EDS: DiscoveryType.EDS,
+    cluster_pb2.Cluster.STATIC: DiscoveryType.STATIC,
+    cluster_pb2.Cluster.STRICT_DNS: DiscoveryType.STRICT_DNS,
+    cluster_pb2.Cluster.LOGICAL_DNS: DiscoveryType.LOGICAL_DNS,
+}
+_THRESHOLD_DEFAULTS = Thresholds()
+_OUTLIER_DEFAULTS = OutlierDetection()
+
+
+def decode_cluster(msg: Any) -> Cluster:
+    """Decode a CDS resource; raises `ResourceError` naming the invalid field."""
+    with resource("Cluster", msg.name):
+        if not msg.name:
+            raise Invalid("name", "must not be empty")
+        discovery, eds_name, assignment = _discovery(msg)
+        return Cluster(
+            name=msg.name,
+            discovery=discovery,
+            eds_service_name=eds_name,
+            load_assignment=assignment,
+            lb_policy=decode_lb_policy(msg),
+            connect_timeout=_connect_timeout(msg),
+            healthy_panic_threshold=_panic_threshold(msg),
+            circuit_breakers=_circuit_breakers(msg),
+            outlier_detection=_outlier_detection(msg),
+        )
+
+
+def _discovery(msg: Any) -> tuple[DiscoveryType, str, ClusterLoadAssignment | None]:
+    if msg.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise Invalid(
+            "cluster_type", f"custom cluster type {msg.cluster_type.name!r} is not supported"
+        )
+    discovery = _DISCOVERY.get(msg.type)
+    if discovery is None:
+        raise Invalid(
+            "type", f"{cluster_pb2.Cluster.DiscoveryType.Name(msg.type)} is not supported"
+        )
+    if discovery is DiscoveryType.EDS:
+        with at("eds_cluster_config"), at("eds_config"):
+            source = msg.eds_cluster_config.eds_config.WhichOneof("config_source_specifier")
+            if source not in ("ads", "self"):
+                raise Invalid("", f"must be ads or self, got {source or 'nothing'}")
+        return discovery, msg.eds_cluster_config.service_name, None
+    if not msg.HasField("load_assignment"):
+        raise Invalid("load_assignment", f"is required for a {discovery.value} cluster")
+    with at("load_assignment"):
+        assignment = decode_load_assignment(msg.load_assignment, default_name=msg.name)
+        count = len(assignment.endpoints)
+        if discovery is DiscoveryType.LOGICAL_DNS and count != 1:
+            raise Invalid("", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
+    return discovery, "", assignment
+
+
+def _connect_timeout(msg: Any) -> float:
+    value = duration_seconds(msg, "connect_timeout", positive=True)
+    return 5.0 if value is None else value
+
+
+def _panic_threshold(msg: Any) -> float:
+    if not msg.common_lb_config.HasField("healthy_panic_threshold"):
+        return 50.0
+    value = float(msg.common_lb_config.healthy_panic_threshold.value)
+    if not 0.0 <= value <= 100.0:
+        raise Invalid("common_lb_config.healthy_panic_threshold.value", f"{value} is not in 0-100")
+    return value
+
+
+def _circuit_breakers(msg: Any) -> CircuitBreakers | None:
+    if not msg.HasField("circuit_breakers"):
+        return None
+    out: list[Thresholds] = []
+    seen: set[int] = set()
+    d = _THRESHOLD_DEFAULTS
+    for i, t in enumerate(msg.circuit_breakers.thresholds):
+        with at("circuit_breakers"), at("thresholds", i):
+            if t.priority not in (0, 1):
+                raise Invalid("priority", f"unknown priority {t.priority}")
+            if t.priority in seen:
+                raise Invalid("priority", "duplicate priority: one entry per priority")
+        seen.add(t.priority)
+        out.append(
+            Thresholds(
+                priority=t.priority,
+                max_connections=uint32_value(t, "max_connections", d.max_connections),
+                max_pending_requests=uint32_value(
+                    t, "max_pending_requests", d.max_pending_requests
+                ),
+                max_requests=uint32_value(t, "max_requests", d.max_requests),
+                max_retries=uint32_value(t, "max_retries", d.max_retries),
+            )
+        )
+    return CircuitBreakers(tuple(out))
+
+
+def _outlier_detection(msg: Any) -> OutlierDetection | None:
+    if not msg.HasField("outlier_detection"):
+        return None
+    od = msg.outlier_detection
+    d = _OUTLIER_DEFAULTS
+    with at("outlier_detection"):
+        interval = duration_seconds(od, "interval", positive=True)
+        base = duration_seconds(od, "base_ejection_time", positive=True)
+        percents = {}
+        for key, default in (
+            ("max_ejection_percent", d.max_ejection_percent),
+            ("enforcing_consecutive_5xx", d.enforcing_consecutive_5xx),
+        ):
+            percents[key] = uint32_value(od, key, default)
+            if percents[key] > 100:
+                raise Invalid(key, f"{percents[key]} is more than 100")
+    return OutlierDetection(
+        consecutive_5xx=uint32_value(od, "consecutive_5xx", d.consecutive_5xx),
+        interval=d.interval if interval is None else interval,
+        base_ejection_time=d.base_ejection_time if base is None else base,
+        max_ejection_percent=percents["max_ejection_percent"],
+        enforcing_consecutive_5xx=percents["enforcing_consecutive_5xx"],
+    )

@@ -1,0 +1,172 @@
+"""`Listener` → `Listener`, and the `HttpConnectionManager` inside it.
+
+Two shapes are accepted:
+
+* **Client (API) listeners**, as gRPC receives them: `api_listener.api_listener` holds an
+  `HttpConnectionManager` packed in an `Any`. The listener's name is the service authority.
+* **Port listeners**, as Envoy receives them: `address.socket_address` plus exactly one
+  filter chain whose only network filter is an `HttpConnectionManager`. sail keeps the
+  address; richer filter-chain matching is not supported and is NACKed rather than guessed.
+
+The HCM takes its routes from RDS (`rds`, whose `config_source` must be `ads` or `self`, since
+sail has a single ADS stream) or inline (`route_config`). Its HTTP filters follow gRFC A39:
+the router filter must be present and last; a filter type sail does not know is a NACK
+unless the filter is `is_optional`, in which case it is skipped. Filters that are
+`disabled` are skipped too (nothing in sail turns them on per route).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from sail.model import HttpConnectionManager, HttpFilter, Listener
+from sail.xds.codec.decode_address import decode_socket_address
+from sail.xds.codec.decode_route import decode_route_config
+from sail.xds.codec.extensions import HCM, HTTP_FILTERS, ROUTER, configured_type
+from sail.xds.codec.validation import Invalid, at, resource
+from sail.xds.codec.wellknown import duration_seconds
+
+__all__ = ["decode_http_connection_manager", "decode_listener"]
+
+
+def decode_listener(msg: Any) -> Listener:
+    """Decode an LDS resource; raises `ResourceError` naming the invalid field."""
+    with resource("Listener", msg.name):
+        if not msg.name:
+            raise Invalid("name", "must not be empty")
+        if msg.HasField("api_listener"):
+            with at("api_listener"):
+                hcm = _packed_hcm(msg.api_listener, "api_listener")
+            return Listener(name=msg.name, hcm=hcm)
+        if msg.address.WhichOneof("address") is not None:
+            with at("address"):
+                address = decode_socket_address(msg.address, allow_port_zero=True)
+            return Listener(name=msg.name, hcm=_filter_chain_hcm(msg), address=address)
+        raise Invalid("", "a listener needs an api_listener or an address.socket_address")
+
+
+def _filter_chain_hcm(msg: Any) -> HttpConnectionManager:
+    if msg.HasField("default_filter_chain"):
+        raise Invalid("default_filter_chain", "is not supported; use one filter_chains entry")
+    if len(msg.filter_chains) != 1:
+        raise Invalid(
+            "filter_chains", f"exactly one filter chain is supported, got {len(msg.filter_chains)}"
+        )
+    with at("filter_chains", 0):
+        filters = msg.filter_chains[0].filters
+        if len(filters) != 1:
+            raise Invalid(
+                "filters",
+                "exactly one network filter (an HttpConnectionManager) is supported, "
+                f"got {len(filters)}",
+            )
+        with at("filters", 0):
+            if filters[0].WhichOneof("config_type") != "typed_config":
+                raise Invalid("typed_config", "is required")
+            return _packed_hcm(filters[0], "typed_config")
+
+
+def _packed_hcm(holder: Any, field: str) -> HttpConnectionManager:
+    packed = getattr(holder, field)
+    with at(field):
+        if packed.type_url != HCM:
+            got = packed.type_url or "nothing"
+            raise Invalid("", f"expected an HttpConnectionManager ({HCM}), got {got}")
+        hcm = hcm_pb2.HttpConnectionManager()
+        if not packed.Unpack(hcm):
+            raise Invalid("", "cannot unpack the HttpConnectionManager")
+        return decode_http_connection_manager(hcm)
+
+
+def decode_http_connection_manager(h: Any) -> HttpConnectionManager:
+    """Decode an `HttpConnectionManager`, raising `Invalid`."""
+    rds_name = None
+    route_config = None
+    which = h.WhichOneof("route_specifier")
+    if which == "rds":
+        with at("rds"):
+            rds_name = _rds_name(h.rds)
+    elif which == "route_config":
+        with at("route_config"):
+            route_config = decode_route_config(h.route_config)
+    elif which == "scoped_routes":
+        raise Invalid("scoped_routes", "scoped routes are not supported; use rds or route_config")
+    else:
+        raise Invalid("", "one of rds or route_config is required")
+    max_stream = None
+    if h.HasField("common_http_protocol_options"):
+        with at("common_http_protocol_options"):
+            max_stream = duration_seconds(h.common_http_protocol_options, "max_stream_duration")
+    return HttpConnectionManager(
+        rds_name=rds_name,
+        route_config=route_config,
+        http_filters=_http_filters(h.http_filters),
+        max_stream_duration=max_stream,
+    )
+
+
+def _rds_name(rds: Any) -> str:
+    with at("config_source"):
+        source = rds.config_source.WhichOneof("config_source_specifier")
+        if source not in ("ads", "self"):
+            raise Invalid("", f"must be ads or self, got {source or 'nothing'}")
+    if not rds.route_config_name:
+        raise Invalid("route_config_name", "must not be empty")
+    return str(rds.route_config_name)
+
+
+def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
+    out: list[HttpFilter] = []
+    names: set[str] = set()
+    router_index: int | None = None
+    for i, f in enumerate(filters):
+        with at("http_filters", i):
+            if router_index is not None:
+                raise Invalid(
+                    "",
+                    f"filter {f.name!r} comes after the router filter "
+                    f"(http_filters[{router_index}]); the router must be last",
+                )
+            if not f.name:
+                raise Invalid("name", "must not be empty")
+            if f.name in names:
+                raise Invalid("name", f"duplicate filter name {f.name!r}")
+            names.add(f.name)
+            type_url = _filter_type(f)
+            if type_url is None:
+                continue
+            if type_url == ROUTER:
+                if f.disabled:
+                    raise Invalid("disabled", "the router filter cannot be disabled")
+                router_index = i
+            elif f.disabled:
+                continue
+            out.append(HttpFilter(f.name, type_url, f.is_optional))
+    if router_index is None:
+        raise Invalid("http_filters", f"the router filter ({ROUTER}) is required, and must be last")
+    return tuple(out)
+
+
+def _filter_type(f: Any) -> str | None:
+    """The filter's config type URL, or `None` for an optional filter sail skips."""
+    which = f.WhichOneof("config_type")
+    if which == "config_discovery":
+        if f.is_optional:
+            return None
+        raise Invalid("config_discovery", "filter config discovery (ECDS) is not supported")
+    if which is None:
+        raise Invalid("typed_config", "is required")
+    with at("typed_config"):
+        type_url, _ = configured_type(f.typed_config)
+    if type_url in HTTP_FILTERS:
+        return type_url
+    if f.is_optional:
+        return None
+    raise Invalid(
+        "typed_config",
+        f"filter {f.name!r} has unsupported type {type_url} (set is_optional to skip it)",
+    )

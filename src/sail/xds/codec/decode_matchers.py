@@ -1,0 +1,149 @@
+"""Matchers shared by routes and headers: regexes, string, header, query and fraction matchers.
+
+Regexes are compiled here, once, with Python's `re`. Envoy and gRPC use RE2, whose syntax is
+a subset of `re`'s for everything a route needs; the difference is that `re` also accepts
+backreferences and lookarounds that RE2 rejects, so sail may accept a pattern Envoy NACKs.
+The data plane matches with `fullmatch`, as RE2's `FullMatch` does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from envoy.type.v3 import percent_pb2
+
+from sail.model import (
+    FractionalPercent,
+    HeaderMatcher,
+    Int64Range,
+    QueryParameterMatcher,
+    StringMatcher,
+    StringMatchKind,
+)
+from sail.xds.codec.validation import Invalid, at
+
+__all__ = [
+    "DENOMINATORS",
+    "compile_regex",
+    "decode_fraction",
+    "decode_header_matcher",
+    "decode_query_parameter_matcher",
+    "decode_string_matcher",
+]
+
+DENOMINATORS: dict[int, int] = {
+    percent_pb2.FractionalPercent.HUNDRED: 100,
+    percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000,
+    percent_pb2.FractionalPercent.MILLION: 1_000_000,
+}
+"""`FractionalPercent.DenominatorType` enum value → denominator."""
+
+
+def compile_regex(matcher: Any) -> tuple[str, re.Pattern[str]]:
+    """The source and compiled pattern of an Envoy `RegexMatcher`."""
+    source = matcher.regex
+    if not source:
+        raise Invalid("regex", "must not be empty")
+    try:
+        return source, re.compile(source)
+    except re.error as exc:
+        raise Invalid("regex", f"does not compile: {exc}") from None
+
+
+_STRING_KINDS = {
+    "exact": StringMatchKind.EXACT,
+    "prefix": StringMatchKind.PREFIX,
+    "suffix": StringMatchKind.SUFFIX,
+    "contains": StringMatchKind.CONTAINS,
+}
+
+
+def decode_string_matcher(msg: Any) -> StringMatcher:
+    """Envoy's `type.matcher.v3.StringMatcher`.
+
+    `ignore_case` is dropped for `safe_regex`: Envoy documents it as having no effect there.
+    """
+    which = msg.WhichOneof("match_pattern")
+    if which == "safe_regex":
+        with at("safe_regex"):
+            source, pattern = compile_regex(msg.safe_regex)
+        return StringMatcher(StringMatchKind.REGEX, source, regex=pattern)
+    if which in _STRING_KINDS:
+        value = getattr(msg, which)
+        if not value and which != "exact":
+            raise Invalid(which, "must not be empty")
+        return StringMatcher(_STRING_KINDS[which], value, ignore_case=msg.ignore_case)
+    if which == "custom":
+        raise Invalid("custom", "custom string matchers are not supported")
+    raise Invalid("", "one of exact, prefix, suffix, contains, safe_regex is required")
+
+
+# The deprecated one-field forms of HeaderMatcher, still sent by many control planes.
+_LEGACY_HEADER_FIELDS = {
+    "exact_match": StringMatchKind.EXACT,
+    "prefix_match": StringMatchKind.PREFIX,
+    "suffix_match": StringMatchKind.SUFFIX,
+    "contains_match": StringMatchKind.CONTAINS,
+}
+
+
+def decode_header_matcher(msg: Any) -> HeaderMatcher:
+    """Envoy's `route.v3.HeaderMatcher`; the legacy `*_match` fields become `string_match`.
+
+    No specifier at all means "the header is present", as in Envoy.
+    """
+    if not msg.name:
+        raise Invalid("name", "must not be empty")
+    which = msg.WhichOneof("header_match_specifier")
+    string_match: StringMatcher | None = None
+    int_range: Int64Range | None = None
+    present: bool | None = None
+    if which == "string_match":
+        with at("string_match"):
+            string_match = decode_string_matcher(msg.string_match)
+    elif which == "safe_regex_match":
+        with at("safe_regex_match"):
+            source, pattern = compile_regex(msg.safe_regex_match)
+        string_match = StringMatcher(StringMatchKind.REGEX, source, regex=pattern)
+    elif which in _LEGACY_HEADER_FIELDS:
+        value = getattr(msg, which)
+        if not value and which != "exact_match":
+            raise Invalid(which, "must not be empty")
+        string_match = StringMatcher(_LEGACY_HEADER_FIELDS[which], value)
+    elif which == "range_match":
+        int_range = Int64Range(msg.range_match.start, msg.range_match.end)
+    elif which == "present_match":
+        present = msg.present_match
+    else:
+        present = True
+    return HeaderMatcher(
+        name=msg.name.lower(),
+        string_match=string_match,
+        range=int_range,
+        present=present,
+        invert=msg.invert_match,
+        treat_missing_as_empty=msg.treat_missing_header_as_empty,
+    )
+
+
+def decode_query_parameter_matcher(msg: Any) -> QueryParameterMatcher:
+    """Envoy's `route.v3.QueryParameterMatcher`.
+
+    Without a `string_match`, the matcher only asks for the parameter to be present (Envoy
+    does the same for `present_match: false` and for no specifier at all).
+    """
+    if not msg.name:
+        raise Invalid("name", "must not be empty")
+    if msg.WhichOneof("query_parameter_match_specifier") == "string_match":
+        with at("string_match"):
+            return QueryParameterMatcher(msg.name, decode_string_matcher(msg.string_match))
+    return QueryParameterMatcher(msg.name, present=True)
+
+
+def decode_fraction(msg: Any) -> FractionalPercent:
+    """Envoy's `type.v3.FractionalPercent`."""
+    denominator = DENOMINATORS.get(msg.denominator)
+    if denominator is None:
+        raise Invalid("denominator", f"unknown denominator {msg.denominator}")
+    return FractionalPercent(msg.numerator, denominator)

@@ -1,0 +1,277 @@
+"""A State-of-the-World ADS server over grpc.aio, serving whatever resources it is given.
+
+It is the wire half of `sail registry` and of `sail.testing.XdsServer`; it knows nothing of
+how resources are made. What real peers need of it (see docs/architecture.md):
+
+* version and nonce per type URL per stream; a request carrying a stale nonce is ignored
+  (Envoy's `xds_protocol.rst`, "ACK and NACK semantics");
+* a response is sent when the requested names change or when what the stream is subscribed
+  to changes, and never just because an ACK arrived (gRPC clients widen their name lists
+  step by step and would loop otherwise);
+* an empty name list on the first LDS or CDS request means wildcard, and stays wildcard
+  while the client keeps sending empty lists (Envoy);
+* requests for names that do not exist yet are remembered, and answered when they appear;
+* a NACK is recorded with the client's node id and reason, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import attrs
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+
+from sail.xds.codec.extensions import type_url_of
+
+__all__ = ["AdsServer", "AckRecord", "ResourceStore"]
+
+log = logging.getLogger("sail.xds.server")
+
+_WILDCARD_TYPES = frozenset(
+    {
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    }
+)
+
+
+@attrs.frozen
+class AckRecord:
+    """The last thing one client said about one type: an ACK of `version`, or a NACK
+    (`error` set, `version` is the version it still runs)."""
+
+    node_id: str
+    type_url: str
+    version: str
+    nonce: str
+    error: str = ""
+
+    @property
+    def nacked(self) -> bool:
+        return bool(self.error)
+
+
+class ResourceStore:
+    """Resources by type URL and name, with one store-wide increasing version.
+
+    Every change bumps the version; streams subscribed to a changed type are told.
+    Not thread-safe: use it from the server's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._resources: dict[str, dict[str, any_pb2.Any]] = {}
+        self._type_versions: dict[str, int] = {}
+        self._version = 0
+        self._streams: set[_Stream] = set()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def type_version(self, type_url: str) -> int:
+        return self._type_versions.get(type_url, 0)
+
+    def resources(self, type_url: str) -> Mapping[str, any_pb2.Any]:
+        return self._resources.get(type_url, {})
+
+    def set_all(self, messages: Iterable[Any]) -> None:
+        """Replace every resource: types not among `messages` become empty."""
+        self._set_packed({(type_url_of(m), _name_of(m)): _pack(m) for m in messages})
+
+    def put(self, *messages: Any) -> None:
+        """Add or replace some resources, keeping the others."""
+        current = {
+            (type_url, name): packed
+            for type_url, res in self._resources.items()
+            for name, packed in res.items()
+        }
+        current.update({(type_url_of(m), _name_of(m)): _pack(m) for m in messages})
+        self._set_packed(current)
+
+    def remove(self, type_url: str, *names: str) -> None:
+        res = self._resources.get(type_url, {})
+        if not any(n in res for n in names):
+            return
+        self._version += 1
+        self._resources[type_url] = {n: p for n, p in res.items() if n not in names}
+        self._type_versions[type_url] = self._version
+        self._notify([type_url])
+
+    def _set_packed(self, current: Mapping[tuple[str, str], any_pb2.Any]) -> None:
+        by_type: dict[str, dict[str, any_pb2.Any]] = {t: {} for t in self._resources}
+        for (type_url, name), packed in current.items():
+            by_type.setdefault(type_url, {})[name] = packed
+        changed = [t for t, res in by_type.items() if _differs(self._resources.get(t), res)]
+        if not changed:
+            return
+        self._version += 1
+        for type_url in changed:
+            self._resources[type_url] = by_type[type_url]
+            self._type_versions[type_url] = self._version
+        self._notify(changed)
+
+    def _notify(self, type_urls: list[str]) -> None:
+        for stream in list(self._streams):
+            for type_url in type_urls:
+                stream.maybe_send(type_url)
+
+
+def _differs(old: Mapping[str, any_pb2.Any] | None, new: Mapping[str, any_pb2.Any]) -> bool:
+    if old is None:
+        return bool(new)
+    if old.keys() != new.keys():
+        return True
+    return any(old[k].value != new[k].value for k in new)
+
+
+def _name_of(message: Any) -> str:
+    return str(getattr(message, "name", "") or getattr(message, "cluster_name", ""))
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class _TypeSub:
+    __slots__ = ("names", "nonce", "sent_names", "sent_version", "wildcard")
+
+    def __init__(self) -> None:
+        self.names: frozenset[str] = frozenset()
+        self.wildcard = False
+        self.nonce = ""
+        self.sent_version = -1
+        self.sent_names: frozenset[str] | None = None
+
+
+class _Stream:
+    def __init__(self, server: AdsServer, peer: str) -> None:
+        self.server = server
+        self.peer = peer
+        self.node_id = ""
+        self.node: Any = None
+        self.subs: dict[str, _TypeSub] = {}
+        self.outbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] = asyncio.Queue()
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        if request.HasField("node"):
+            self.node = request.node
+            self.node_id = request.node.id
+        type_url = request.type_url
+        sub = self.subs.get(type_url)
+        first = sub is None
+        if sub is None:
+            sub = self.subs[type_url] = _TypeSub()
+        if request.response_nonce and request.response_nonce != sub.nonce:
+            return  # stale: answers a response that a newer one has replaced
+        if request.response_nonce:
+            self.server.record(
+                AckRecord(
+                    node_id=self.node_id,
+                    type_url=type_url,
+                    version=request.version_info,
+                    nonce=request.response_nonce,
+                    error=request.error_detail.message if request.HasField("error_detail") else "",
+                )
+            )
+        names = frozenset(request.resource_names)
+        if type_url in _WILDCARD_TYPES and (first or sub.wildcard) and not names:
+            sub.wildcard = True
+        elif names:
+            sub.wildcard = "*" in names
+        sub.names = names - {"*"}
+        self.maybe_send(type_url)
+
+    def maybe_send(self, type_url: str) -> None:
+        sub = self.subs.get(type_url)
+        if sub is None:
+            return
+        store = self.server.store
+        version = store.type_version(type_url)
+        names = None if sub.wildcard else sub.names
+        if sub.sent_version == version and sub.sent_names == names:
+            return
+        if names is not None and not names and sub.sent_names is None:
+            return  # nothing asked for yet, nothing sent yet
+        resources = store.resources(type_url)
+        chosen = (
+            list(resources.values())
+            if names is None
+            else [resources[n] for n in sorted(names) if n in resources]
+        )
+        sub.nonce = str(next(self.server._nonces))
+        sub.sent_version = version
+        sub.sent_names = names
+        response = discovery_pb2.DiscoveryResponse(
+            type_url=type_url,
+            version_info=str(version),
+            nonce=sub.nonce,
+            resources=chosen,
+        )
+        self.outbox.put_nowait(response)
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """The ADS servicer. Add it to a `grpc.aio.server` with `add_to(server)`."""
+
+    def __init__(self, store: ResourceStore | None = None) -> None:
+        self.store = store if store is not None else ResourceStore()
+        self.acks: dict[tuple[str, str], AckRecord] = {}
+        self.nacks: list[AckRecord] = []
+        self.requests = 0
+        self._nonces = itertools.count(1)
+
+    def add_to(self, server: Any) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+
+    def record(self, record: AckRecord) -> None:
+        self.acks[(record.node_id, record.type_url)] = record
+        if record.nacked:
+            self.nacks.append(record)
+            log.warning(
+                "NACK from %s for %s version %s: %s",
+                record.node_id or "?",
+                record.type_url.rsplit(".", 1)[-1],
+                record.version,
+                record.error,
+            )
+
+    async def StreamAggregatedResources(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = _Stream(self, context.peer())
+        self.store._streams.add(stream)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    self.requests += 1
+                    stream.on_request(request)
+            except Exception as exc:  # a broken peer ends its own stream only
+                log.info("ADS stream from %s ended: %r", stream.peer, exc)
+            finally:
+                stream.outbox.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                response = await stream.outbox.get()
+                if response is None:
+                    return
+                yield response
+        finally:
+            reader.cancel()
+            self.store._streams.discard(stream)
+
+    async def DeltaAggregatedResources(  # noqa: N802
+        self, request_iterator: Any, context: Any
+    ) -> Any:
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "sail serves State-of-the-World ADS")

@@ -1,0 +1,181 @@
+"""The routing package's parts, one at a time: domains, request reading, matchers, rewrites."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from tests.unit.routing.routing_helpers import S, header, headers, sm
+
+from sail.errors import ConfigError
+from sail.routing.domains import DomainIndex, strip_port
+from sail.routing.matchers import compile_header_matcher, compile_string_matcher
+from sail.routing.request import header_getter, parse_query, path_end
+from sail.routing.rewrite import re2_substitution
+
+
+@pytest.mark.parametrize(
+    ("host", "bare"),
+    [
+        ("reviews:9080", "reviews"),
+        ("reviews", None),
+        ("[::1]:80", "[::1]"),
+        ("[::1]", None),
+        ("[fe80::1%eth0]", None),
+        ("reviews:", None),
+        ("reviews:http", None),
+        ("a:1:2", "a:1"),
+    ],
+)
+def test_strip_port(host: str, bare: str | None) -> None:
+    assert strip_port(host) == bare
+
+
+def test_domain_index_search_order_and_first_wins() -> None:
+    index = DomainIndex(
+        [
+            ("*", "star"),
+            ("*", "second-star"),
+            ("api.*", "prefix"),
+            ("*.example.com", "suffix"),
+            ("*.api.example.com", "long-suffix"),
+            ("api.example.com", "exact"),
+            ("API.example.com", "dup"),
+        ]
+    )
+    assert index.find("API.Example.com") == "exact"
+    assert index.find("v1.api.example.com") == "long-suffix"
+    assert index.find("www.example.com") == "suffix"
+    assert index.find("api.internal") == "prefix"
+    assert index.find("other") == "star"
+    assert index.exact == {"api.example.com": "exact"}
+
+
+def test_domain_index_empty() -> None:
+    assert DomainIndex([]).find("anything:80") is None
+
+
+@pytest.mark.parametrize(
+    ("target", "end"),
+    [("/a", 2), ("/a?x", 2), ("/a#f", 2), ("/a#f?x", 2), ("/a?x#f", 2), ("", 0), ("?", 0)],
+)
+def test_path_end(target: str, end: int) -> None:
+    assert path_end(target) == end
+
+
+@pytest.mark.parametrize(
+    ("target", "params"),
+    [
+        ("/p", {}),
+        ("/p?", {}),
+        ("/p?a=1&a=2&b", {"a": "1", "b": ""}),
+        ("/p?q=a+b%21", {"q": "a b!"}),
+        ("/p?a=1#frag&b=2", {"a": "1"}),
+        ("/p#frag?a=1", {}),
+    ],
+)
+def test_parse_query(target: str, params: dict[str, str]) -> None:
+    assert parse_query(target, path_end(target)) == params
+
+
+def test_header_getter_pseudo_headers() -> None:
+    request = headers({"X-A": "1", "host": "ignored"})
+    args = (request, "svc:80", "PUT", "/p?q", "https")
+    assert header_getter(":authority")(*args) == "svc:80"
+    assert header_getter(":method")(*args) == "PUT"
+    assert header_getter(":path")(*args) == "/p?q"
+    assert header_getter(":scheme")(*args) == "https"
+    assert header_getter(":protocol")(*args) is None
+    assert header_getter("host")(*args) is None
+    assert header_getter("X-a")(*args) == "1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "ignore_case", "subject", "expected"),
+    [
+        (S.EXACT, "abc", False, "abc", True),
+        (S.EXACT, "abc", False, "ABC", False),
+        (S.EXACT, "abc", True, "ABC", True),
+        (S.EXACT, "", False, "", True),
+        (S.EXACT, "", False, "x", False),
+        (S.PREFIX, "ab", True, "ABc", True),
+        (S.PREFIX, "abcd", True, "ab", False),
+        (S.SUFFIX, "bc", True, "aBC", True),
+        (S.SUFFIX, "abcd", True, "cd", False),
+        (S.CONTAINS, "B", True, "abc", True),
+        (S.CONTAINS, "B", False, "abc", False),
+        (S.REGEX, "a.c", False, "abc", True),
+        (S.REGEX, "b", False, "abc", False),
+        (S.REGEX, "a.c", True, "ABC", False),  # ignore_case has no effect on safe_regex
+    ],
+)
+def test_string_matcher(
+    kind: S, value: str, ignore_case: bool, subject: str, expected: bool
+) -> None:
+    assert compile_string_matcher(sm(kind, value, ignore_case=ignore_case))(subject) is expected
+
+
+def test_string_matcher_compiles_a_missing_regex_and_rejects_a_bad_one() -> None:
+    from sail.model import StringMatcher
+
+    assert compile_string_matcher(StringMatcher(S.REGEX, "[0-9]+"))("42")
+    with pytest.raises(ConfigError, match="invalid regex"):
+        compile_string_matcher(StringMatcher(S.REGEX, "("))
+
+
+# Envoy `HeaderUtility::matchHeaders` truth table for absent / present headers:
+# (present_match, invert_match, treat_missing_as_empty, header value, expected)
+PRESENCE = [
+    (True, False, False, None, False),
+    (True, True, False, None, True),
+    (False, False, False, None, True),
+    (False, True, False, None, False),
+    (True, False, False, "", True),
+    (True, True, False, "v", False),
+    (False, False, False, "v", False),
+    (False, True, False, "v", True),
+    (True, False, True, None, True),  # treated as present, with value ""
+    (False, False, True, None, False),
+]
+
+
+@pytest.mark.parametrize(("present", "invert", "empty", "value", "expected"), PRESENCE)
+def test_presence_truth_table(
+    present: bool, invert: bool, empty: bool, value: str | None, expected: bool
+) -> None:
+    matcher = header("x", present=present, invert=invert, missing_as_empty=empty)
+    assert compile_header_matcher(matcher)(value) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "start", "end", "expected"),
+    [
+        ("5", 0, 10, True),
+        ("", 0, 10, False),
+        (" 5", 0, 10, False),
+        ("1_0", 0, 100, False),
+        ("٣", 0, 10, False),  # Arabic-Indic three: int() takes it, Envoy does not
+        (str(2**63), 0, 2**63 - 1, False),  # overflows int64
+        (str(-(2**63)), -(2**63), 0, True),
+    ],
+)
+def test_range(value: str, start: int, end: int, expected: bool) -> None:
+    assert compile_header_matcher(header("x", range=(start, end)))(value) is expected
+
+
+@pytest.mark.parametrize(
+    ("substitution", "groups", "template"),
+    [
+        ("plain", 0, "plain"),
+        ("\\1-\\0", 1, "\\g<1>-\\g<0>"),
+        ("a\\\\b", 0, "a\\\\b"),
+    ],
+)
+def test_re2_substitution(substitution: str, groups: int, template: str) -> None:
+    assert re2_substitution(substitution, groups) == template
+
+
+def test_re2_substitution_keeps_python_escapes_literal() -> None:
+    # "\\\\n" in RE2 is a backslash then "n"; Python must not read a newline into it.
+    template = re2_substitution("x\\\\ny", 0)
+    assert re.sub("a", template, "a") == "x\\ny"
