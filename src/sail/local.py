@@ -24,8 +24,8 @@ import yaml
 
 from sail.errors import ConfigError, ResourceError
 from sail.xds.codec.envoy_json import load_resources
-from sail.xds.codec.types import RESOURCE_TYPES, resource_name
 from sail.xds.codec.extensions import type_url_of
+from sail.xds.codec.types import RESOURCE_TYPES, resource_name
 
 __all__ = ["LocalConfig", "load_file"]
 

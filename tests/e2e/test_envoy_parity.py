@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from tests.e2e.envoy import Envoy, run_envoy
 
 import sail
 from sail import testing
 from sail.http.errors import NoRouteError
+from tests.e2e.envoy import Envoy, run_envoy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

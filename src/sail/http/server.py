@@ -85,8 +85,9 @@ def operation(name: str) -> Callable[[F], F]:
 
 
 def _is_asgi(app: Any) -> bool:
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)  # noqa: B004
-    return inspect.iscoroutinefunction(call)
+    if inspect.isfunction(app) or inspect.ismethod(app):
+        return inspect.iscoroutinefunction(app)
+    return inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
 
 
 def wrap_app(app: Any, workload: Workload, registrar: Registrar) -> Any:

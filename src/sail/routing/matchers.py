@@ -83,12 +83,13 @@ def compile_string_matcher(matcher: StringMatcher) -> StringTest:
         return lambda v: fullmatch(v) is not None
     if matcher.ignore_case:
         low = value.lower()
+        n = len(low)
         if kind is StringMatchKind.EXACT:
             return lambda v: v.lower() == low
         if kind is StringMatchKind.PREFIX:
-            return lambda v: v[: len(low)].lower() == low
+            return lambda v: v[:n].lower() == low
         if kind is StringMatchKind.SUFFIX:
-            return lambda v: len(v) >= len(low) and v[len(v) - len(low) :].lower() == low
+            return lambda v: len(v) >= n and v[len(v) - n :].lower() == low
         return lambda v: low in v.lower()
     if kind is StringMatchKind.EXACT:
         return lambda v: v == value

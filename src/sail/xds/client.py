@@ -299,7 +299,7 @@ class AdsClient:
         try:
             try:
                 await asyncio.wait_for(channel.channel_ready(), self._connect_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 self._last_error = f"{server.server_uri}: unreachable"
                 log.warning("sail xDS: %s", self._last_error)
                 return None

@@ -28,7 +28,7 @@ from google.protobuf import any_pb2
 
 from sail.xds.codec.extensions import type_url_of
 
-__all__ = ["AdsServer", "AckRecord", "ResourceStore"]
+__all__ = ["AckRecord", "AdsServer", "ResourceStore"]
 
 log = logging.getLogger("sail.xds.server")
 
@@ -242,7 +242,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 record.error,
             )
 
-    async def StreamAggregatedResources(  # noqa: N802 - the gRPC method name
+    async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = _Stream(self, context.peer())
@@ -269,7 +269,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             reader.cancel()
             self.store._streams.discard(stream)
 
-    async def DeltaAggregatedResources(  # noqa: N802
+    async def DeltaAggregatedResources(
         self, request_iterator: Any, context: Any
     ) -> Any:
         import grpc

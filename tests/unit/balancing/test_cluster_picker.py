@@ -5,6 +5,12 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
+
+from sail.balancing import build_picker, registry
+from sail.balancing.round_robin import RoundRobinPicker
+from sail.balancing.weighted_choice import WeightedChoicePicker
+from sail.errors import ConfigError, NoHealthyUpstream, RequestError
+from sail.model import Cluster, ClusterLoadAssignment, Endpoint, LbPolicy
 from tests.unit.balancing.balancing_helpers import (
     H,
     assert_shares,
@@ -17,12 +23,6 @@ from tests.unit.balancing.balancing_helpers import (
     prefix,
     seeded,
 )
-
-from sail.balancing import build_picker, registry
-from sail.balancing.round_robin import RoundRobinPicker
-from sail.balancing.weighted_choice import WeightedChoicePicker
-from sail.errors import ConfigError, NoHealthyUpstream, RequestError
-from sail.model import Cluster, ClusterLoadAssignment, Endpoint, LbPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

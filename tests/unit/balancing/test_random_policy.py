@@ -5,12 +5,12 @@ import threading
 from collections import Counter
 
 import pytest
-from tests.unit.balancing.balancing_helpers import assert_shares, counts, endpoints, weight_shares
 
 from sail.balancing import registry
 from sail.balancing.random_policy import UniformRandomPicker, WeightedRandomPicker, random_picker
 from sail.errors import NoHealthyUpstream
 from sail.model import Endpoint, LbPolicy
+from tests.unit.balancing.balancing_helpers import assert_shares, counts, endpoints, weight_shares
 
 POLICY = LbPolicy("random")
 

@@ -6,13 +6,13 @@ import threading
 from collections import Counter
 
 import pytest
-from tests.unit.balancing.balancing_helpers import assert_shares, counts, endpoints, weight_shares
 
 from sail.balancing import registry
 from sail.balancing.round_robin import GoldenRatioPicker, RoundRobinPicker, round_robin_picker
 from sail.balancing.schedule import SCHEDULE_LIMIT, edf_schedule, reduce_weights
 from sail.errors import NoHealthyUpstream
 from sail.model import Endpoint, LbPolicy
+from tests.unit.balancing.balancing_helpers import assert_shares, counts, endpoints, weight_shares
 
 POLICY = LbPolicy("round_robin")
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+
+from sail.errors import NoRoute
+from sail.model import FractionalPercent, HeaderMatcher, QueryParameterMatcher, RouteConfig
+from sail.routing import Router, RouteResult
 from tests.unit.routing.routing_helpers import (
     S,
     by_domains,
@@ -26,10 +30,6 @@ from tests.unit.routing.routing_helpers import (
     sep,
     sm,
 )
-
-from sail.errors import NoRoute
-from sail.model import FractionalPercent, HeaderMatcher, QueryParameterMatcher, RouteConfig
-from sail.routing import Router, RouteResult
 
 SAME = "<the route's name>"
 

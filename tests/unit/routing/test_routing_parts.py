@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.unit.routing.routing_helpers import S, header, headers, sm
 
 from sail.errors import ConfigError
 from sail.routing.domains import DomainIndex, strip_port
 from sail.routing.matchers import compile_header_matcher, compile_string_matcher
 from sail.routing.request import header_getter, parse_query, path_end
 from sail.routing.rewrite import re2_substitution
+from tests.unit.routing.routing_helpers import S, header, headers, sm
 
 
 @pytest.mark.parametrize(

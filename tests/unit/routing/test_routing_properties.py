@@ -6,6 +6,10 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from sail.errors import NoRoute
+from sail.model import PathMatchKind, RouteMatch
+from sail.routing import Router
 from tests.unit.routing.routing_helpers import (
     by_domains,
     config,
@@ -17,10 +21,6 @@ from tests.unit.routing.routing_helpers import (
     route,
     vhost,
 )
-
-from sail.errors import NoRoute
-from sail.model import PathMatchKind, RouteMatch
-from sail.routing import Router
 
 NO_HEADERS = headers()
 LABEL = st.text("abc-", min_size=1, max_size=6)

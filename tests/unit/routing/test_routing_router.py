@@ -6,6 +6,14 @@ import random
 import re
 
 import pytest
+
+import sail.routing
+import sail.routing.request
+import sail.routing.router as router_module
+from sail.errors import ConfigError, NoRoute, RequestError
+from sail.model import FractionalPercent, StringMatchKind
+from sail.routing import Router
+from sail.routing.table import INDEX_MIN
 from tests.unit.routing.routing_helpers import (
     by_domains,
     config,
@@ -22,14 +30,6 @@ from tests.unit.routing.routing_helpers import (
     sm,
     vhost,
 )
-
-import sail.routing
-import sail.routing.request
-import sail.routing.router as router_module
-from sail.errors import ConfigError, NoRoute, RequestError
-from sail.model import FractionalPercent, StringMatchKind
-from sail.routing import Router
-from sail.routing.table import INDEX_MIN
 
 NO_HEADERS = headers()
 

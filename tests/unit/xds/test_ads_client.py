@@ -23,11 +23,13 @@ def server() -> Iterator[testing.XdsServer]:
         yield srv
 
 
-def make_client(
-    server: testing.XdsServer, recorder: Recorder, **kwargs: object
-) -> AdsClient:
+def make_client(server: testing.XdsServer, recorder: Recorder, **kwargs: object) -> AdsClient:
     client = AdsClient(
-        server.bootstrap(), recorder, backoff=FAST, connect_timeout=1.0, **kwargs  # type: ignore[arg-type]
+        server.bootstrap(),
+        recorder,
+        backoff=FAST,
+        connect_timeout=1.0,
+        **kwargs,  # type: ignore[arg-type]
     )
     client.start()
     return client
@@ -84,9 +86,7 @@ def test_partial_nack_applies_the_valid_resources(server, recorder):
             testing.eds_cluster("ratings", lb_policy="CLUSTER_PROVIDED"),
         )
         wait_until(lambda: server.nacks)
-        wait_until(
-            lambda: recorder.values[(CDS, "reviews-v1")].lb_policy.name == "random"
-        )
+        wait_until(lambda: recorder.values[(CDS, "reviews-v1")].lb_policy.name == "random")
         assert recorder.values[(CDS, "ratings")].lb_policy.name == "round_robin"
         assert "ratings" in server.nacks[-1].error
         assert "reviews-v1" not in server.nacks[-1].error
@@ -166,9 +166,7 @@ def test_listener_deletion_and_ignore_resource_deletion(recorder):
 def test_falls_back_to_second_server(server, recorder):
     dead = f"127.0.0.1:{free_port()}"
     boot = server.bootstrap_json()
-    boot["xds_servers"].insert(
-        0, {"server_uri": dead, "channel_creds": [{"type": "insecure"}]}
-    )
+    boot["xds_servers"].insert(0, {"server_uri": dead, "channel_creds": [{"type": "insecure"}]})
     client = AdsClient(parse_bootstrap(boot), recorder, backoff=FAST, connect_timeout=0.3)
     client.start()
     try:
@@ -188,8 +186,10 @@ def test_stale_nonce_is_ignored_by_server_and_client_acks_latest(server, recorde
             server.put(testing.load_assignment("reviews-v1", [("127.0.0.1", port)]))
         wait_until(lambda: recorder.values[(EDS, "reviews-v1")].endpoints[0].port == 9104)
         ack = wait_until(
-            lambda: server.acks[("sail-test", EDS)].version == str(server.version)
-            and server.acks[("sail-test", EDS)]
+            lambda: (
+                server.acks[("sail-test", EDS)].version == str(server.version)
+                and server.acks[("sail-test", EDS)]
+            )
         )
         assert not ack.nacked
     finally:

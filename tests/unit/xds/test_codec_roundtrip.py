@@ -9,13 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
-from tests.unit.xds.strategies import (
-    clusters,
-    listeners,
-    load_assignments,
-    registered_policies,
-    route_configs,
-)
 
 from sail.xds.codec import RESOURCE_TYPES, encode_listener
 from sail.xds.codec.types import (
@@ -23,6 +16,13 @@ from sail.xds.codec.types import (
     CLUSTER_LOAD_ASSIGNMENT,
     LISTENER,
     ROUTE_CONFIGURATION,
+)
+from tests.unit.xds.strategies import (
+    clusters,
+    listeners,
+    load_assignments,
+    registered_policies,
+    route_configs,
 )
 
 if TYPE_CHECKING:
