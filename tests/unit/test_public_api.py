@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import sail
+import sail.errors
+
+
+def test_exported_names() -> None:
+    assert sorted(sail.__all__) == sorted(
+        [
+            "Bootstrap",
+            "BootstrapError",
+            "ConfigError",
+            "InProcessRegistrar",
+            "Mesh",
+            "MeshSnapshot",
+            "NoHealthyUpstream",
+            "NoRoute",
+            "Registrar",
+            "RequestContext",
+            "RequestError",
+            "ResourceError",
+            "SailError",
+            "UnknownService",
+            "Workload",
+            "XdsError",
+            "current_request",
+            "load_bootstrap",
+            "operation",
+            "parse_bootstrap",
+        ]
+    )
+    for name in sail.__all__:
+        assert hasattr(sail, name), name
+
+
+def test_error_tree() -> None:
+    for name in sail.errors.__all__:
+        cls = getattr(sail.errors, name)
+        assert issubclass(cls, sail.SailError)
+    assert issubclass(sail.BootstrapError, ValueError)
+    assert issubclass(sail.XdsError, ConnectionError)
+    assert issubclass(sail.NoHealthyUpstream, sail.RequestError)
