@@ -416,17 +416,23 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 
 def ratios(result: dict[str, dict[str, Any]], sail_name: str) -> dict[str, float | None]:
-    raw, sail, envoy = (result[n]["median"] for n in ("raw httpx", sail_name, "envoy sidecar"))
-    sail_added = sail["p50_us"] - raw["p50_us"]
-    envoy_added = envoy["p50_us"] - raw["p50_us"]
+    """sail against raw and Envoy, each a median over rounds of the figures of one round
+    (the clients of a round ran back to back, so pairing them cancels slow drifts)."""
+    raw, sail, envoy = (result[n]["rounds"] for n in ("raw httpx", sail_name, "envoy sidecar"))
+
+    def paired(f: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], float]) -> float:
+        return statistics.median(f(r, s, e) for r, s, e in zip(raw, sail, envoy, strict=True))
+
+    sail_added = paired(lambda r, s, e: s["p50_us"] - r["p50_us"])
+    envoy_added = paired(lambda r, s, e: e["p50_us"] - r["p50_us"])
     return {
-        "throughput_vs_raw": sail["rps"] / raw["rps"],
-        "envoy_throughput_vs_raw": envoy["rps"] / raw["rps"],
+        "throughput_vs_raw": paired(lambda r, s, e: s["rps"] / r["rps"]),
+        "envoy_throughput_vs_raw": paired(lambda r, s, e: e["rps"] / r["rps"]),
         "sail_added_p50_us": sail_added,
         "envoy_added_p50_us": envoy_added,
         "added_p50_vs_envoy": sail_added / envoy_added if envoy_added > 0 else None,
-        "sail_added_cpu_us": sail["cpu_us"] - raw["cpu_us"],
-        "envoy_sidecar_cpu_us": envoy["sidecar_cpu_us"],
+        "sail_added_cpu_us": paired(lambda r, s, e: s["cpu_us"] - r["cpu_us"]),
+        "envoy_sidecar_cpu_us": result["envoy sidecar"]["median"]["sidecar_cpu_us"],
     }
 
 
@@ -450,6 +456,9 @@ def report(results: dict[str, Any]) -> str:
                 f" (envoy's own CPU {fmt(r['envoy_sidecar_cpu_us'])} µs/req)"
             )
         parts.append("")
+    load = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in
+                     zip(results["loadavg_before"], results["loadavg_after"], strict=True))
+    parts.append(f"load average (1, 5, 15 min) before -> after: {load}")
     mem = results["memory"]
     parts.append(
         f"memory: envoy RSS {mem['envoy_rss_kib'] / 1024:.1f} MiB (concurrency "
@@ -516,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
             "upstream": args.upstream,
             "envoy_concurrency": args.envoy_concurrency,
         },
+        "loadavg_before": os.getloadavg(),
         "scenarios": {},
         "memory": {},
     }
@@ -576,6 +586,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         print(" " * 60, end="\r", file=sys.stderr)
         results["memory"].update(envoy_rss_kib=rss_kib(envoy.pid), client_rss_kib=rss_kib())
+        results["loadavg_after"] = os.getloadavg()
 
         if args.profile:
             results["profile"] = profile_sail(mesh, sequential_n, args.warmup)

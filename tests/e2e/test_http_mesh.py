@@ -136,4 +136,40 @@ def test_departed_endpoint_pool_is_closed(
         assert f"127.0.0.1:{backends['b']}" in before
         xds.set(split(backends, {"a": 100}))
         wait_until(lambda: f"127.0.0.1:{backends['b']}" not in transport._pools._pools)  # type: ignore[attr-defined]
+        wait_until(lambda: not transport._pools.draining, timeout=5)  # type: ignore[attr-defined]
         assert http.get("http://reviews/").json()["name"] == "a"
+
+
+def test_endpoints_leaving_under_concurrent_traffic_fail_no_request(
+    mesh: sail.Mesh, xds: testing.XdsServer, backends: dict[str, int]
+) -> None:
+    import threading
+
+    failures: list[str] = []
+    stop = threading.Event()
+    counts = collections.Counter[str]()
+
+    def hammer(http: httpx.Client) -> None:
+        while not stop.is_set():
+            try:
+                counts[http.get("http://reviews/").json()["name"]] += 1
+            except Exception as exc:  # any failure is the bug this test looks for
+                failures.append(repr(exc))
+
+    with mesh.client() as http:
+        threads = [threading.Thread(target=hammer, args=(http,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for weights in ({"a": 50, "c": 50}, {"c": 100}, {"b": 100}, {"a": 80, "b": 20}):
+                version = mesh.snapshot.version
+                xds.set(split(backends, weights))
+                wait_until(lambda v=version: mesh.snapshot.version > v)  # type: ignore[misc]
+                seen = sum(counts.values())
+                wait_until(lambda s=seen: sum(counts.values()) > s + 50)  # type: ignore[misc]
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+    assert failures == []
+    assert set(counts) == {"a", "b", "c"}

@@ -13,7 +13,9 @@ Envoy preserves it), unless the route rewrites it.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import httpx
 
@@ -51,34 +53,66 @@ def _endpoint_url(url: httpx.URL, target: Target) -> httpx.URL:
     )
 
 
-class _PoolSet:
-    """One inner transport per endpoint authority, created on first use."""
+P = TypeVar("P", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
 
-    def __init__(self, factory: object) -> None:
-        self._factory = factory
-        self._pools: dict[str, object] = {}
+#: How long a departed endpoint's connections may finish their requests before they are
+#: closed anyway. Like Envoy, sail never cuts a request short when a host leaves EDS: idle
+#: connections close at once, busy ones when they finish, and only this cap overrides that.
+DRAIN_GRACE = 60.0
+
+
+def _idle(pool: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> bool:
+    connections = getattr(getattr(pool, "_pool", None), "connections", None)
+    if connections is None:
+        return True
+    return all(c.is_idle() or c.is_closed() for c in connections)
+
+
+class _PoolSet(Generic[P]):
+    """One inner transport per endpoint authority, created on first use; pools of departed
+    endpoints drain before they close."""
+
+    def __init__(self, factory: Callable[[], P]) -> None:
+        self._factory: Callable[[], P] = factory
+        self._pools: dict[str, P] = {}
+        self._draining: list[tuple[P, float]] = []
         self._lock = threading.Lock()  # taken only when a pool is created or retired
-        self.retired: list[object] = []
 
-    def get(self, authority: str) -> object:
+    def get(self, authority: str) -> P:
         pool = self._pools.get(authority)
         if pool is None:
             with self._lock:
                 pool = self._pools.get(authority)
                 if pool is None:
-                    pool = self._pools[authority] = self._factory()  # type: ignore[operator]
+                    pool = self._pools[authority] = self._factory()
         return pool
 
-    def retire(self, live: frozenset[str]) -> list[object]:
-        """Remove the pools of endpoints no longer in any cluster; return them to close."""
+    def retire(self, live: frozenset[str]) -> bool:
+        """Move the pools of endpoints no longer in any cluster to draining; True if any
+        is draining."""
         with self._lock:
-            gone = [a for a in self._pools if a not in live]
-            return [self._pools.pop(a) for a in gone]
+            deadline = time.monotonic() + DRAIN_GRACE
+            for authority in [a for a in self._pools if a not in live]:
+                self._draining.append((self._pools.pop(authority), deadline))
+            return bool(self._draining)
 
-    def drain(self) -> list[object]:
+    def reapable(self) -> list[P]:
+        """Draining pools that may be closed now: idle, or past their deadline."""
+        now = time.monotonic()
         with self._lock:
-            pools = list(self._pools.values())
+            done = [(p, d) for p, d in self._draining if d <= now or _idle(p)]
+            self._draining = [item for item in self._draining if item not in done]
+            return [p for p, _ in done]
+
+    @property
+    def draining(self) -> bool:
+        return bool(self._draining)
+
+    def drain(self) -> list[P]:
+        with self._lock:
+            pools = list(self._pools.values()) + [p for p, _ in self._draining]
             self._pools.clear()
+            self._draining.clear()
             return pools
 
 
@@ -102,7 +136,10 @@ class MeshTransport(httpx.BaseTransport):
         self._dataplane = mesh._dataplane
         self._passthrough = passthrough
         options = dict(pool_options or {})
-        self._pools = _PoolSet(lambda: httpx.HTTPTransport(**options))  # type: ignore[arg-type]
+        self._pools: _PoolSet[httpx.HTTPTransport] = _PoolSet(
+            lambda: httpx.HTTPTransport(**options)  # type: ignore[arg-type]
+        )
+        self._reaper: threading.Timer | None = None
         mesh._track(self)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -125,7 +162,7 @@ class MeshTransport(httpx.BaseTransport):
             return _direct_response(target, request)
         if target.route.host is not None:
             request.headers["host"] = target.route.host
-        pool: httpx.HTTPTransport = self._pools.get(target.endpoint.authority)  # type: ignore[assignment]
+        pool = self._pools.get(target.endpoint.authority)
         request.url = _endpoint_url(url, target)
         try:
             return pool.handle_request(request)
@@ -133,20 +170,31 @@ class MeshTransport(httpx.BaseTransport):
             request.url = url
 
     def retire(self, live: frozenset[str]) -> None:
-        for pool in self._pools.retire(live):
-            pool.close()  # type: ignore[attr-defined]
+        if self._pools.retire(live):
+            self._reap()
+
+    def _reap(self) -> None:
+        for pool in self._pools.reapable():
+            pool.close()
+        self._reaper = None
+        if self._pools.draining:
+            self._reaper = threading.Timer(1.0, self._reap)
+            self._reaper.daemon = True
+            self._reaper.start()
 
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         for pool in self._pools.drain():
-            pool.close()  # type: ignore[attr-defined]
+            pool.close()
         self._passthrough.close()
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """The asyncio twin of `MeshTransport`, behind `Mesh.async_client()`.
 
-    Pools of departed endpoints are closed on this transport's own event loop, at its next
-    request, since another thread cannot await them.
+    Pools of departed endpoints are closed on this transport's own event loop, at a later
+    request once they are idle, since another thread cannot await them.
     """
 
     def __init__(
@@ -159,13 +207,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._dataplane = mesh._dataplane
         self._passthrough = passthrough
         options = dict(pool_options or {})
-        self._pools = _PoolSet(lambda: httpx.AsyncHTTPTransport(**options))  # type: ignore[arg-type]
-        self._retired: list[object] = []
+        self._pools: _PoolSet[httpx.AsyncHTTPTransport] = _PoolSet(
+            lambda: httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
+        )
         mesh._track(self)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._retired:
-            await self._close_retired()
+        if self._pools.draining:
+            await self._reap()
         url = request.url
         name = service_name(url)
         state = self._dataplane.state
@@ -185,7 +234,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return _direct_response(target, request)
         if target.route.host is not None:
             request.headers["host"] = target.route.host
-        pool: httpx.AsyncHTTPTransport = self._pools.get(target.endpoint.authority)  # type: ignore[assignment]
+        pool = self._pools.get(target.endpoint.authority)
         request.url = _endpoint_url(url, target)
         try:
             return await pool.handle_async_request(request)
@@ -193,14 +242,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             request.url = url
 
     def retire(self, live: frozenset[str]) -> None:
-        self._retired.extend(self._pools.retire(live))
+        self._pools.retire(live)
 
-    async def _close_retired(self) -> None:
-        retired, self._retired = self._retired, []
-        for pool in retired:
-            await pool.aclose()  # type: ignore[attr-defined]
+    async def _reap(self) -> None:
+        for pool in self._pools.reapable():
+            await pool.aclose()
 
     async def aclose(self) -> None:
-        self._retired.extend(self._pools.drain())
-        await self._close_retired()
+        for pool in self._pools.drain():
+            await pool.aclose()
         await self._passthrough.aclose()

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 from sail.errors import ConfigError
 from sail.model import DirectResponse
-from sail.routing.request import header_getter
+from sail.routing.request import header_getter, header_values, is_pseudo
 from sail.routing.rewrite import compile_rewrite
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sail.model import Route
-    from sail.routing.request import HeaderGetter
+    from sail.routing.request import HeaderGetter, Headers
     from sail.routing.rewrite import Rewrite
 
     Rand = Callable[[], float]
@@ -63,13 +63,30 @@ class Action:
         self.cluster = cluster
         self.split = split
         self.header = header
-        self.read_header: HeaderGetter | None = None if header is None else header_getter(header)
+        self.read_header: HeaderGetter | None = None if header is None else _first_value(header)
         self.rewrite = rewrite
         self.host = host
         self.fixed = split is None and header is None and rewrite is None
 
 
 _NO_UPSTREAM = Action()
+
+
+def _first_value(name: str) -> HeaderGetter:
+    """Reads the cluster name from header `name`: its first value only, as Envoy's
+    `ClusterHeaderClusterSpecifier` ("an implicitly untrusted header, so per the API
+    documentation only the first value is used"); an empty value names no cluster."""
+    key = name.lower()
+    get = header_getter(key)
+    repeatable = not is_pseudo(key)
+
+    def read(headers: Headers, authority: str, method: str, path: str, scheme: str) -> str | None:
+        value = get(headers, authority, method, path, scheme)
+        if value and repeatable and "," in value:
+            value = header_values(headers, key, value)[0]
+        return value or None
+
+    return read
 
 
 def _split(

@@ -29,7 +29,7 @@ from sail.model import (
     StringMatcher,
     StringMatchKind,
 )
-from sail.routing.request import Headers, header_getter
+from sail.routing.request import Headers, header_getter, header_values, is_pseudo
 
 __all__ = [
     "EXACT",
@@ -116,10 +116,10 @@ def _in_range(start: int, end: int) -> StringTest:
     return test
 
 
-def compile_header_matcher(matcher: HeaderMatcher) -> Callable[[str | None], bool]:
-    """Envoy's `HeaderMatcher` as a function of the header's value (`None`: absent).
+def compile_header_matcher(matcher: HeaderMatcher) -> RequestTest:
+    """Envoy's `HeaderMatcher` as a test of one request.
 
-    Following `HeaderUtility::matchHeaders` and the proto text:
+    Following `HeaderUtility`, the proto text, and a real Envoy 1.40:
 
     * `present_match: true` matches when the header "is in the request", `false` when it "is
       absent"; `invert_match` flips either. With `treat_missing_header_as_empty` an absent
@@ -129,8 +129,13 @@ def compile_header_matcher(matcher: HeaderMatcher) -> Callable[[str | None], boo
       "header2"). With `treat_missing_header_as_empty` the value is `""` and the matcher, then
       `invert_match`, apply as usual ("The empty header does not match the range, so it will
       match when inverted").
+    * A repeated header matches when any of its values does; `invert_match` negates the
+      whole: `x: 1` + `x: 2` matches `exact: 2`, so it does not match `exact: 2` inverted.
     * No specifier at all defaults to `present_match: true`.
     """
+    name = matcher.name.lower()
+    get = header_getter(name)
+    repeatable = not is_pseudo(name)
     invert = matcher.invert
     missing_as_empty = matcher.treat_missing_as_empty
     base: StringTest | None = None
@@ -142,19 +147,21 @@ def compile_header_matcher(matcher: HeaderMatcher) -> Callable[[str | None], boo
     if base is None:
         wanted = matcher.present is not False  # None (no specifier) means present_match: true
 
-        def presence(value: str | None) -> bool:
-            present = value is not None or missing_as_empty
+        def presence(headers: Headers, authority: str, method: str, path: str, scheme: str) -> bool:
+            present = missing_as_empty or get(headers, authority, method, path, scheme) is not None
             return (present == wanted) != invert
 
         return presence
 
     test = base
 
-    def by_value(value: str | None) -> bool:
+    def by_value(headers: Headers, authority: str, method: str, path: str, scheme: str) -> bool:
+        value = get(headers, authority, method, path, scheme)
         if value is None:
-            if not missing_as_empty:
-                return False
-            value = ""
+            return missing_as_empty and test("") != invert
+        if repeatable and "," in value:
+            values = header_values(headers, name, value)
+            return any(test(v) for v in values) != invert
         return test(value) != invert
 
     return by_value
@@ -164,12 +171,14 @@ def compile_headers(matchers: tuple[HeaderMatcher, ...]) -> RequestTest | None:
     """All of a route's header matchers as one test; `None` when the route has none."""
     if not matchers:
         return None
-    checks = tuple((header_getter(m.name), compile_header_matcher(m)) for m in matchers)
+    checks = tuple(compile_header_matcher(m) for m in matchers)
+    if len(checks) == 1:
+        return checks[0]
 
     def all_match(headers: Headers, authority: str, method: str, path: str, scheme: str) -> bool:
         # A plain loop: `all()` over a generator costs an allocation per call.
-        for get, test in checks:
-            if not test(get(headers, authority, method, path, scheme)):
+        for check in checks:
+            if not check(headers, authority, method, path, scheme):
                 break
         else:
             return True
@@ -179,15 +188,18 @@ def compile_headers(matchers: tuple[HeaderMatcher, ...]) -> RequestTest | None:
 
 
 def compile_query_matcher(matcher: QueryParameterMatcher) -> QueryTest:
-    """Envoy's `QueryParameterMatcher` over the parsed query (first value per name).
+    """Envoy's `QueryParameterMatcher` over the raw query (first value per name).
 
-    Without a `string_match` it is a presence test: Envoy builds no value matcher for
-    `present_match` and only asks that the parameter exists, whatever the boolean says.
-    A missing parameter never matches.
+    Without a `string_match` it tests presence: `present` true asks for the parameter,
+    `present` false for its absence (Envoy 1.40, `enable_new_query_param_present_match_
+    behavior`: "whether the parameter exists and matches the expected presence"). With a
+    `string_match`, a missing parameter never matches.
     """
     name = matcher.name
     if matcher.string_match is None:
-        return lambda params: name in params
+        if matcher.present:
+            return lambda params: name in params
+        return lambda params: name not in params
     test = compile_string_matcher(matcher.string_match)
 
     def by_value(params: Mapping[str, str]) -> bool:

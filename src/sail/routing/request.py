@@ -4,26 +4,43 @@ A request reaches the router as an authority (the Host header value), a raw requ
 (`/a/b?x=1`), a `Headers` mapping, a method and a scheme. Envoy routes on HTTP/2 pseudo-headers,
 so a header matcher may name `:authority`, `:method`, `:path` or `:scheme`; `header_getter`
 resolves such a name once, at build time, into a small function that reads the right value.
+`host` reads the authority too: Envoy keeps an HTTP/1 Host header as `:authority`, and a
+matcher on `host` sees that value (checked against Envoy 1.40).
 
-The trap: Envoy turns an HTTP/1 `Host` header into `:authority`, so a matcher naming `host`
-never sees a value there (the docs say "match on `:authority` instead"). gRPC keeps no `host`
-either. sail does the same, so one route configuration routes alike in Envoy and in sail.
+Two traps, both checked against a real Envoy 1.40 (`tests/e2e/test_envoy_parity.py`):
+
+* A header sent several times is matched value by value: the matcher matches if *any* value
+  does, and `invert_match` negates that. The joined form `"1,2"` is never matched. A
+  `Headers.get` that joins values (`httpx.Headers` does, with `", "`) hides them, so when a
+  value holds a comma and the mapping has `get_list` (httpx's does), the values are read
+  one by one. A single header whose value holds a comma stays one value.
+* Query parameters are compared **raw**: no percent-decoding, `+` stays `+`, only `&`
+  separates parameters. `?q=a%20b` has `q` equal to `a%20b`, not `a b`; this is not what
+  `urllib.parse.parse_qsl` gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
-from urllib.parse import parse_qsl
 
-__all__ = ["HeaderGetter", "Headers", "header_getter", "parse_query", "path_end"]
+__all__ = [
+    "HeaderGetter",
+    "Headers",
+    "header_getter",
+    "header_values",
+    "is_pseudo",
+    "parse_query",
+    "path_end",
+]
 
 
 class Headers(Protocol):
     """The request headers as routing reads them: a case-insensitive `get`.
 
-    `httpx.Headers` satisfies it; it joins repeated values with `", "` where Envoy joins them
-    with `","`, which only matters to a matcher that looks inside a repeated header.
+    `httpx.Headers` satisfies it, and so does a `dict` with lower-case keys. A mapping that
+    also has `get_list(name) -> list[str]` (httpx's does) lets routing see each value of a
+    repeated header, as Envoy does; without it a repeated header is one joined value.
     """
 
     def get(self, name: str, default: None = None, /) -> str | None: ...
@@ -55,18 +72,24 @@ def _absent(headers: Headers, authority: str, method: str, path: str, scheme: st
 
 _PSEUDO: dict[str, HeaderGetter] = {
     ":authority": _authority,
+    "host": _authority,
     ":method": _method,
     ":path": _path,
     ":scheme": _scheme,
-    # Envoy stores Host as :authority, so a lookup of "host" finds nothing (see module doc).
-    "host": _absent,
 }
+
+
+def is_pseudo(name: str) -> bool:
+    """Whether `name` is read from the request line rather than from `Headers`."""
+    key = name.lower()
+    return key in _PSEUDO or key.startswith(":")
 
 
 def header_getter(name: str) -> HeaderGetter:
     """The function reading header `name` (case-insensitive) for one request.
 
-    `:path` is the raw target, query included, as Envoy's `:path` is. An unknown pseudo-header
+    `:path` is the raw target, query included, as Envoy's `:path` is. `:authority` and
+    `host` are the authority as given (case and port kept). An unknown pseudo-header
     (`:protocol`...) is never present.
     """
     key = name.lower()
@@ -84,6 +107,16 @@ def header_getter(name: str) -> HeaderGetter:
     return regular
 
 
+def header_values(headers: Headers, name: str, joined: str) -> Sequence[str]:
+    """Each value of header `name`, whose `get` gave `joined` (call it only when `joined`
+    holds a comma: one value without a comma cannot be several)."""
+    get_list: Callable[[str], Sequence[str]] | None = getattr(headers, "get_list", None)
+    if get_list is None:
+        return (joined,)
+    values = get_list(name)
+    return values if values else (joined,)
+
+
 def path_end(target: str) -> int:
     """Where the path part of a request target ends: at the first `?` or `#`, else its length.
 
@@ -98,17 +131,19 @@ def path_end(target: str) -> int:
 
 
 def parse_query(target: str, end: int) -> dict[str, str]:
-    """The query parameters of `target` (whose path ends at `end`), first value per name.
+    """The raw query parameters of `target` (whose path ends at `end`), first value per name.
 
-    Envoy's `QueryParameterMatcher` looks at the first value of a repeated parameter
-    (`getFirstValue`). Values are percent-decoded and `+` reads as a space, as Envoy's
-    `parseAndDecodeQueryString` does; a name without `=` has the value `""`.
+    As Envoy 1.40 matches them: split on `&`, then at the first `=`; `x` alone has the value
+    `""`, empty pieces (`a=1&&b`) are skipped, nothing is decoded. A repeated name keeps its
+    first value (`getFirstValue`).
     """
     if end >= len(target) or target[end] != "?":
         return {}
     hash_at = target.find("#", end)
     query = target[end + 1 :] if hash_at < 0 else target[end + 1 : hash_at]
     params: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        params.setdefault(name, value)
+    for piece in query.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            params.setdefault(name, value)
     return params

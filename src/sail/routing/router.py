@@ -170,8 +170,7 @@ class Router:
             if action.split is not None:
                 cluster = action.split(rand)
             elif action.read_header is not None:
-                # An empty value names no cluster either.
-                cluster = action.read_header(headers, authority, method, path, scheme) or None
+                cluster = action.read_header(headers, authority, method, path, scheme)
                 if cluster is None:
                     raise NoRoute(
                         f"route {route.model.name!r} of route config {self._config.name!r} "

@@ -218,8 +218,15 @@ class ConfigResolver:
         return eds in self._resources[EDS] or self._settled_missing(EDS, eds)
 
     def _want(self, type_url: str, names: frozenset[str]) -> None:
-        if self._wanted.get(type_url) != names:
+        before = self._wanted.get(type_url, frozenset())
+        if before != names:
             self._wanted[type_url] = names
+            # What we knew of a name we stop watching is stale by the time we watch it
+            # again (a cluster deleted then re-added must not look absent).
+            for name in before - names:
+                self._resources[type_url].pop(name, None)
+                self._absent[type_url].discard(name)
+                self._errors[type_url].pop(name, None)
             assert self._subscribe is not None
             self._subscribe(type_url, names)
 

@@ -116,9 +116,21 @@ class ResourceStore:
         self._notify(changed)
 
     def _notify(self, type_urls: list[str]) -> None:
+        # Clusters and endpoints before the listeners and routes that use them, so a
+        # client never routes to a cluster it has not been sent (Envoy's xds_protocol.rst,
+        # "eventual consistency considerations").
+        ordered = sorted(type_urls, key=lambda t: _PUSH_ORDER.get(t, len(_PUSH_ORDER)))
         for stream in list(self._streams):
-            for type_url in type_urls:
+            for type_url in ordered:
                 stream.maybe_send(type_url)
+
+
+_PUSH_ORDER = {
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster": 0,
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": 1,
+    "type.googleapis.com/envoy.config.listener.v3.Listener": 2,
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": 3,
+}
 
 
 def _differs(old: Mapping[str, any_pb2.Any] | None, new: Mapping[str, any_pb2.Any]) -> bool:

@@ -91,8 +91,11 @@ def header(
     )
 
 
-def qp(name: str, string: StringMatcher | None = None) -> QueryParameterMatcher:
-    return QueryParameterMatcher(name=name, string_match=string, present=string is None)
+def qp(
+    name: str, string: StringMatcher | None = None, *, present: bool = True
+) -> QueryParameterMatcher:
+    """A query matcher: on `string`, else on presence (`present`) or absence."""
+    return QueryParameterMatcher(name=name, string_match=string, present=present)
 
 
 def route(

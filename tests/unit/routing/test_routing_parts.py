@@ -69,7 +69,9 @@ def test_path_end(target: str, end: int) -> None:
         ("/p", {}),
         ("/p?", {}),
         ("/p?a=1&a=2&b", {"a": "1", "b": ""}),
-        ("/p?q=a+b%21", {"q": "a b!"}),
+        ("/p?q=a+b%21", {"q": "a+b%21"}),
+        ("/p?x=a=b&=1&&y", {"x": "a=b", "": "1", "y": ""}),
+        ("/p?x=1;y=2", {"x": "1;y=2"}),
         ("/p?a=1#frag&b=2", {"a": "1"}),
         ("/p#frag?a=1", {}),
     ],
@@ -86,7 +88,7 @@ def test_header_getter_pseudo_headers() -> None:
     assert header_getter(":path")(*args) == "/p?q"
     assert header_getter(":scheme")(*args) == "https"
     assert header_getter(":protocol")(*args) is None
-    assert header_getter("host")(*args) is None
+    assert header_getter("host")(*args) == "svc:80"
     assert header_getter("X-a")(*args) == "1"
 
 
@@ -144,7 +146,8 @@ def test_presence_truth_table(
     present: bool, invert: bool, empty: bool, value: str | None, expected: bool
 ) -> None:
     matcher = header("x", present=present, invert=invert, missing_as_empty=empty)
-    assert compile_header_matcher(matcher)(value) is expected
+    request = headers({} if value is None else {"x": value})
+    assert compile_header_matcher(matcher)(request, "svc", "GET", "/", "http") is expected
 
 
 @pytest.mark.parametrize(
@@ -160,7 +163,8 @@ def test_presence_truth_table(
     ],
 )
 def test_range(value: str, start: int, end: int, expected: bool) -> None:
-    assert compile_header_matcher(header("x", range=(start, end)))(value) is expected
+    test = compile_header_matcher(header("x", range=(start, end)))
+    assert test({"x": value}, "svc", "GET", "/", "http") is expected
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,15 @@ Each test also serialises the message to bytes and back, as the wire does.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sail.errors import ResourceError
 from sail.xds.codec import RESOURCE_TYPES, encode_listener
 from sail.xds.codec.types import (
     CLUSTER,
@@ -85,3 +89,33 @@ def test_encoded_hcm_always_ends_with_a_typed_router(listener: Listener) -> None
     assert hcm.stat_prefix
     last = hcm.http_filters[-1]
     assert last.typed_config.type_url.endswith("envoy.extensions.filters.http.router.v3.Router")
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.tuples(st.just(LISTENER), listeners),
+        st.tuples(st.just(ROUTE_CONFIGURATION), route_configs()),
+        st.tuples(st.just(CLUSTER), clusters()),
+        st.tuples(st.just(CLUSTER_LOAD_ASSIGNMENT), load_assignments()),
+    ),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_decoders_raise_only_resource_error_on_corrupted_input(
+    case: tuple[str, Any], flips: list[tuple[int, int]]
+) -> None:
+    """Flip a few bytes of a valid resource: whatever still parses as protobuf must decode
+    or be NACKed with a `ResourceError`, never crash the ADS client's decoder."""
+    type_url, obj = case
+    rtype = RESOURCE_TYPES[type_url]
+    wire = bytearray(rtype.encode(obj).SerializeToString())
+    if not wire:
+        return
+    for position, value in flips:
+        wire[position % len(wire)] = value
+    try:
+        message = rtype.message_class.FromString(bytes(wire))
+    except DecodeError:
+        return
+    with contextlib.suppress(ResourceError):
+        rtype.decode(message)

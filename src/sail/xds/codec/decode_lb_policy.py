@@ -29,7 +29,7 @@ from google.protobuf import json_format
 
 from sail.balancing import registry
 from sail.model import LbPolicy
-from sail.xds.codec.extensions import LB_POLICIES, WRR_LOCALITY, configured_type
+from sail.xds.codec.extensions import LB_POLICIES, WRR_LOCALITY, configured_type, unpack_into
 from sail.xds.codec.lb_options import (
     freeze,
     legacy_options,
@@ -89,7 +89,7 @@ def _first_usable(lbp: Any, depth: int) -> LbPolicy:
                 continue
             cls = message_class_for(type_url)
             if cls is None:  # a custom policy: its TypedStruct is its options
-                return LbPolicy(name, freeze(json_format.MessageToDict(struct)))
+                return LbPolicy(name, freeze(_struct_to_dict(struct)))
             return LbPolicy(name, typed_options(name, _unpack(config, struct, cls)))
     listed = ", ".join(repr(s) for s in skipped) or "nothing"
     raise Invalid("policies", f"no registered policy among {listed} ({_registered()})")
@@ -99,11 +99,16 @@ def _unpack(config: Any, struct: Any, cls: Any) -> Any:
     """The typed config as a `cls` message, from a plain `Any` or a `TypedStruct`."""
     message = cls()
     if struct is None:
-        if not config.Unpack(message):
-            raise Invalid("", f"cannot unpack {config.type_url}")
-        return message
+        return unpack_into(config, message)
     try:
-        json_format.ParseDict(json_format.MessageToDict(struct), message)
+        json_format.ParseDict(_struct_to_dict(struct), message)
     except json_format.ParseError as exc:
         raise Invalid("value", f"not a valid {cls.DESCRIPTOR.full_name}: {exc}") from None
     return message
+
+
+def _struct_to_dict(struct: Any) -> Any:
+    try:
+        return json_format.MessageToDict(struct)
+    except (ValueError, TypeError) as exc:  # NaN or infinite numbers have no JSON form
+        raise Invalid("value", str(exc)) from None

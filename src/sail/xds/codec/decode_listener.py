@@ -26,7 +26,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from sail.model import HttpConnectionManager, HttpFilter, Listener
 from sail.xds.codec.decode_address import decode_socket_address
 from sail.xds.codec.decode_route import decode_route_config
-from sail.xds.codec.extensions import HCM, HTTP_FILTERS, ROUTER, configured_type
+from sail.xds.codec.extensions import HCM, HTTP_FILTERS, ROUTER, configured_type, unpack_into
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import duration_seconds
 
@@ -76,9 +76,7 @@ def _packed_hcm(holder: Any, field: str) -> HttpConnectionManager:
         if packed.type_url != HCM:
             got = packed.type_url or "nothing"
             raise Invalid("", f"expected an HttpConnectionManager ({HCM}), got {got}")
-        hcm = hcm_pb2.HttpConnectionManager()
-        if not packed.Unpack(hcm):
-            raise Invalid("", "cannot unpack the HttpConnectionManager")
+        hcm = unpack_into(packed, hcm_pb2.HttpConnectionManager())
         return decode_http_connection_manager(hcm)
 
 

@@ -31,6 +31,7 @@ from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
@@ -53,6 +54,7 @@ __all__ = [
     "WRR_LOCALITY",
     "configured_type",
     "type_url_of",
+    "unpack_into",
 ]
 
 TYPE_PREFIX = "type.googleapis.com/"
@@ -96,6 +98,18 @@ _TYPED_STRUCTS = frozenset(
 )
 
 
+def unpack_into(config: Any, message: Any) -> Any:
+    """Unpack the `Any` `config` into `message` (and return it), raising `Invalid` when the
+    type differs or the bytes do not parse."""
+    try:
+        ok = config.Unpack(message)
+    except DecodeError as exc:
+        raise Invalid("", f"cannot unpack {config.type_url}: {exc}") from None
+    if not ok:
+        raise Invalid("", f"cannot unpack {config.type_url} as {message.DESCRIPTOR.full_name}")
+    return message
+
+
 def configured_type(config: Any) -> tuple[str, Any | None]:
     """The type URL an `Any` configures, looking through a `TypedStruct`.
 
@@ -109,6 +123,5 @@ def configured_type(config: Any) -> tuple[str, Any | None]:
         if config.type_url.startswith(TYPE_PREFIX + "xds.")
         else udpa_typed_struct_pb2.TypedStruct()
     )
-    if not config.Unpack(holder):
-        raise Invalid("", f"cannot unpack {config.type_url}")
+    unpack_into(config, holder)
     return holder.type_url, holder.value if holder.HasField("value") else struct_pb2.Struct()

@@ -1,0 +1,304 @@
+"""Cluster decoding: discovery types, balancing policies (and the registry), limits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from sail.balancing import registry
+from sail.errors import ResourceError
+from sail.model import (
+    CircuitBreakers,
+    Cluster,
+    DiscoveryType,
+    Endpoint,
+    LbPolicy,
+    OutlierDetection,
+    Thresholds,
+)
+from sail.xds.codec import decode_cluster, parse_resource
+from tests.unit.xds.strategies import dummy_factory, registered_policies
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+T = "type.googleapis.com/envoy.extensions.load_balancing_policies."
+ROUND_ROBIN = T + "round_robin.v3.RoundRobin"
+MAGLEV = T + "maglev.v3.Maglev"
+LEAST_REQUEST = T + "least_request.v3.LeastRequest"
+WRR_LOCALITY = T + "wrr_locality.v3.WrrLocality"
+
+
+@pytest.fixture(autouse=True)
+def _policies() -> Iterator[None]:
+    with registered_policies("round_robin", "random", "least_request", "ring_hash", "my_policy"):
+        yield
+
+
+def eds(name: str = "reviews", **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": {"ads": {}}},
+        **fields,
+    }
+
+
+def decode(data: dict[str, Any]) -> Cluster:
+    return decode_cluster(parse_resource("Cluster", data))
+
+
+def nack(data: dict[str, Any]) -> str:
+    with pytest.raises(ResourceError) as info:
+        decode(data)
+    assert info.value.type_name == "Cluster"
+    return info.value.reason
+
+
+def typed(*policies: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "policies": [
+            {"typed_extension_config": {"name": f"p{i}", "typed_config": p}}
+            for i, p in enumerate(policies)
+        ]
+    }
+
+
+def test_eds_cluster_with_defaults() -> None:
+    cluster = decode(eds())
+    assert cluster == Cluster("reviews")
+    assert cluster.eds_name == "reviews"
+    assert cluster.connect_timeout == 5.0
+    assert cluster.healthy_panic_threshold == 50.0
+
+
+def test_eds_service_name_and_self_config_source() -> None:
+    data = eds(eds_cluster_config={"eds_config": {"self": {}}, "service_name": "reviews-v2"})
+    assert decode(data).eds_name == "reviews-v2"
+
+
+def test_eds_config_source_must_be_ads_or_self() -> None:
+    data = eds(eds_cluster_config={"eds_config": {"path": "/x"}})
+    assert nack(data) == "eds_cluster_config.eds_config: must be ads or self, got path"
+
+
+def test_static_cluster_takes_its_inline_load_assignment() -> None:
+    cluster = decode(
+        {
+            "name": "db",
+            "type": "STATIC",
+            "load_assignment": {
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "10.0.0.5",
+                                            "port_value": 5432,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ]
+            },
+        }
+    )
+    assert cluster.discovery is DiscoveryType.STATIC
+    assert cluster.load_assignment is not None
+    assert cluster.load_assignment.cluster_name == "db"
+    assert cluster.load_assignment.endpoints == (Endpoint("10.0.0.5", 5432),)
+
+
+def test_static_cluster_needs_load_assignment() -> None:
+    assert nack({"name": "db", "type": "STRICT_DNS"}) == (
+        "load_assignment: is required for a STRICT_DNS cluster"
+    )
+
+
+def test_logical_dns_cluster_needs_exactly_one_endpoint() -> None:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "db", "port_value": 1}}}}
+    other = {"endpoint": {"address": {"socket_address": {"address": "db2", "port_value": 1}}}}
+    data = {
+        "name": "db",
+        "type": "LOGICAL_DNS",
+        "load_assignment": {"endpoints": [{"lb_endpoints": [endpoint, other]}]},
+    }
+    assert nack(data) == "load_assignment: a LOGICAL_DNS cluster needs exactly one endpoint, got 2"
+
+
+def test_aggregate_cluster_is_rejected() -> None:
+    data = {
+        "name": "agg",
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": ["a", "b"],
+            },
+        },
+    }
+    from envoy.extensions.clusters.aggregate.v3 import cluster_pb2  # noqa: F401
+
+    assert (
+        nack(data)
+        == "cluster_type: custom cluster type 'envoy.clusters.aggregate' is not supported"
+    )
+
+
+def test_cluster_needs_a_name() -> None:
+    assert nack(eds(name="")) == "name: must not be empty"
+
+
+@pytest.mark.parametrize(
+    ("enum", "name"),
+    [
+        ("ROUND_ROBIN", "round_robin"),
+        ("RANDOM", "random"),
+        ("LEAST_REQUEST", "least_request"),
+        ("RING_HASH", "ring_hash"),
+    ],
+)
+def test_lb_policy_enum_names(enum: str, name: str) -> None:
+    assert decode(eds(lb_policy=enum)).lb_policy == LbPolicy(name)
+
+
+def test_unregistered_lb_policy_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        registry, "_POLICIES", {"random": dummy_factory, "round_robin": dummy_factory}
+    )
+    assert nack(eds(lb_policy="MAGLEV")) == (
+        "lb_policy: no registered policy 'maglev' (registered: random, round_robin)"
+    )
+
+
+def test_cluster_provided_lb_policy_is_rejected() -> None:
+    assert nack(eds(lb_policy="CLUSTER_PROVIDED")) == "lb_policy: CLUSTER_PROVIDED is not supported"
+
+
+def test_legacy_lb_config_options() -> None:
+    cluster = decode(eds(lb_policy="LEAST_REQUEST", least_request_lb_config={"choice_count": 3}))
+    assert cluster.lb_policy == LbPolicy("least_request", (("choice_count", 3),))
+    assert cluster.lb_policy.option("choice_count") == 3
+    ring = decode(
+        eds(
+            lb_policy="RING_HASH",
+            ring_hash_lb_config={"minimum_ring_size": "64", "maximum_ring_size": "4096"},
+        )
+    )
+    assert ring.lb_policy == LbPolicy(
+        "ring_hash", (("maximum_ring_size", 4096), ("minimum_ring_size", 64))
+    )
+
+
+def test_ring_size_minimum_above_maximum_is_rejected() -> None:
+    data = eds(lb_policy="RING_HASH", ring_hash_lb_config={"maximum_ring_size": "100"})
+    assert nack(data) == (
+        "ring_hash_lb_config.minimum_ring_size: 1024 is above maximum_ring_size 100"
+    )
+
+
+def test_choice_count_below_two_is_rejected() -> None:
+    data = eds(load_balancing_policy=typed({"@type": LEAST_REQUEST, "choice_count": 1}))
+    assert nack(data) == (
+        "load_balancing_policy.policies[0].typed_extension_config.typed_config.choice_count: "
+        "1 is less than 2"
+    )
+
+
+def test_load_balancing_policy_takes_the_first_registered() -> None:
+    data = eds(
+        lb_policy="RANDOM",
+        load_balancing_policy=typed(
+            {"@type": MAGLEV},
+            {"@type": LEAST_REQUEST, "choice_count": 4},
+            {"@type": ROUND_ROBIN},
+        ),
+    )
+    assert decode(data).lb_policy == LbPolicy("least_request", (("choice_count", 4),))
+
+
+def test_wrr_locality_uses_its_endpoint_picking_policy() -> None:
+    inner = typed({"@type": MAGLEV}, {"@type": ROUND_ROBIN})
+    data = eds(
+        load_balancing_policy=typed({"@type": WRR_LOCALITY, "endpoint_picking_policy": inner})
+    )
+    assert decode(data).lb_policy == LbPolicy("round_robin")
+
+
+def test_load_balancing_policy_without_a_registered_entry_is_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_POLICIES", {"round_robin": dummy_factory})
+    data = eds(load_balancing_policy=typed({"@type": MAGLEV}, {"@type": LEAST_REQUEST}))
+    assert nack(data) == (
+        "load_balancing_policy.policies: no registered policy among 'maglev', "
+        "'least_request' (registered: round_robin)"
+    )
+
+
+def test_custom_policy_from_typed_struct() -> None:
+    struct = {
+        "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+        "type_url": "type.googleapis.com/my_policy",
+        "value": {"mode": "fast", "spread": [1, 2]},
+    }
+    policy = decode(eds(load_balancing_policy=typed(struct))).lb_policy
+    assert policy.name == "my_policy"
+    assert policy.option("mode") == "fast"
+    assert policy.option("spread") == (1, 2)
+
+
+def test_unknown_typed_policy_is_named_by_type_url() -> None:
+    struct = {
+        "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+        "type_url": "type.googleapis.com/not.Registered",
+    }
+    assert "'not.Registered'" in nack(eds(load_balancing_policy=typed(struct)))
+
+
+def test_circuit_breakers_with_envoy_defaults() -> None:
+    data = eds(
+        circuit_breakers={
+            "thresholds": [{"max_requests": 100}, {"priority": "HIGH", "max_retries": 10}]
+        }
+    )
+    assert decode(data).circuit_breakers == CircuitBreakers(
+        (Thresholds(max_requests=100), Thresholds(priority=1, max_retries=10))
+    )
+
+
+def test_duplicate_circuit_breaker_priority_is_rejected() -> None:
+    data = eds(circuit_breakers={"thresholds": [{}, {"priority": "DEFAULT"}]})
+    assert nack(data) == (
+        "circuit_breakers.thresholds[1].priority: duplicate priority: one entry per priority"
+    )
+
+
+def test_outlier_detection_with_envoy_defaults() -> None:
+    data = eds(outlier_detection={"consecutive_5xx": 3, "base_ejection_time": "10s"})
+    assert decode(data).outlier_detection == OutlierDetection(
+        consecutive_5xx=3, base_ejection_time=10.0
+    )
+    assert decode(eds(outlier_detection={})).outlier_detection == OutlierDetection()
+
+
+def test_outlier_max_ejection_percent_above_100_is_rejected() -> None:
+    data = eds(outlier_detection={"max_ejection_percent": 101})
+    assert nack(data) == "outlier_detection.max_ejection_percent: 101 is more than 100"
+
+
+def test_connect_timeout_and_panic_threshold() -> None:
+    cluster = decode(
+        eds(connect_timeout="0.25s", common_lb_config={"healthy_panic_threshold": {"value": 0}})
+    )
+    assert cluster.connect_timeout == 0.25
+    assert cluster.healthy_panic_threshold == 0.0
+
+
+def test_zero_connect_timeout_is_rejected() -> None:
+    assert nack(eds(connect_timeout="0s")) == "connect_timeout: must be greater than 0"
