@@ -473,6 +473,12 @@ def report(results: dict[str, Any]) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
+def progress(line: str) -> None:
+    """One self-erasing status line on a terminal; nothing when stderr is not one."""
+    if sys.stderr.isatty():
+        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)
+
+
 def find_envoy(given: str | None) -> str:
     candidates = [given] if given else [str(Path(sys.executable).with_name("envoy")),
                                         shutil.which("envoy")]
@@ -575,8 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         for key, title, run in scenarios:
             runs: dict[str, list[dict[str, float | None]]] = {c.name: [] for c in contenders}
             for r, contender in rotations(contenders, args.rounds):
-                print(f"  {key} round {r + 1}/{args.rounds}: {contender.name}", end="\r",
-                      file=sys.stderr, flush=True)
+                progress(f"{key} round {r + 1}/{args.rounds}: {contender.name}")
                 runs[contender.name].append(run(contender))
             clients = {n: {"median": medians(v), "rounds": v} for n, v in runs.items()}
             results["scenarios"][key] = {
@@ -584,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
                 "clients": clients,
                 "ratios": {n: ratios(clients, n) for n in ("sail", "sail 3 ep rr")},
             }
-        print(" " * 60, end="\r", file=sys.stderr)
+        progress("")
         results["memory"].update(envoy_rss_kib=rss_kib(envoy.pid), client_rss_kib=rss_kib())
         results["loadavg_after"] = os.getloadavg()
 

@@ -100,7 +100,11 @@ class LocalConfig:
         self._current = resources
         apply(resources)
         self._thread: threading.Thread | None = None
-        if poll_interval > 0:
+        self.start_watching()
+
+    def start_watching(self) -> None:
+        """Start the watcher thread (again, in a forked child)."""
+        if self._poll > 0 and not self._stop.is_set():
             self._thread = threading.Thread(target=self._watch, name="sail-local", daemon=True)
             self._thread.start()
 

@@ -48,6 +48,8 @@ class _Source(Protocol):
 
     def request(self, name: str) -> threading.Event | None: ...
 
+    def after_fork(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -66,13 +68,23 @@ class _XdsSource:
 
         self.bootstrap = bootstrap
         self.resolver = ConfigResolver(publish, subscribe=self._subscribe)
+        # The stream starts on first use, not here: a pre-fork server (gunicorn --preload)
+        # that builds its mesh at import then forks workers leaves gRPC untouched in the
+        # parent, and each worker connects on its own.
         self.client = AdsClient(bootstrap, self.resolver, **client_options)
-        self.client.start()
+        self._started = False
 
     def _subscribe(self, type_url: str, names: frozenset[str]) -> None:
         self.client.set_names(type_url, names)
 
+    def after_fork(self) -> None:
+        if self._started:
+            self.client.start()
+
     def request(self, name: str) -> threading.Event:
+        if not self._started:
+            self._started = True
+            self.client.start()
         event = self.resolver.settled_event(name)
         if not event.is_set():
             self.client.call_soon(lambda: self.resolver.add_interest([name]))
@@ -94,6 +106,9 @@ class _LocalSource:
 
     def request(self, name: str) -> None:
         return None
+
+    def after_fork(self) -> None:
+        self.config.start_watching()
 
     def close(self) -> None:
         self.config.close()
@@ -128,6 +143,7 @@ class Mesh:
         self.registrar: Registrar = registrar or InProcessRegistrar()
         self._source = source(self._publish)
         self._dynamic = not isinstance(self._source, _LocalSource)
+        self._pid = os.getpid()
 
     @classmethod
     def from_bootstrap(
@@ -177,7 +193,16 @@ class Mesh:
     @property
     def snapshot(self) -> MeshSnapshot:
         """The config the data plane runs on now."""
+        self.check_fork()
         return self._dataplane.state.snapshot
+
+    def check_fork(self) -> None:
+        """Restart the config source's thread in a forked child. Cheap (one `getpid`);
+        the transports call it on every request, since a child forked from a process with
+        a running mesh inherits no threads."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._source.after_fork()
 
     def _publish(self, snapshot: MeshSnapshot) -> None:
         try:
@@ -199,6 +224,7 @@ class Mesh:
 
     def _classify(self, host: str, name: str) -> bool | threading.Event:
         """True/False when known; an event to wait on when the control plane is asked."""
+        self.check_fork()
         if name in self._dataplane.state.services:
             return True
         cached = self._outside.get(name)

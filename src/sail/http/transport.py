@@ -143,6 +143,7 @@ class MeshTransport(httpx.BaseTransport):
         mesh._track(self)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._mesh.check_fork()
         url = request.url
         name = service_name(url)
         state = self._dataplane.state
@@ -215,6 +216,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._pools.draining:
             await self._reap()
+        self._mesh.check_fork()
         url = request.url
         name = service_name(url)
         state = self._dataplane.state

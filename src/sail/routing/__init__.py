@@ -8,7 +8,9 @@ result.cluster, result.path, result.host       # where to send it, what path, wh
 
 `Router.route` raises `sail.errors.NoRoute` when nothing matches. The modules, in the order a
 request meets them: `domains` (virtual host), `request` (path split, query, pseudo-headers),
-`matchers` (route conditions), `actions` and `rewrite` (cluster, path, Host).
+`table` (a virtual host's routes and their path index), `matchers` (route conditions),
+`actions` and `rewrite` (cluster, path, Host). Every rule follows Envoy; where Envoy 1.40 and
+its docs disagree, a real Envoy decided (`tests/e2e/test_envoy_parity.py`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ The rules, from Envoy's `route_components.proto` and `type/matcher/v3/string.pro
   turn that into a match (only `present_match` and `treat_missing_header_as_empty` look at
   absence). That is the trap: `invert` of "x-env is prod" is not "x-env is anything but prod,
   or missing".
+* A header sent several times matches when any one of its values does (Envoy 1.40, checked
+  by `tests/e2e/test_envoy_parity.py`); `invert_match` negates that answer as a whole.
 """
 
 from __future__ import annotations

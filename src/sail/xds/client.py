@@ -32,25 +32,25 @@ Protocol rules followed (gRFC A27, A46, A57, A71 and Envoy's `xds_protocol.rst`)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import heapq
+import itertools
 import logging
 import os
+import queue
 import random
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import attrs
 import grpc
-import grpc.aio
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from sail._loop import background_loop, in_background_thread
 from sail.bootstrap import Bootstrap, XdsServer
 from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name
 
@@ -123,13 +123,15 @@ class ClientStatus:
 class _TypeState:
     __slots__ = ("absent", "cache", "names", "nonce", "pending_first", "timers", "version")
 
+    timers: dict[str, float]  # name -> deadline of its does-not-exist timer
+
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.version = ""
         self.nonce = ""
         self.cache: dict[str, Any] = {}
         self.absent: set[str] = set()
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.timers = {}
         # Names written in a request and not yet answered by a response of this type.
         self.pending_first: set[str] = set()
 
@@ -138,16 +140,105 @@ _clients: weakref.WeakSet[AdsClient] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    # A forked child inherits no threads: every open client restarts on a fresh loop.
+    # The child inherits no threads. Reset every client's stream state here, but start
+    # nothing: a thread started inside an at-fork hook can crash the child, and gRPC
+    # must not be touched before the child runs its own code. The owner restarts the
+    # client on first use in the child (`Mesh` checks `os.getpid()`); the parent's
+    # channels are never touched, and until then the child serves from the snapshot it
+    # inherited.
     for client in list(_clients):
-        client._forked()
+        client._reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+_CLOSE = object()
+
+
+class _Stream:
+    """One connection attempt and its stream, run on a thread of its own.
+
+    It reports to the client's event queue: ("up"|"unreachable"|"down"|"response", self,
+    detail). The client writes requests with `send`; gRPC's own thread consumes them.
+    """
+
+    def __init__(self, server: XdsServer, events: queue.Queue[Any], connect_timeout: float):
+        self.server = server
+        self.delivered = False
+        self._events = events
+        self._timeout = connect_timeout
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._channel: grpc.Channel | None = None
+        self._call: Any = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="sail-xds-stream", daemon=True)
+        self._thread.start()
+
+    def send(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        self._outbox.put(request)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._outbox.put(_CLOSE)
+        if self._call is not None:
+            self._call.cancel()
+        if self._channel is not None:
+            self._channel.close()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _requests(self) -> Iterator[discovery_pb2.DiscoveryRequest]:
+        while True:
+            item = self._outbox.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _run(self) -> None:
+        uri = self.server.server_uri
+        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", -1)]
+        if self.server.insecure:
+            channel = grpc.insecure_channel(uri, options=options)
+        else:
+            channel = grpc.secure_channel(uri, grpc.ssl_channel_credentials(), options=options)
+        self._channel = channel
+        try:
+            grpc.channel_ready_future(channel).result(timeout=self._timeout)
+        except Exception:
+            channel.close()
+            self._events.put(("unreachable", self, f"{uri}: unreachable"))
+            return
+        if self._cancelled:
+            channel.close()
+            return
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        detail = f"{uri}: stream closed by server"
+        try:
+            self._call = stub.StreamAggregatedResources(self._requests())
+            self._events.put(("up", self, uri))
+            for response in self._call:
+                self.delivered = True
+                self._events.put(("response", self, response))
+        except grpc.RpcError as exc:
+            detail = f"{uri}: {exc.code().name}: {exc.details()}"
+        except Exception as exc:  # never let the stream thread die unreported
+            log.exception("sail xDS: stream to %s failed", uri)
+            detail = f"{uri}: {exc!r}"
+        finally:
+            self._outbox.put(_CLOSE)
+            channel.close()
+            self._events.put(("down", self, detail))
+
 
 class AdsClient:
-    """One ADS stream to the bootstrap's xDS servers, run on a daemon thread.
+    """One ADS stream to the bootstrap's xDS servers, driven by one daemon thread.
+
+    All protocol state lives on that thread, which takes events (responses, stream up and
+    down, calls from the owner) from one queue and runs the timers between them; the
+    stream itself reads on a thread of its own. Plain threads and sync gRPC, not asyncio:
+    a forked child can start a fresh client this way, where grpc.aio state inherited
+    from the parent crashes it.
 
     **Parameters**
 
@@ -175,10 +266,16 @@ class AdsClient:
         self._connect_timeout = connect_timeout
         self._backoff = backoff
         self._state: dict[str, _TypeState] = {t: _TypeState() for t in resource_types}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Future[None] | None = None
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
         self._closed = False
-        self._outbox: asyncio.Queue[str | discovery_pb2.DiscoveryRequest] | None = None
+        self._stream: _Stream | None = None
+        self._first_request = True
+        self._server_index = 0
+        self._attempt = 0
+        self._next_attempt = 0.0
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = itertools.count()
         self._ignore_deletion = False
         self._live = False
         self._server: str | None = None
@@ -189,20 +286,12 @@ class AdsClient:
     # -- owner API (any thread) -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the stream on sail's background loop (idempotent)."""
-        if self._task is not None and not self._task.done():
+        """Start the client thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
             return
-        self._loop = background_loop()
         self._closed = False
-        started = threading.Event()
-
-        def begin() -> None:
-            self._outbox = asyncio.Queue()
-            self._task = asyncio.ensure_future(self._run_logged())
-            started.set()
-
-        self._loop.call_soon_threadsafe(begin)
-        started.wait(5.0)
+        self._thread = threading.Thread(target=self._main, name="sail-xds", daemon=True)
+        self._thread.start()
 
     def set_names(self, type_url: str, names: Iterable[str]) -> None:
         """Subscribe `type_url` to exactly `names`. Thread-safe; sends only on change."""
@@ -211,13 +300,10 @@ class AdsClient:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the client's thread (serialized with the handler)."""
-        loop = self._loop
-        if loop is None or self._closed:
-            return
-        if in_background_thread():
+        if threading.current_thread() is self._thread:
             fn()
         else:
-            loop.call_soon_threadsafe(fn)
+            self._events.put(("call", None, fn))
 
     def status(self) -> ClientStatus:
         return ClientStatus(
@@ -230,139 +316,115 @@ class AdsClient:
         )
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the stream; returns once its channel is closed (or after `timeout`)."""
+        """Stop the stream and the thread."""
         self._closed = True
-        loop, task = self._loop, self._task
-        if loop is None or task is None or loop.is_closed():
-            return
+        self._events.put(("close", None, None))
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-        if in_background_thread():
-            task.cancel()
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout)
-
-    def _forked(self) -> None:
-        self._task = None
-        self._loop = None
+    def _reset_after_fork(self) -> None:
+        self._thread = None
+        self._stream = None
         self._live = False
-        if not self._closed:
-            for st in self._state.values():
-                st.timers.clear()
-                st.pending_first.clear()
-            self.start()
+        self._next_attempt = 0.0
+        self._events = queue.Queue()
+        self._timers = []
+        for st in self._state.values():
+            st.timers.clear()
+            st.pending_first.clear()
 
-    async def _run_logged(self) -> None:
-        try:
-            await self._run()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:  # the control path must never die silently
-            log.exception("sail xDS client stopped unexpectedly")
-            raise
+    # -- the client thread ------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        attempt = 0
+    def _main(self) -> None:
         while not self._closed:
-            delivered = False
-            for server in self._bootstrap.xds_servers:
-                outcome = await self._serve(server)
-                if outcome is not None:  # reached this server
-                    delivered = outcome
-                    break
-            if self._closed:
-                return
-            if delivered:
-                attempt = 0
-                continue
-            delay = self._backoff.delay(attempt)
-            attempt += 1
-            log.info("sail xDS: reconnecting in %.1fs", delay)
-            await asyncio.sleep(delay)
-
-    def _channel(self, server: XdsServer) -> grpc.aio.Channel:
-        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", -1)]
-        if server.insecure:
-            return grpc.aio.insecure_channel(server.server_uri, options=options)
-        return grpc.aio.secure_channel(
-            server.server_uri, grpc.ssl_channel_credentials(), options=options
-        )
-
-    async def _serve(self, server: XdsServer) -> bool | None:
-        """One stream to `server`. `None`: unreachable; else whether a response arrived."""
-        channel = self._channel(server)
-        try:
             try:
-                await asyncio.wait_for(channel.channel_ready(), self._connect_timeout)
-            except TimeoutError:
-                self._last_error = f"{server.server_uri}: unreachable"
-                log.warning("sail xDS: %s", self._last_error)
-                return None
-            return await self._stream(server, channel)
-        finally:
-            await channel.close(None)
+                self._step()
+            except Exception:  # the control path must never die silently
+                log.exception("sail xDS: unexpected error; the client carries on")
+                time.sleep(0.1)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.cancel()
+            stream.join(1.0)
 
-    async def _stream(self, server: XdsServer, channel: grpc.aio.Channel) -> bool:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.StreamAggregatedResources()
-        assert self._outbox is not None
-        self._outbox = asyncio.Queue()
-        self._server = server.server_uri
-        self._ignore_deletion = server.ignore_resource_deletion
-        first = True
-        delivered = False
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self._stream is None and now >= self._next_attempt:
+            server = self._bootstrap.xds_servers[self._server_index]
+            self._stream = _Stream(server, self._events, self._connect_timeout)
+        wake = self._timers[0][0] if self._timers else now + 3600
+        if self._stream is None:
+            wake = min(wake, self._next_attempt)
+        try:
+            kind, stream, payload = self._events.get(timeout=max(0.0, wake - now))
+        except queue.Empty:
+            kind, stream, payload = "tick", None, None
+        self._fire_timers()
+        if kind == "call":
+            payload()
+        elif kind == "close":
+            self._closed = True
+        elif stream is not self._stream or stream is None:
+            return  # from a stream we already gave up on
+        elif kind == "response":
+            self._on_response(payload)
+        elif kind == "up":
+            self._on_up(stream)
+        elif kind == "unreachable":
+            self._last_error = payload
+            log.warning("sail xDS: %s", payload)
+            self._stream = None
+            self._next_server(reached=False)
+        elif kind == "down":
+            self._on_down(stream, payload)
+
+    def _next_server(self, *, reached: bool) -> None:
+        """Choose what to try next: after a stream that delivered, the primary again at
+        once; after an unreachable server, the next one; after a full round (or a stream
+        that ended before any response), the primary after a backoff."""
+        if reached:
+            self._server_index = 0
+            self._attempt = 0
+            self._next_attempt = 0.0
+            return
+        self._server_index += 1
+        if self._server_index < len(self._bootstrap.xds_servers):
+            self._next_attempt = 0.0
+            return
+        self._server_index = 0
+        delay = self._backoff.delay(self._attempt)
+        self._attempt += 1
+        self._next_attempt = time.monotonic() + delay
+        log.info("sail xDS: reconnecting in %.1fs", delay)
+
+    def _on_up(self, stream: _Stream) -> None:
+        self._server = stream.server.server_uri
+        self._ignore_deletion = stream.server.ignore_resource_deletion
+        self._live = True
+        self._first_request = True
         for st in self._state.values():
             st.nonce = ""  # nonces belong to a stream; versions carry over (A27)
         for type_url in self._ordered_types():
             if self._state[type_url].names:
-                self._outbox.put_nowait(type_url)
-        self._live = True
-        self._notify_connection(True, server.server_uri)
+                self._send(self._request(type_url))
+        self._notify_connection(True, stream.server.server_uri)
 
-        async def writer() -> None:
-            nonlocal first
-            assert self._outbox is not None
-            while True:
-                item = await self._outbox.get()
-                if isinstance(item, str):
-                    request = self._request(item, node=first)
-                else:
-                    request = item
-                    if first:
-                        request.node.CopyFrom(self._node())
-                first = False
-                await call.write(request)
-                self._requested(request.type_url)
-
-        writer_task = asyncio.ensure_future(writer())
-        try:
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    self._last_error = f"{server.server_uri}: stream closed by server"
-                    break
-                delivered = True
-                self._on_response(response)
-        except grpc.aio.AioRpcError as exc:
-            self._last_error = f"{server.server_uri}: {exc.code().name}: {exc.details()}"
-        finally:
-            writer_task.cancel()
-            self._live = False
-            for st in self._state.values():
-                for timer in st.timers.values():
-                    timer.cancel()
-                st.timers.clear()
-                st.pending_first.clear()
-            call.cancel()
-            if not self._closed:
-                log.warning("sail xDS: stream ended: %s", self._last_error)
-                self._notify_connection(False, self._last_error)
-        return delivered
+    def _on_down(self, stream: _Stream, detail: str) -> None:
+        self._stream = None
+        self._live = False
+        self._last_error = detail
+        self._timers.clear()
+        for st in self._state.values():
+            st.timers.clear()
+            st.pending_first.clear()
+        if not self._closed:
+            log.warning("sail xDS: stream ended: %s", detail)
+            self._notify_connection(False, detail)
+        if not stream.delivered:
+            # Reached, then closed before any response: back off rather than spin.
+            self._server_index = len(self._bootstrap.xds_servers) - 1
+        self._next_server(reached=stream.delivered)
 
     def _ordered_types(self) -> list[str]:
         known = [t for t in _TYPE_ORDER if t in self._state]
@@ -386,9 +448,7 @@ class AdsClient:
             client_features=["xds.config.resource-in-sotw"],
         )
 
-    def _request(
-        self, type_url: str, *, node: bool, error: str | None = None
-    ) -> discovery_pb2.DiscoveryRequest:
+    def _request(self, type_url: str, error: str | None = None) -> discovery_pb2.DiscoveryRequest:
         st = self._state[type_url]
         request = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
@@ -396,34 +456,44 @@ class AdsClient:
             response_nonce=st.nonce,
             resource_names=sorted(st.names),
         )
-        if node:
-            request.node.CopyFrom(self._node())
         if error is not None:
             request.error_detail.CopyFrom(
                 status_pb2.Status(code=_INVALID_ARGUMENT, message=error)
             )
         return request
 
-    def _requested(self, type_url: str) -> None:
-        """A request for `type_url` is on the wire: arm timers for names never received."""
-        st = self._state[type_url]
-        loop = asyncio.get_running_loop()
+    def _send(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        """Write a request on the live stream and arm timers for names never received."""
+        if self._stream is None or not self._live:
+            return
+        if self._first_request:
+            request.node.CopyFrom(self._node())
+            self._first_request = False
+        self._stream.send(request)
+        st = self._state.get(request.type_url)
+        if st is None:
+            return
+        deadline = time.monotonic() + self._dne_timeout
         for name in st.names:
             if name in st.cache or name in st.absent or name in st.timers:
                 continue
             st.pending_first.add(name)
-            st.timers[name] = loop.call_later(
-                self._dne_timeout, self._does_not_exist, type_url, name
-            )
+            st.timers[name] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._timer_seq), request.type_url, name))
 
-    def _does_not_exist(self, type_url: str, name: str) -> None:
-        st = self._state[type_url]
-        st.timers.pop(name, None)
-        st.pending_first.discard(name)
-        if name in st.names and name not in st.cache:
-            log.info("sail xDS: %s %r does not exist (timer)", _short(type_url), name)
-            st.absent.add(name)
-            self._deliver(type_url, {}, frozenset(), {}, frozenset({name}))
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, type_url, name = heapq.heappop(self._timers)
+            st = self._state[type_url]
+            if st.timers.get(name) != deadline:
+                continue  # cancelled or re-armed
+            del st.timers[name]
+            st.pending_first.discard(name)
+            if name in st.names and name not in st.cache:
+                log.info("sail xDS: %s %r does not exist (timer)", _short(type_url), name)
+                st.absent.add(name)
+                self._deliver(type_url, {}, frozenset(), {}, frozenset({name}))
 
     def _set_names(self, type_url: str, names: frozenset[str]) -> None:
         st = self._state.get(type_url)
@@ -432,15 +502,12 @@ class AdsClient:
         if names == st.names:
             return
         for name in st.names - names:
-            timer = st.timers.pop(name, None)
-            if timer is not None:
-                timer.cancel()
+            st.timers.pop(name, None)
             st.cache.pop(name, None)
             st.absent.discard(name)
             st.pending_first.discard(name)
         st.names = set(names)
-        if self._live and self._outbox is not None:
-            self._outbox.put_nowait(type_url)
+        self._send(self._request(type_url))
 
     def _on_response(self, response: discovery_pb2.DiscoveryResponse) -> None:
         type_url = response.type_url
@@ -463,13 +530,13 @@ class AdsClient:
         for name, value in decoded.items():
             if name not in st.names:
                 continue  # a wildcard-style server may send more than we asked for
-            self._settle(st, name)
+            st.timers.pop(name, None)
             st.absent.discard(name)
             if st.cache.get(name) != value:
                 st.cache[name] = value
                 changed[name] = value
         for name in errors:
-            self._settle(st, name)
+            st.timers.pop(name, None)
         removed: set[str] = set()
         absent: set[str] = set()
         if type_url in _FULL_STATE_TYPES:
@@ -488,7 +555,7 @@ class AdsClient:
                 elif name in st.pending_first and name not in st.absent:
                     absent.add(name)
                     st.absent.add(name)
-                    self._settle(st, name)
+                    st.timers.pop(name, None)
         st.pending_first.clear()
         st.nonce = response.nonce
         if errors:
@@ -496,17 +563,12 @@ class AdsClient:
             detail = "; ".join(errors[n] for n in sorted(errors))
             log.warning("sail xDS: NACK %s version %s: %s", rtype.short_name,
                         response.version_info, detail)
-            self._send_now(self._request(type_url, node=False, error=detail))
+            self._send(self._request(type_url, error=detail))
         else:
             st.version = response.version_info
-            self._send_now(self._request(type_url, node=False))
+            self._send(self._request(type_url))
         if changed or removed or errors or absent:
             self._deliver(type_url, changed, frozenset(removed), errors, frozenset(absent))
-
-    def _settle(self, st: _TypeState, name: str) -> None:
-        timer = st.timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
 
     def _nack_unknown(self, response: discovery_pb2.DiscoveryResponse) -> None:
         message = f"sail does not subscribe to type {response.type_url!r}"
@@ -515,12 +577,7 @@ class AdsClient:
             type_url=response.type_url, response_nonce=response.nonce
         )
         request.error_detail.CopyFrom(status_pb2.Status(code=_INVALID_ARGUMENT, message=message))
-        self._send_now(request)
-
-    def _send_now(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        # ACKs and NACKs share the ordered outbox with subscription changes.
-        assert self._outbox is not None
-        self._outbox.put_nowait(request)
+        self._send(request)
 
     def _deliver(
         self,

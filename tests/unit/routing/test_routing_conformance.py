@@ -68,7 +68,7 @@ def fgate(numerator: int, denominator: int = 100) -> RouteConfig:
 H = tuple[tuple[str, str], ...]
 XENV: H = (("x-env", "prod"),)
 
-# The table is aligned by hand, one case per paragraph.
+# The table is aligned by hand: one `Case` per entry, its rule on the first line.
 # fmt: off
 DOMAIN_CASES = [
     Case("exact-beats-suffix", "Envoy domain order: 1. exact before 2. suffix wildcards",
@@ -373,6 +373,9 @@ REWRITE_CASES = [
     Case("regex-rewrite-whole-match", "RE2 rewrite: `\\0` is the whole match",
          one_host(route(prefix("/"), "r", regex_rewrite=("[0-9]+", "<\\0>"))),
          path="/a/42", expect="r", forward="/a/<42>"),
+    Case("regex-rewrite-empty-matches", "Envoy 1.40 (RE2 GlobalReplace): no empty match "
+         "right after a match", one_host(route(prefix("/"), "r", regex_rewrite=("x*", "-"))),
+         path="/axxb", expect="r", forward="-/-a-b-"),
     Case("regex-rewrite-not-query", "Envoy regex_rewrite: matched against the path only",
          one_host(route(prefix("/"), "r", regex_rewrite=("a", "b"))), path="/a?a=a",
          expect="r", forward="/b?a=a"),

@@ -10,7 +10,7 @@ from sail.errors import ConfigError
 from sail.routing.domains import DomainIndex, strip_port
 from sail.routing.matchers import compile_header_matcher, compile_string_matcher
 from sail.routing.request import header_getter, parse_query, path_end
-from sail.routing.rewrite import re2_substitution
+from sail.routing.rewrite import compile_substitution, global_replace
 from tests.unit.routing.routing_helpers import S, header, headers, sm
 
 
@@ -168,18 +168,32 @@ def test_range(value: str, start: int, end: int, expected: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("substitution", "groups", "template"),
+    ("substitution", "groups", "parts"),
     [
-        ("plain", 0, "plain"),
-        ("\\1-\\0", 1, "\\g<1>-\\g<0>"),
-        ("a\\\\b", 0, "a\\\\b"),
+        ("plain", 0, ("plain",)),
+        ("\\1-\\0", 1, (1, "-", 0)),
+        ("a\\\\b\\1", 1, ("a\\b", 1)),
+        ("", 0, ()),
     ],
 )
-def test_re2_substitution(substitution: str, groups: int, template: str) -> None:
-    assert re2_substitution(substitution, groups) == template
+def test_compile_substitution(substitution: str, groups: int, parts: tuple[str | int, ...]) -> None:
+    assert compile_substitution(substitution, groups) == parts
 
 
-def test_re2_substitution_keeps_python_escapes_literal() -> None:
-    # "\\\\n" in RE2 is a backslash then "n"; Python must not read a newline into it.
-    template = re2_substitution("x\\\\ny", 0)
-    assert re.sub("a", template, "a") == "x\\ny"
+@pytest.mark.parametrize(
+    ("pattern", "substitution", "text", "expected"),
+    [
+        # Observed from Envoy 1.40: RE2 skips an empty match where the last match ended.
+        ("x*", "-", "/e/axxb", "-/-e-/-a-b-"),
+        ("x*", "-", "/e/ab", "-/-e-/-a-b-"),
+        ("[0-9]+", "<\\0>", "/w/a1/22", "/w/a<1>/<22>"),
+        ("(a)|(b)", "[\\1\\2]", "ab", "[a][b]"),  # an unmatched group is empty
+        ("^/", "", "/a/b", "a/b"),  # `^` is the start of the text, not of each search
+        ("z", "y", "/a", "/a"),
+        ("a", "\\\\n", "a", "\\n"),  # RE2's `\\` is a backslash; `n` stays an `n`
+    ],
+)
+def test_global_replace(pattern: str, substitution: str, text: str, expected: str) -> None:
+    compiled = re.compile(pattern)
+    parts = compile_substitution(substitution, compiled.groups)
+    assert global_replace(compiled, parts, text) == expected

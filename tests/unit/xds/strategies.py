@@ -91,8 +91,8 @@ def registered_policies(*names: str) -> Iterator[None]:
 
 token = st.text(string.ascii_lowercase + string.digits + "-", min_size=1, max_size=10)
 names = st.text(string.ascii_letters + string.digits + "-_.:", min_size=1, max_size=16)
-text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
-nonempty_text = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+text = st.text(st.characters(codec="utf-8"), max_size=12)
+nonempty_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
 REGEXES = ("a.*", "[0-9]+", "/v[12]/.*", "x|y", "(foo)(bar)?", r"\d{3}")
 regex_sources = st.sampled_from(REGEXES)
 

@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# Registers the aggregate cluster's proto, so JSON can name it: a type sail does not support.
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2  # noqa: F401
+
 from sail.balancing import registry
 from sail.errors import ResourceError
 from sail.model import (
@@ -142,8 +145,6 @@ def test_aggregate_cluster_is_rejected() -> None:
             },
         },
     }
-    from envoy.extensions.clusters.aggregate.v3 import cluster_pb2  # noqa: F401
-
     assert (
         nack(data)
         == "cluster_type: custom cluster type 'envoy.clusters.aggregate' is not supported"

@@ -134,7 +134,7 @@ def test_rds_config_source_must_be_ads_or_self() -> None:
 
 
 def test_rds_needs_a_route_config_name() -> None:
-    rds = {"config_source": {"ads": {}}}
+    rds: dict[str, Any] = {"config_source": {"ads": {}}}
     assert nack(api_listener(rds=rds)) == (
         "api_listener.api_listener.rds.route_config_name: must not be empty"
     )

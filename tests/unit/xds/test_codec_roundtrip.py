@@ -48,30 +48,31 @@ def round_trip(type_url: str, obj: Any) -> Any:
     return rtype.decode(message)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(listeners)
 def test_listener_round_trip(listener: Listener) -> None:
     assert round_trip(LISTENER, listener) == listener
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(route_configs())
 def test_route_configuration_round_trip(config: RouteConfig) -> None:
     assert round_trip(ROUTE_CONFIGURATION, config) == config
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(clusters())
 def test_cluster_round_trip(cluster: Cluster) -> None:
     assert round_trip(CLUSTER, cluster) == cluster
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(load_assignments())
 def test_cluster_load_assignment_round_trip(assignment: ClusterLoadAssignment) -> None:
     assert round_trip(CLUSTER_LOAD_ASSIGNMENT, assignment) == assignment
 
 
+@settings(deadline=None)
 @given(listeners)
 def test_encoded_hcm_always_ends_with_a_typed_router(listener: Listener) -> None:
     from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -91,7 +92,7 @@ def test_encoded_hcm_always_ends_with_a_typed_router(listener: Listener) -> None
     assert last.typed_config.type_url.endswith("envoy.extensions.filters.http.router.v3.Router")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     st.one_of(
         st.tuples(st.just(LISTENER), listeners),

@@ -29,7 +29,7 @@ from sail.model import (
 from sail.xds.codec.decode_endpoint import decode_load_assignment
 from sail.xds.codec.decode_lb_policy import decode_lb_policy
 from sail.xds.codec.validation import Invalid, at, resource
-from sail.xds.codec.wellknown import duration_seconds, uint32_value
+from sail.xds.codec.wellknown import duration_seconds, enum_name, uint32_value
 
 __all__ = ["decode_cluster"]
 
@@ -70,7 +70,7 @@ def _discovery(msg: Any) -> tuple[DiscoveryType, str, ClusterLoadAssignment | No
     discovery = _DISCOVERY.get(msg.type)
     if discovery is None:
         raise Invalid(
-            "type", f"{cluster_pb2.Cluster.DiscoveryType.Name(msg.type)} is not supported"
+            "type", f"{enum_name(cluster_pb2.Cluster.DiscoveryType, msg.type)} is not supported"
         )
     if discovery is DiscoveryType.EDS:
         with at("eds_cluster_config"), at("eds_config"):

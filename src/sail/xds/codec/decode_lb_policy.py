@@ -37,6 +37,7 @@ from sail.xds.codec.lb_options import (
     typed_options,
 )
 from sail.xds.codec.validation import Invalid, at
+from sail.xds.codec.wellknown import enum_name
 
 __all__ = ["decode_lb_policy"]
 
@@ -56,9 +57,13 @@ def decode_lb_policy(cluster: Any) -> LbPolicy:
         with at("load_balancing_policy"):
             return _first_usable(cluster.load_balancing_policy, 0)
     name = _ENUM_NAMES.get(cluster.lb_policy)
+    if cluster.lb_policy == cluster_pb2.Cluster.LOAD_BALANCING_POLICY_CONFIG:
+        raise Invalid("load_balancing_policy.policies", "lb_policy says to use it, but it is empty")
     if name is None:
-        enum_name = cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy)
-        raise Invalid("lb_policy", f"{enum_name} is not supported")
+        raise Invalid(
+            "lb_policy",
+            f"{enum_name(cluster_pb2.Cluster.LbPolicy, cluster.lb_policy)} is not supported",
+        )
     if registry.get(name) is None:
         raise Invalid("lb_policy", f"no registered policy {name!r} ({_registered()})")
     return LbPolicy(name, legacy_options(cluster, name))

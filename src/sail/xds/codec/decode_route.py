@@ -3,8 +3,8 @@
 The route actions themselves (clusters, rewrites, retries, hashing) are in
 `decode_route_action`. What is rejected and why:
 
-* a domain with more than one `*`, or a `*` in the middle: Envoy matches `*` only as a
-  whole-domain, prefix or suffix wildcard, so anything else would never match;
+* a domain with more than one `*`, or a `*` in the middle: Envoy supports `*` only as the
+  whole domain or as a prefix or suffix wildcard, and rejects the rest;
 * the same domain in two virtual hosts (Envoy NACKs; which one wins would be arbitrary);
 * a route match sail cannot evaluate (`connect_matcher`, `path_match_policy`, `grpc`,
   `tls_context`, `dynamic_metadata`, `filter_state`): ignoring it would match more requests

@@ -20,6 +20,7 @@ from sail.xds.codec.validation import Invalid
 __all__ = [
     "bool_value",
     "duration_seconds",
+    "enum_name",
     "seconds_to_duration",
     "uint32_value",
     "wrap_bool",
@@ -70,3 +71,12 @@ def wrap_uint32(value: int) -> Any:
 
 def wrap_bool(value: bool) -> Any:
     return wrappers_pb2.BoolValue(value=value)
+
+
+def enum_name(enum_type: Any, value: int) -> str:
+    """The name of an enum value, or the number for values this proto version does not
+    define (proto3 enums are open: any int may arrive on the wire)."""
+    try:
+        return str(enum_type.Name(value))
+    except ValueError:
+        return str(value)
