@@ -1,10 +1,10 @@
-"""A generic xDS v3 ADS client (State of the World), on one background thread.
+"""A generic xDS v3 ADS client (State of the World), driven by one background thread.
 
 The client knows nothing of listeners or clusters: a resource type is a type URL and a
 decoder (`sail.xds.codec.types.ResourceType`). Its owner says which names it wants per type
 (`set_names`); the client keeps one ADS stream, sends a request whenever a name set changes,
 decodes every response, ACKs or NACKs it, and hands the owner what changed. All of that runs
-on the client's own asyncio loop, so the owner's handler is called serially and never
+on the client's own thread, so the owner's handler is called serially and never
 concurrently with itself.
 
 Protocol rules followed (gRFC A27, A46, A57, A71 and Envoy's `xds_protocol.rst`):
