@@ -1,7 +1,7 @@
 """What does sail add to an HTTP request, next to a plain client and next to an Envoy sidecar?
 
 ```
-python benchmarks/http_overhead.py                 # full run (~1-2 minutes on 2 cores)
+python benchmarks/http_overhead.py                 # full run (a few minutes on 2 cores)
 python benchmarks/http_overhead.py --quick         # a smoke run
 python benchmarks/http_overhead.py --json out.json --profile
 ```
@@ -16,12 +16,15 @@ One run, one upstream (`upstream.py`, in its own process, on loopback), four cli
                     connection manager, static cluster of the upstream): the hop a sidecar
                     mesh adds.
 
-Two scenarios: sequential requests on one `httpx.Client`, and `--concurrency` (16) requests
-in flight on one `httpx.AsyncClient`. Each scenario runs `--rounds` times, the clients
-interleaved and their order rotated each round, and the table shows the median of the rounds:
-requests per second, p50 and p99 latency, the client process's CPU time per request
-(`time.process_time`) and, for Envoy, the CPU the sidecar spent per request on top (from
-`/proc/<pid>/stat`). Every process started here is stopped by its PID before exit.
+Two scenarios: `--requests` (2,000) sequential requests on one `httpx.Client`, and twice as
+many with `--concurrency` (16) in flight on one `httpx.AsyncClient`. This machine is small
+and shared, so the clients take turns in blocks of a few hundred requests (the order shifting
+every block) rather than running one after the other: a burst of load from elsewhere then
+hits all of them alike. Each scenario runs `--rounds` such rounds, and the table shows the
+median of the rounds: requests per second, p50 and p99 latency, the client process's CPU time
+per request (`time.process_time`) and, for Envoy, the CPU the sidecar itself spent per
+request (from `/proc/<pid>/stat`). sail's comparisons with raw and Envoy pair the figures of
+the same round. Every process started here is stopped by its PID before exit.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 30.0
+SEQUENTIAL_BLOCK = 200  # requests a contender sends before the next one takes its turn
+CONCURRENT_BLOCK = 400
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -279,62 +284,113 @@ def _check(response: httpx.Response) -> None:
         raise RuntimeError(f"{response.request.url}: status {response.status_code}")
 
 
-def run_sequential(who: Contender, requests: int, warmup: int) -> dict[str, float | None]:
-    url = who.url
-    with who.sync_client() as client:
-        for _ in range(warmup):
-            _check(client.get(url))
-        latencies = [0] * requests
-        side0 = proc_cpu_seconds(who.sidecar_pid) if who.sidecar_pid else None
+class Tally:
+    """What one contender measured in one round, added up over its blocks."""
+
+    def __init__(self, sidecar_pid: int | None) -> None:
+        self.latencies: list[int] = []
+        self.seconds = 0.0
+        self.cpu = 0.0
+        self.sidecar_pid = sidecar_pid
+        self.sidecar_cpu: float | None = None if sidecar_pid is None else 0.0
+
+    @contextlib.contextmanager
+    def block(self) -> Iterator[list[int]]:
+        """Time one block of requests; the body appends each latency (ns) to the list."""
+        pid = self.sidecar_pid
+        side0 = proc_cpu_seconds(pid) if pid else 0.0
         cpu0, start = time.process_time(), time.perf_counter()
-        for i in range(requests):
-            sent = time.perf_counter_ns()
-            response = client.get(url)
-            latencies[i] = time.perf_counter_ns() - sent
-            _check(response)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        side = proc_cpu_seconds(who.sidecar_pid) - side0 if side0 is not None else None
-    return summarize(latencies, seconds, cpu, side)
+        yield self.latencies
+        self.seconds += time.perf_counter() - start
+        self.cpu += time.process_time() - cpu0
+        if pid and self.sidecar_cpu is not None:
+            self.sidecar_cpu += proc_cpu_seconds(pid) - side0
+
+    def summary(self) -> dict[str, float | None]:
+        return summarize(self.latencies, self.seconds, self.cpu, self.sidecar_cpu)
 
 
-async def _concurrent(
-    who: Contender, requests: int, warmup: int, concurrency: int
-) -> dict[str, float | None]:
-    url = who.url
-    latencies: list[int] = []
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal counts."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
-    async def worker(count: int, record: bool) -> None:
+
+def blocks(total: int, size: int) -> list[int]:
+    """`total` split into blocks of `size` (the last one maybe shorter)."""
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def interleaved(contenders: list[Contender], round_: int, block: int) -> list[Contender]:
+    """The order of the contenders in one block: shifted each block and each round, so that
+    each one takes every position equally often."""
+    shift = (round_ + block) % len(contenders)
+    return contenders[shift:] + contenders[:shift]
+
+
+def sequential_round(
+    contenders: list[Contender], round_: int, requests: int, warmup: int, block: int
+) -> dict[str, dict[str, float | None]]:
+    """One round: each contender sends `requests` requests one after another, in blocks of
+    `block`, the contenders taking turns block by block."""
+    with contextlib.ExitStack() as stack:
+        clients = {c.name: stack.enter_context(c.sync_client()) for c in contenders}
+        for c in contenders:
+            for _ in range(warmup):
+                _check(clients[c.name].get(c.url))
+        tallies = {c.name: Tally(c.sidecar_pid) for c in contenders}
+        for b, size in enumerate(blocks(requests, block)):
+            for c in interleaved(contenders, round_, b):
+                client, url = clients[c.name], c.url
+                with tallies[c.name].block() as latencies:
+                    for _ in range(size):
+                        sent = time.perf_counter_ns()
+                        response = client.get(url)
+                        latencies.append(time.perf_counter_ns() - sent)
+                        _check(response)
+    return {name: tally.summary() for name, tally in tallies.items()}
+
+
+async def _burst(
+    client: httpx.AsyncClient, url: str, total: int, concurrency: int, out: list[int]
+) -> None:
+    """`total` requests from `concurrency` tasks, each sending its share one at a time."""
+
+    async def worker(count: int) -> None:
         for _ in range(count):
             sent = time.perf_counter_ns()
             response = await client.get(url)
-            if record:
-                latencies.append(time.perf_counter_ns() - sent)
+            out.append(time.perf_counter_ns() - sent)
             _check(response)
 
-    def shares(total: int) -> list[int]:
-        return [total // concurrency + (i < total % concurrency) for i in range(concurrency)]
-
-    async with who.async_client() as client:
-        await asyncio.gather(*(worker(n, False) for n in shares(warmup)))
-        side0 = proc_cpu_seconds(who.sidecar_pid) if who.sidecar_pid else None
-        cpu0, start = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(n, True) for n in shares(requests)))
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        side = proc_cpu_seconds(who.sidecar_pid) - side0 if side0 is not None else None
-    return summarize(latencies, seconds, cpu, side)
+    await asyncio.gather(*(worker(n) for n in shares(total, concurrency)))
 
 
-def run_concurrent(
-    who: Contender, requests: int, warmup: int, concurrency: int
-) -> dict[str, float | None]:
-    return asyncio.run(_concurrent(who, requests, warmup, concurrency))
+async def _concurrent_round(
+    contenders: list[Contender], round_: int, requests: int, warmup: int, block: int,
+    concurrency: int,
+) -> dict[str, dict[str, float | None]]:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {c.name: await stack.enter_async_context(c.async_client())
+                   for c in contenders}
+        for c in contenders:
+            await _burst(clients[c.name], c.url, warmup, concurrency, [])
+        tallies = {c.name: Tally(c.sidecar_pid) for c in contenders}
+        for b, size in enumerate(blocks(requests, block)):
+            for c in interleaved(contenders, round_, b):
+                with tallies[c.name].block() as latencies:
+                    await _burst(clients[c.name], c.url, size, concurrency, latencies)
+    return {name: tally.summary() for name, tally in tallies.items()}
 
 
-def rotations(items: list[Contender], rounds: int) -> Iterator[tuple[int, Contender]]:
-    """Every contender once per round, the starting one shifted each round."""
-    for r in range(rounds):
-        for i in range(len(items)):
-            yield r, items[(r + i) % len(items)]
+def concurrent_round(
+    contenders: list[Contender], round_: int, requests: int, warmup: int, block: int,
+    concurrency: int,
+) -> dict[str, dict[str, float | None]]:
+    """One round with `concurrency` requests in flight on each contender's `AsyncClient`,
+    block by block as in `sequential_round`."""
+    return asyncio.run(
+        _concurrent_round(contenders, round_, requests, warmup, block, concurrency)
+    )
 
 
 def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
@@ -446,13 +502,14 @@ def report(results: dict[str, Any]) -> str:
                          fmt(m["cpu_us"]), fmt(m["sidecar_cpu_us"])])
         parts.append(f"{data['title']}\n{table(rows)}")
         for sail_name, r in data["ratios"].items():
+            sail_added, envoy_added = r["sail_added_p50_us"], r["envoy_added_p50_us"]
             share = r["added_p50_vs_envoy"]
             parts.append(
                 f"  {sail_name}: throughput {r['throughput_vs_raw']:.2f}x raw "
-                f"(envoy {r['envoy_throughput_vs_raw']:.2f}x); p50 +{r['sail_added_p50_us']:.0f} µs"
-                f" vs envoy +{r['envoy_added_p50_us']:.0f} µs"
-                + (f" = {share:.0%} of the envoy hop" if share is not None else "")
-                + f"; client CPU +{r['sail_added_cpu_us']:.0f} µs/req"
+                f"(envoy {r['envoy_throughput_vs_raw']:.2f}x); "
+                f"p50 {sail_added:+.0f} µs vs envoy {envoy_added:+.0f} µs"
+                + (f" ({share:.0%} of the envoy hop)" if share is not None and share > 0 else "")
+                + f"; client CPU {r['sail_added_cpu_us']:+.0f} µs/req"
                 f" (envoy's own CPU {fmt(r['envoy_sidecar_cpu_us'])} µs/req)"
             )
         parts.append("")
@@ -493,7 +550,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000,
                         help="sequential requests per run (concurrent runs send twice as many)")
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5, help="runs per client and scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--upstream", choices=("asyncio", "uvicorn"), default="asyncio")
     parser.add_argument("--envoy", help="the envoy binary (default: next to python)")
@@ -569,20 +626,23 @@ def main(argv: list[str] | None = None) -> None:
             Contender("envoy sidecar", f"http://127.0.0.1:{envoy_port}/", httpx.Client,
                       httpx.AsyncClient, sidecar_pid=envoy.pid),
         ]
-        scenarios: list[tuple[str, str, Callable[[Contender], dict[str, float | None]]]] = [
+        scenarios: list[tuple[str, str, Callable[[int], dict[str, Any]]]] = [
             ("sequential",
              f"sequential: {sequential_n} requests one after another on one httpx.Client",
-             lambda c: run_sequential(c, sequential_n, args.warmup)),
+             lambda r: sequential_round(contenders, r, sequential_n, args.warmup,
+                                        SEQUENTIAL_BLOCK)),
             ("concurrent",
              f"concurrent: {concurrent_n} requests, {args.concurrency} in flight, "
              "one httpx.AsyncClient",
-             lambda c: run_concurrent(c, concurrent_n, 2 * args.warmup, args.concurrency)),
+             lambda r: concurrent_round(contenders, r, concurrent_n, 2 * args.warmup,
+                                        CONCURRENT_BLOCK, args.concurrency)),
         ]
         for key, title, run in scenarios:
             runs: dict[str, list[dict[str, float | None]]] = {c.name: [] for c in contenders}
-            for r, contender in rotations(contenders, args.rounds):
-                progress(f"{key} round {r + 1}/{args.rounds}: {contender.name}")
-                runs[contender.name].append(run(contender))
+            for r in range(args.rounds):
+                progress(f"{key}: round {r + 1} of {args.rounds}")
+                for name, summary in run(r).items():
+                    runs[name].append(summary)
             clients = {n: {"median": medians(v), "rounds": v} for n, v in runs.items()}
             results["scenarios"][key] = {
                 "title": f"{title} (median of {args.rounds} rounds)",

@@ -23,7 +23,14 @@ import attrs
 
 from sail.balancing import Picker, UnavailablePicker, build_picker
 from sail.errors import NoHealthyUpstream, UnknownService
-from sail.model import Cluster, ClusterLoadAssignment, Endpoint, MeshSnapshot, RouteConfig
+from sail.model import (
+    Cluster,
+    ClusterLoadAssignment,
+    Endpoint,
+    MeshSnapshot,
+    RouteAction,
+    RouteConfig,
+)
 from sail.routing import Headers, Router, RouteResult
 
 __all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state"]
@@ -53,11 +60,13 @@ class DataplaneState:
 
 @attrs.frozen
 class Target:
-    """Where one request goes: the route's decision and the picked endpoint."""
+    """Where one request goes: the route's decision, the picked endpoint, and the Host
+    header to send (`None` keeps the caller's)."""
 
     service: str
     route: RouteResult
     endpoint: Endpoint | None
+    host: str | None = None
 
 
 def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
@@ -129,7 +138,12 @@ class Dataplane:
             raise NoHealthyUpstream(
                 f"service {service!r} route {_route_name(result)}: {exc}"
             ) from None
-        return Target(service, result, endpoint)
+        host = result.host
+        if host is None and endpoint.hostname:
+            action = result.route.action
+            if isinstance(action, RouteAction) and action.auto_host_rewrite:
+                host = endpoint.hostname
+        return Target(service, result, endpoint, host)
 
 
 def _route_name(result: RouteResult) -> str:

@@ -59,6 +59,7 @@ P = TypeVar("P", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
 #: closed anyway. Like Envoy, sail never cuts a request short when a host leaves EDS: idle
 #: connections close at once, busy ones when they finish, and only this cap overrides that.
 DRAIN_GRACE = 60.0
+REAP_INTERVAL = 1.0
 
 
 def _idle(pool: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> bool:
@@ -68,6 +69,16 @@ def _idle(pool: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> bool:
     return all(c.is_idle() or c.is_closed() for c in connections)
 
 
+class _Draining(Generic[P]):
+    __slots__ = ("checked", "deadline", "pool", "was_idle")
+
+    def __init__(self, pool: P, deadline: float) -> None:
+        self.pool: P = pool
+        self.deadline = deadline
+        self.was_idle = False
+        self.checked = float("-inf")
+
+
 class _PoolSet(Generic[P]):
     """One inner transport per endpoint authority, created on first use; pools of departed
     endpoints drain before they close."""
@@ -75,7 +86,7 @@ class _PoolSet(Generic[P]):
     def __init__(self, factory: Callable[[], P]) -> None:
         self._factory: Callable[[], P] = factory
         self._pools: dict[str, P] = {}
-        self._draining: list[tuple[P, float]] = []
+        self._draining: list[_Draining[P]] = []
         self._lock = threading.Lock()  # taken only when a pool is created or retired
 
     def get(self, authority: str) -> P:
@@ -93,16 +104,33 @@ class _PoolSet(Generic[P]):
         with self._lock:
             deadline = time.monotonic() + DRAIN_GRACE
             for authority in [a for a in self._pools if a not in live]:
-                self._draining.append((self._pools.pop(authority), deadline))
+                self._draining.append(_Draining(self._pools.pop(authority), deadline))
             return bool(self._draining)
 
     def reapable(self) -> list[P]:
-        """Draining pools that may be closed now: idle, or past their deadline."""
+        """Draining pools that may be closed now: idle at this check and the one before
+        (a request that took the pool just before it was retired has had a whole reap
+        interval to claim a connection), or past their deadline."""
         now = time.monotonic()
+        done: list[P] = []
         with self._lock:
-            done = [(p, d) for p, d in self._draining if d <= now or _idle(p)]
-            self._draining = [item for item in self._draining if item not in done]
-            return [p for p, _ in done]
+            keep: list[_Draining[P]] = []
+            for item in self._draining:
+                if item.deadline <= now:
+                    done.append(item.pool)
+                    continue
+                if now - item.checked < REAP_INTERVAL:
+                    keep.append(item)
+                    continue
+                idle = _idle(item.pool)
+                if idle and item.was_idle:
+                    done.append(item.pool)
+                else:
+                    item.was_idle = idle
+                    item.checked = now
+                    keep.append(item)
+            self._draining = keep
+        return done
 
     @property
     def draining(self) -> bool:
@@ -110,7 +138,7 @@ class _PoolSet(Generic[P]):
 
     def drain(self) -> list[P]:
         with self._lock:
-            pools = list(self._pools.values()) + [p for p, _ in self._draining]
+            pools = list(self._pools.values()) + [d.pool for d in self._draining]
             self._pools.clear()
             self._draining.clear()
             return pools
@@ -161,8 +189,8 @@ class MeshTransport(httpx.BaseTransport):
             raise to_httpx(exc, request) from None
         if target.endpoint is None:
             return _direct_response(target, request)
-        if target.route.host is not None:
-            request.headers["host"] = target.route.host
+        if target.host is not None:
+            request.headers["host"] = target.host
         pool = self._pools.get(target.endpoint.authority)
         request.url = _endpoint_url(url, target)
         try:
@@ -171,7 +199,7 @@ class MeshTransport(httpx.BaseTransport):
             request.url = url
 
     def retire(self, live: frozenset[str]) -> None:
-        if self._pools.retire(live):
+        if self._pools.retire(live) and self._reaper is None:
             self._reap()
 
     def _reap(self) -> None:
@@ -179,7 +207,7 @@ class MeshTransport(httpx.BaseTransport):
             pool.close()
         self._reaper = None
         if self._pools.draining:
-            self._reaper = threading.Timer(1.0, self._reap)
+            self._reaper = threading.Timer(REAP_INTERVAL, self._reap)
             self._reaper.daemon = True
             self._reaper.start()
 
@@ -234,8 +262,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             raise to_httpx(exc, request) from None
         if target.endpoint is None:
             return _direct_response(target, request)
-        if target.route.host is not None:
-            request.headers["host"] = target.route.host
+        if target.host is not None:
+            request.headers["host"] = target.host
         pool = self._pools.get(target.endpoint.authority)
         request.url = _endpoint_url(url, target)
         try:

@@ -77,11 +77,15 @@ class HeaderMatcher:
 
 @attrs.frozen
 class QueryParameterMatcher:
-    """Envoy's `route.v3.QueryParameterMatcher`: a `string_match` or `present_match`."""
+    """Envoy's `route.v3.QueryParameterMatcher`: a `string_match`, or a presence test.
+
+    Without `string_match`, `present` true (or `None`, no specifier) asks for the
+    parameter to be there and `present=False` for it to be absent (Envoy 1.40).
+    """
 
     name: str
     string_match: StringMatcher | None = None
-    present: bool = False
+    present: bool | None = None
 
 
 @attrs.frozen

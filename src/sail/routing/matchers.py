@@ -199,7 +199,7 @@ def compile_query_matcher(matcher: QueryParameterMatcher) -> QueryTest:
     """
     name = matcher.name
     if matcher.string_match is None:
-        if matcher.present:
+        if matcher.present is not False:  # None: no specifier, which means present
             return lambda params: name in params
         return lambda params: name not in params
     test = compile_string_matcher(matcher.string_match)

@@ -52,7 +52,8 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from sail.bootstrap import Bootstrap, XdsServer
-from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name
+from sail.errors import ResourceError
+from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name, unpack
 
 __all__ = ["AdsClient", "Backoff", "ClientStatus", "XdsHandler"]
 
@@ -600,18 +601,14 @@ class AdsClient:
 
 
 def _decode_one(rtype: ResourceType, packed: Any, index: int) -> tuple[str, Any, str | None]:
-    """Unpack and decode one resource; never raises."""
-    from sail.errors import ResourceError
-
-    if packed.type_url != rtype.type_url:
-        return (
-            f"resources[{index}]",
-            None,
-            f"resources[{index}]: type {packed.type_url!r} in a {rtype.short_name} response",
-        )
-    message = rtype.message_class()
-    if not packed.Unpack(message):
-        return f"resources[{index}]", None, f"resources[{index}]: cannot unpack"
+    """Unpack (through a `Resource` wrapper if any) and decode one resource; never raises."""
+    where = f"resources[{index}]"
+    try:
+        type_url, message = unpack(packed)
+    except ResourceError as exc:
+        return where, None, f"{where}: {exc.reason}"
+    if type_url != rtype.type_url:
+        return where, None, f"{where}: type {type_url!r} in a {rtype.short_name} response"
     name = resource_name(message)
     try:
         return name, rtype.decode(message), None

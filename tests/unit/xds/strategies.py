@@ -93,6 +93,7 @@ token = st.text(string.ascii_lowercase + string.digits + "-", min_size=1, max_si
 names = st.text(string.ascii_letters + string.digits + "-_.:", min_size=1, max_size=16)
 text = st.text(st.characters(codec="utf-8"), max_size=12)
 nonempty_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+header_values = nonempty_text.filter(lambda t: not set(t) & set("\x00\r\n"))
 REGEXES = ("a.*", "[0-9]+", "/v[12]/.*", "x|y", "(foo)(bar)?", r"\d{3}")
 regex_sources = st.sampled_from(REGEXES)
 
@@ -140,7 +141,7 @@ def header_matchers(draw: st.DrawFn) -> HeaderMatcher:
 
 query_matchers = st.one_of(
     st.builds(QueryParameterMatcher, name=names, string_match=string_matchers()),
-    st.builds(QueryParameterMatcher, name=names, present=st.just(True)),
+    st.builds(QueryParameterMatcher, name=names, present=st.sampled_from([None, True, False])),
 )
 fractions = st.builds(
     FractionalPercent,
@@ -213,7 +214,7 @@ def route_actions(draw: st.DrawFn) -> RouteAction:
     else:
         kwargs["cluster_header"] = draw(token)
     if draw(st.booleans()):
-        kwargs["prefix_rewrite"] = draw(nonempty_text)
+        kwargs["prefix_rewrite"] = draw(header_values)
     elif draw(st.booleans()):
         source = draw(regex_sources)
         kwargs["regex_rewrite"] = RegexRewrite(re.compile(source), source, draw(names))
@@ -320,7 +321,10 @@ localities = st.builds(
 
 @st.composite
 def load_assignments(
-    draw: st.DrawFn, name: st.SearchStrategy[str] = names, max_priorities: int = 3
+    draw: st.DrawFn,
+    name: st.SearchStrategy[str] = names,
+    max_priorities: int = 3,
+    addresses: tuple[str, ...] = ("10.0.0.1", "10.0.0.2", "fd00::1", "db"),
 ) -> ClusterLoadAssignment:
     port = iter(range(1024, 65536))  # one fresh port per endpoint keeps addresses unique
     groups: list[LocalityEndpoints] = []
@@ -328,7 +332,7 @@ def load_assignments(
         for locality in draw(st.lists(localities, min_size=1, max_size=3, unique=True)):
             endpoints = tuple(
                 Endpoint(
-                    address=draw(st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1", "db"])),
+                    address=draw(st.sampled_from(addresses)),
                     port=next(port),
                     weight=draw(st.integers(1, 1000)),
                     health=draw(st.sampled_from(list(HealthStatus))),
@@ -428,6 +432,8 @@ def clusters(draw: st.DrawFn) -> Cluster:
         eds_name = draw(st.just("") | names)
     elif discovery is DiscoveryType.LOGICAL_DNS:
         assignment = draw(single_endpoint_assignments(name))
+    elif discovery is DiscoveryType.STATIC:
+        assignment = draw(load_assignments(addresses=("10.0.0.1", "fd00::1")))
     else:
         assignment = draw(load_assignments())
     return Cluster(

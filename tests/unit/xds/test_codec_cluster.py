@@ -303,3 +303,17 @@ def test_connect_timeout_and_panic_threshold() -> None:
 
 def test_zero_connect_timeout_is_rejected() -> None:
     assert nack(eds(connect_timeout="0s")) == "connect_timeout: must be greater than 0"
+
+
+def test_static_cluster_endpoints_must_be_ip_addresses() -> None:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "db", "port_value": 1}}}}
+    data = {
+        "name": "db",
+        "type": "STATIC",
+        "load_assignment": {"endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+    assert nack(data) == (
+        "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: "
+        "'db' is not an IP address, as a STATIC cluster needs (use STRICT_DNS or LOGICAL_DNS "
+        "for host names)"
+    )

@@ -178,11 +178,20 @@ def test_query_parameters() -> None:
     params = [
         {"name": "debug", "present_match": True},
         {"name": "user", "string_match": {"suffix": "@example.com"}},
+        {"name": "trace", "present_match": False},
+        {"name": "bare"},
     ]
     assert first_match({"prefix": "/", "query_parameters": params}).query_params == (
         QueryParameterMatcher("debug", present=True),
         QueryParameterMatcher("user", StringMatcher(StringMatchKind.SUFFIX, "@example.com")),
+        QueryParameterMatcher("trace", present=False),
+        QueryParameterMatcher("bare"),
     )
+
+
+def test_legacy_empty_exact_match_is_presence() -> None:
+    (matcher,) = first_match({"prefix": "/", "headers": [{"name": "x", "exact_match": ""}]}).headers
+    assert matcher.present is True and matcher.string_match is None
 
 
 @pytest.mark.parametrize(
@@ -413,3 +422,17 @@ def test_negative_duration_is_rejected() -> None:
     assert nack(config(route(route={"cluster": "c", "timeout": "-1s"}))) == (
         "virtual_hosts[0].routes[0].route.timeout: invalid duration -1s 0ns"
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"cluster": "c", "prefix_rewrite": "/a\r\nx-evil: 1"}, "prefix_rewrite"),
+        ({"cluster": "c", "host_rewrite_literal": "a\nb"}, "host_rewrite_literal"),
+        ({"cluster_header": "x\u0000"}, "cluster_header"),
+    ],
+)
+def test_header_injection_is_rejected(fields: dict[str, Any], where: str) -> None:
+    reason = nack(config(route(route=fields)))
+    assert reason.startswith(f"virtual_hosts[0].routes[0].route.{where}: ")
+    assert reason.endswith("contains NUL, CR or LF")

@@ -3,9 +3,9 @@
 * `EDS` clusters need `eds_cluster_config.eds_config` to be `ads` or `self`: sail has one ADS
   stream and nowhere else to fetch endpoints from (gRFC A27).
 * `STATIC`, `STRICT_DNS` and `LOGICAL_DNS` clusters carry their endpoints in
-  `load_assignment`, decoded with the EDS rules; a `LOGICAL_DNS` cluster has exactly one
-  endpoint (Envoy's rule). `ORIGINAL_DST` and custom `cluster_type`s (aggregate clusters
-  included) are not supported.
+  `load_assignment`, decoded with the EDS rules; `STATIC` endpoints must be IP addresses and
+  a `LOGICAL_DNS` cluster has exactly one endpoint (Envoy's rules). `ORIGINAL_DST` and
+  custom `cluster_type`s (aggregate clusters included) are not supported.
 * Unset values take Envoy's defaults: `connect_timeout` 5 s, `healthy_panic_threshold` 50 %,
   circuit breaker limits 1024/1024/1024/3, outlier detection 5 consecutive 5xx, 10 s
   interval, 30 s base ejection, 10 % max ejected, enforcing 100 %.
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -82,10 +83,26 @@ def _discovery(msg: Any) -> tuple[DiscoveryType, str, ClusterLoadAssignment | No
         raise Invalid("load_assignment", f"is required for a {discovery.value} cluster")
     with at("load_assignment"):
         assignment = decode_load_assignment(msg.load_assignment, default_name=msg.name)
+        if discovery is DiscoveryType.STATIC:
+            _check_ip_addresses(assignment)
         count = len(assignment.endpoints)
         if discovery is DiscoveryType.LOGICAL_DNS and count != 1:
             raise Invalid("", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
     return discovery, "", assignment
+
+
+def _check_ip_addresses(assignment: ClusterLoadAssignment) -> None:
+    """STATIC endpoints are connected to as they are, so they must be IP addresses."""
+    for i, group in enumerate(assignment.localities):
+        for j, endpoint in enumerate(group.endpoints):
+            try:
+                ipaddress.ip_address(endpoint.address)
+            except ValueError:
+                raise Invalid(
+                    f"endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.address",
+                    f"{endpoint.address!r} is not an IP address, as a STATIC cluster needs "
+                    "(use STRICT_DNS or LOGICAL_DNS for host names)",
+                ) from None
 
 
 def _connect_timeout(msg: Any) -> float:

@@ -21,7 +21,7 @@ from sail.model import (
     StringMatcher,
     StringMatchKind,
 )
-from sail.xds.codec.validation import Invalid, at
+from sail.xds.codec.validation import Invalid, at, header_safe
 
 __all__ = [
     "DENOMINATORS",
@@ -110,7 +110,10 @@ def decode_header_matcher(msg: Any) -> HeaderMatcher:
         value = getattr(msg, which)
         if not value and which != "exact_match":
             raise Invalid(which, "must not be empty")
-        string_match = StringMatcher(_LEGACY_HEADER_FIELDS[which], value)
+        if value:
+            string_match = StringMatcher(_LEGACY_HEADER_FIELDS[which], value)
+        else:
+            present = True  # Envoy 1.40 reads a legacy `exact_match: ""` as presence
     elif which == "range_match":
         int_range = Int64Range(msg.range_match.start, msg.range_match.end)
     elif which == "present_match":
@@ -118,7 +121,7 @@ def decode_header_matcher(msg: Any) -> HeaderMatcher:
     else:
         present = True
     return HeaderMatcher(
-        name=msg.name.lower(),
+        name=header_safe("name", msg.name).lower(),
         string_match=string_match,
         range=int_range,
         present=present,
@@ -130,15 +133,18 @@ def decode_header_matcher(msg: Any) -> HeaderMatcher:
 def decode_query_parameter_matcher(msg: Any) -> QueryParameterMatcher:
     """Envoy's `route.v3.QueryParameterMatcher`.
 
-    Without a `string_match`, the matcher only asks for the parameter to be present (Envoy
-    does the same for `present_match: false` and for no specifier at all).
+    `present_match: true` asks for the parameter, `false` for its absence (Envoy 1.40);
+    no specifier at all asks for presence and decodes to `present=None`.
     """
     if not msg.name:
         raise Invalid("name", "must not be empty")
-    if msg.WhichOneof("query_parameter_match_specifier") == "string_match":
+    which = msg.WhichOneof("query_parameter_match_specifier")
+    if which == "string_match":
         with at("string_match"):
             return QueryParameterMatcher(msg.name, decode_string_matcher(msg.string_match))
-    return QueryParameterMatcher(msg.name, present=True)
+    if which == "present_match":
+        return QueryParameterMatcher(msg.name, present=msg.present_match)
+    return QueryParameterMatcher(msg.name)
 
 
 def decode_fraction(msg: Any) -> FractionalPercent:

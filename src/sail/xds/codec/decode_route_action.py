@@ -32,7 +32,7 @@ from sail.model import (
     RouteAction,
 )
 from sail.xds.codec.decode_matchers import compile_regex
-from sail.xds.codec.validation import Invalid, at
+from sail.xds.codec.validation import Invalid, at, header_safe
 from sail.xds.codec.wellknown import bool_value, duration_seconds, uint32_value
 
 __all__ = ["decode_direct_response", "decode_retry_policy", "decode_route_action"]
@@ -56,7 +56,7 @@ def decode_route_action(a: Any) -> RouteAction:
     elif which == "cluster_header":
         if not a.cluster_header:
             raise Invalid("cluster_header", "must not be empty")
-        cluster_header = a.cluster_header.lower()
+        cluster_header = header_safe("cluster_header", a.cluster_header).lower()
     elif which is not None:
         raise Invalid(which, "cluster specifier plugins are not supported")
     else:
@@ -81,7 +81,7 @@ def decode_route_action(a: Any) -> RouteAction:
         cluster=cluster,
         weighted_clusters=weighted,
         cluster_header=cluster_header,
-        prefix_rewrite=a.prefix_rewrite or None,
+        prefix_rewrite=header_safe("prefix_rewrite", a.prefix_rewrite) or None,
         regex_rewrite=_regex_rewrite(a),
         host_rewrite_literal=host_literal,
         timeout=duration_seconds(a, "timeout"),
@@ -158,7 +158,7 @@ def _host_rewrite(a: Any) -> tuple[str | None, bool]:
     if which is None:
         return None, False
     if which == "host_rewrite_literal":
-        return a.host_rewrite_literal or None, False
+        return header_safe(which, a.host_rewrite_literal) or None, False
     if which == "auto_host_rewrite":
         return None, bool_value(a, "auto_host_rewrite", False)
     raise Invalid(which, "is not supported (use host_rewrite_literal or auto_host_rewrite)")
@@ -194,7 +194,7 @@ def _hash_policy(hp: Any) -> HashPolicy | None:
         name = hp.header.header_name
         if not name:
             raise Invalid("header.header_name", "must not be empty")
-        return HashPolicy("header", name.lower(), hp.terminal)
+        return HashPolicy("header", header_safe("header.header_name", name).lower(), hp.terminal)
     if which == "cookie":
         if not hp.cookie.name:
             raise Invalid("cookie.name", "must not be empty")

@@ -115,8 +115,8 @@ def _query(q: QueryParameterMatcher) -> Any:
     msg = rc_pb2.QueryParameterMatcher(name=q.name)
     if q.string_match is not None:
         msg.string_match.CopyFrom(_string_matcher(q.string_match))
-    else:
-        msg.present_match = True
+    elif q.present is not None:
+        msg.present_match = q.present
     return msg
 
 

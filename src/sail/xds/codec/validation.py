@@ -22,7 +22,7 @@ from sail.errors import ResourceError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Invalid", "at", "resource"]
+__all__ = ["Invalid", "at", "header_safe", "resource"]
 
 
 class Invalid(Exception):
@@ -58,3 +58,11 @@ def resource(type_name: str, name: str) -> Iterator[None]:
         yield
     except Invalid as exc:
         raise ResourceError(type_name, name, str(exc)) from None
+
+
+def header_safe(field: str, value: str) -> str:
+    """`value`, if it can go into an HTTP header: no NUL, CR or LF (Envoy's constraint on
+    header names and values, and what keeps a config from injecting headers)."""
+    if any(c in value for c in "\x00\r\n"):
+        raise Invalid(field, f"{value!r} contains NUL, CR or LF")
+    return value
