@@ -23,7 +23,7 @@ from sail.errors import RequestError
 from sail.http.errors import to_httpx
 
 if TYPE_CHECKING:
-    from sail.dataplane import Target
+    from sail.dataplane import Dataplane, DataplaneState, Target
     from sail.mesh import Mesh
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
@@ -42,10 +42,30 @@ def _direct_response(target: Target, request: httpx.Request) -> httpx.Response:
     return httpx.Response(status, content=body, request=request)
 
 
-def _endpoint_url(url: httpx.URL, target: Target) -> httpx.URL:
+def _resolve(
+    dataplane: Dataplane, state: DataplaneState, request: httpx.Request, name: str
+) -> Target:
+    """Route and balance `request` on `state`; sail's errors leave as httpx ones."""
+    try:
+        return dataplane.resolve(
+            name,
+            request.headers.get("host", name),
+            request.url.raw_path.decode("ascii"),
+            request.headers,
+            request.method,
+            state,
+        )
+    except RequestError as exc:
+        raise to_httpx(exc, request) from None
+
+
+def _to_endpoint(request: httpx.Request, target: Target) -> httpx.URL:
+    """The URL to send on to the picked endpoint; sets Host if the route rewrites it."""
     endpoint = target.endpoint
     assert endpoint is not None
-    return url.copy_with(
+    if target.host is not None:
+        request.headers["host"] = target.host
+    return request.url.copy_with(
         scheme="http",
         host=endpoint.address,
         port=endpoint.port,
@@ -175,24 +195,15 @@ class MeshTransport(httpx.BaseTransport):
         url = request.url
         name = service_name(url)
         state = self._dataplane.state
-        if name not in state.services and not self._mesh.is_mesh_host(url.host, name):
-            return self._passthrough.handle_request(request)
-        try:
-            target = self._dataplane.resolve(
-                name,
-                request.headers.get("host", name),
-                url.raw_path.decode("ascii"),
-                request.headers,
-                request.method,
-            )
-        except RequestError as exc:
-            raise to_httpx(exc, request) from None
+        if name not in state.services:
+            if not self._mesh.is_mesh_host(url.host, name):
+                return self._passthrough.handle_request(request)
+            state = self._dataplane.state
+        target = _resolve(self._dataplane, state, request, name)
         if target.endpoint is None:
             return _direct_response(target, request)
-        if target.host is not None:
-            request.headers["host"] = target.host
         pool = self._pools.get(target.endpoint.authority)
-        request.url = _endpoint_url(url, target)
+        request.url = _to_endpoint(request, target)
         try:
             return pool.handle_request(request)
         finally:
@@ -248,24 +259,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         url = request.url
         name = service_name(url)
         state = self._dataplane.state
-        if name not in state.services and not await self._mesh.ais_mesh_host(url.host, name):
-            return await self._passthrough.handle_async_request(request)
-        try:
-            target = self._dataplane.resolve(
-                name,
-                request.headers.get("host", name),
-                url.raw_path.decode("ascii"),
-                request.headers,
-                request.method,
-            )
-        except RequestError as exc:
-            raise to_httpx(exc, request) from None
+        if name not in state.services:
+            if not await self._mesh.ais_mesh_host(url.host, name):
+                return await self._passthrough.handle_async_request(request)
+            state = self._dataplane.state
+        target = _resolve(self._dataplane, state, request, name)
         if target.endpoint is None:
             return _direct_response(target, request)
-        if target.host is not None:
-            request.headers["host"] = target.host
         pool = self._pools.get(target.endpoint.authority)
-        request.url = _endpoint_url(url, target)
+        request.url = _to_endpoint(request, target)
         try:
             return await pool.handle_async_request(request)
         finally:
