@@ -74,16 +74,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str) -> None:
-    """Poll `ready()` until it is true; fail if `proc` exits or STARTUP_TIMEOUT passes."""
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
+    """Poll `ready()` until it is true; fail, quoting the end of `log`, if `proc` exits or
+    STARTUP_TIMEOUT passes."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+            problem = f"{what} exited with status {proc.returncode} while starting"
+            break
         if ready():
             return
         time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {STARTUP_TIMEOUT:.0f} s")
+    else:
+        problem = f"{what} not ready after {STARTUP_TIMEOUT:.0f} s"
+    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+    raise RuntimeError("\n    ".join([problem, *tail]))
 
 
 def port_open(port: int) -> bool:
@@ -119,7 +126,8 @@ def rss_kib(pid: int | str = "self") -> int:
 def start_upstream(
     ports: list[int], server: str, workdir: Path, stack: contextlib.ExitStack
 ) -> subprocess.Popen[bytes]:
-    log = stack.enter_context((workdir / "upstream.log").open("wb"))
+    log_path = workdir / "upstream.log"
+    log = stack.enter_context(log_path.open("wb"))
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "upstream.py"), "--server", server, *map(str, ports)],
         stdout=log,
@@ -127,7 +135,7 @@ def start_upstream(
         start_new_session=True,
     )
     stack.callback(stop, proc)
-    wait_until(lambda: all(port_open(p) for p in ports), proc, "upstream")
+    wait_until(lambda: all(port_open(p) for p in ports), proc, "upstream", log_path)
     return proc
 
 
@@ -221,7 +229,8 @@ def start_envoy(
     config = workdir / "envoy.json"
     config.write_text(json.dumps(envoy_bootstrap(listen_port, upstream_port)))
     admin_path = workdir / "envoy-admin-address"
-    log = stack.enter_context((workdir / "envoy.log").open("wb"))
+    log_path = workdir / "envoy.log"
+    log = stack.enter_context(log_path.open("wb"))
     proc = subprocess.Popen(
         [envoy, "-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart",
          "--log-level", "warn", "--admin-address-path", str(admin_path)],
@@ -240,8 +249,8 @@ def start_envoy(
             return False
         return answer.status_code == 200
 
-    wait_until(ready, proc, "envoy")
-    wait_until(lambda: port_open(listen_port), proc, "envoy listener")
+    wait_until(ready, proc, "envoy", log_path)
+    wait_until(lambda: port_open(listen_port), proc, "envoy listener", log_path)
     return proc
 
 
@@ -495,12 +504,21 @@ def ratios(result: dict[str, dict[str, Any]], sail_name: str) -> dict[str, float
 def report(results: dict[str, Any]) -> str:
     parts = []
     for data in results["scenarios"].values():
-        rows = [["client", "req/s", "p50 µs", "p99 µs", "CPU/req µs", "sidecar CPU/req µs"]]
+        rows = [["client", "req/s", "p50 µs", "p99 µs", "CPU/req µs", "client busy",
+                 "sidecar CPU/req µs"]]
         for name, entry in data["clients"].items():
             m = entry["median"]
+            # The share of one core the client process used: near 100 %, the client is the
+            # bottleneck and latency is mostly its own queueing.
+            busy = m["rps"] * m["cpu_us"] / 1e6
             rows.append([name, fmt(m["rps"]), fmt(m["p50_us"]), fmt(m["p99_us"]),
-                         fmt(m["cpu_us"]), fmt(m["sidecar_cpu_us"])])
+                         fmt(m["cpu_us"]), f"{busy:.0%}", fmt(m["sidecar_cpu_us"])])
         parts.append(f"{data['title']}\n{table(rows)}")
+        raw = data["clients"]["raw httpx"]["median"]
+        queueing = data.get("in_flight", 1) > 1 and raw["rps"] * raw["cpu_us"] / 1e6 > 0.9
+        if queueing:
+            parts.append("  (the client is CPU-bound: latency here is mostly queueing in the "
+                         "client; compare req/s and CPU/req)")
         for sail_name, r in data["ratios"].items():
             sail_added, envoy_added = r["sail_added_p50_us"], r["envoy_added_p50_us"]
             share = r["added_p50_vs_envoy"]
@@ -508,7 +526,8 @@ def report(results: dict[str, Any]) -> str:
                 f"  {sail_name}: throughput {r['throughput_vs_raw']:.2f}x raw "
                 f"(envoy {r['envoy_throughput_vs_raw']:.2f}x); "
                 f"p50 {sail_added:+.0f} µs vs envoy {envoy_added:+.0f} µs"
-                + (f" ({share:.0%} of the envoy hop)" if share is not None and share > 0 else "")
+                + (f" ({share:.0%} of the envoy hop)"
+                   if share is not None and share > 0 and not queueing else "")
                 + f"; client CPU {r['sail_added_cpu_us']:+.0f} µs/req"
                 f" (envoy's own CPU {fmt(r['envoy_sidecar_cpu_us'])} µs/req)"
             )
@@ -570,6 +589,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        run(args)
+    except RuntimeError as exc:  # a process that would not start, a request that failed
+        raise SystemExit(f"http_overhead: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> None:
     envoy_bin = find_envoy(args.envoy)
     sequential_n, concurrent_n = args.requests, 2 * args.requests
     results: dict[str, Any] = {
@@ -637,15 +663,17 @@ def main(argv: list[str] | None = None) -> None:
              lambda r: concurrent_round(contenders, r, concurrent_n, 2 * args.warmup,
                                         CONCURRENT_BLOCK, args.concurrency)),
         ]
-        for key, title, run in scenarios:
+        for (key, title, measure), in_flight in zip(scenarios, (1, args.concurrency),
+                                                     strict=True):
             runs: dict[str, list[dict[str, float | None]]] = {c.name: [] for c in contenders}
             for r in range(args.rounds):
                 progress(f"{key}: round {r + 1} of {args.rounds}")
-                for name, summary in run(r).items():
+                for name, summary in measure(r).items():
                     runs[name].append(summary)
             clients = {n: {"median": medians(v), "rounds": v} for n, v in runs.items()}
             results["scenarios"][key] = {
                 "title": f"{title} (median of {args.rounds} rounds)",
+                "in_flight": in_flight,
                 "clients": clients,
                 "ratios": {n: ratios(clients, n) for n in ("sail", "sail 3 ep rr")},
             }

@@ -18,6 +18,7 @@ Retries, circuit breaking and outlier detection wrap steps 3-4 in the resilience
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import attrs
 
@@ -58,10 +59,9 @@ class DataplaneState:
     authorities: frozenset[str]
 
 
-@attrs.frozen
-class Target:
+class Target(NamedTuple):
     """Where one request goes: the route's decision, the picked endpoint, and the Host
-    header to send (`None` keeps the caller's)."""
+    header to send (`None` keeps the caller's). Made once per request."""
 
     service: str
     route: RouteResult

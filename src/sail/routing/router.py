@@ -21,9 +21,7 @@ took 25% of requests), where sail's single float keeps them cumulative. gRPC dra
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
-
-import attrs
+from typing import TYPE_CHECKING, NamedTuple
 
 from sail.errors import ConfigError, NoRoute
 from sail.routing.domains import DomainIndex
@@ -40,9 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["RouteResult", "Router"]
 
 
-@attrs.frozen
-class RouteResult:
-    """Where one request goes.
+class RouteResult(NamedTuple):
+    """Where one request goes (a NamedTuple: made once per request, and cheaper to make
+    than a frozen attrs class).
 
     **Parameters**
 
