@@ -28,7 +28,7 @@ from google.protobuf import any_pb2
 
 from sail.xds.codec.extensions import type_url_of
 
-__all__ = ["AckRecord", "AdsServer", "ResourceStore"]
+__all__ = ["AckRecord", "AdsServer", "ResourceStore", "StreamView"]
 
 log = logging.getLogger("sail.xds.server")
 
@@ -169,6 +169,7 @@ class _Stream:
         self.node_id = ""
         self.node: Any = None
         self.subs: dict[str, _TypeSub] = {}
+        self.last: dict[str, AckRecord] = {}  # the client's last ACK or NACK, per type
         self.outbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] = asyncio.Queue()
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
@@ -183,15 +184,15 @@ class _Stream:
         if request.response_nonce and request.response_nonce != sub.nonce:
             return  # stale: answers a response that a newer one has replaced
         if request.response_nonce:
-            self.server.record(
-                AckRecord(
-                    node_id=self.node_id,
-                    type_url=type_url,
-                    version=request.version_info,
-                    nonce=request.response_nonce,
-                    error=request.error_detail.message if request.HasField("error_detail") else "",
-                )
+            record = AckRecord(
+                node_id=self.node_id,
+                type_url=type_url,
+                version=request.version_info,
+                nonce=request.response_nonce,
+                error=request.error_detail.message if request.HasField("error_detail") else "",
             )
+            self.last[type_url] = record
+            self.server.record(record)
         names = frozenset(request.resource_names)
         if type_url in _WILDCARD_TYPES and (first or sub.wildcard) and not names:
             sub.wildcard = True
@@ -229,6 +230,25 @@ class _Stream:
         self.outbox.put_nowait(response)
 
 
+@attrs.frozen
+class StreamView:
+    """What the server knows of one connected client, for sync status and CSDS.
+
+    **Parameters**
+
+    * `node` - the client's `Node` message (id, cluster, metadata...).
+    * `sent` - per type URL, the version last sent on this stream.
+    * `last` - per type URL, the client's last ACK or NACK.
+    * `names` - per type URL, what the client subscribes to (`None`: wildcard).
+    """
+
+    peer: str
+    node: Any
+    sent: Mapping[str, str]
+    last: Mapping[str, AckRecord]
+    names: Mapping[str, frozenset[str] | None]
+
+
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """The ADS servicer. Add it to a `grpc.aio.server` with `add_to(server)`."""
 
@@ -241,6 +261,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def add_to(self, server: Any) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+
+    def streams(self) -> list[StreamView]:
+        """The connected clients, as of now."""
+        return [
+            StreamView(
+                peer=s.peer,
+                node=s.node,
+                sent={t: str(sub.sent_version) for t, sub in s.subs.items() if sub.nonce},
+                last=dict(s.last),
+                names={t: None if sub.wildcard else sub.names for t, sub in s.subs.items()},
+            )
+            for s in self.store._streams
+        ]
 
     def record(self, record: AckRecord) -> None:
         self.acks[(record.node_id, record.type_url)] = record

@@ -1,0 +1,1 @@
+"""The control plane: Istio API → model objects → xds codec → ADS server."""

@@ -1,0 +1,201 @@
+"""Checks across Istio objects, and refusal of what parses but cannot be applied yet.
+
+`validate(objects, known_hosts)` raises the first `IstioConfigError` found, naming the
+file, the object and the field:
+
+* the same kind/namespace/name twice;
+* a field sail parses but does not translate yet (`check_supported`): a VirtualService's
+  `fault`, `mirror` or `headers`; a DestinationRule's `loadBalancer.consistentHash`,
+  `loadBalancer.simple: PASSTHROUGH`, `tls` other than `mode: DISABLE`, or
+  `outlierDetection.consecutiveGatewayErrors`. The registry refuses these rather than
+  serve config that quietly does less than it says;
+* `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a matched prefix);
+* two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
+  would pick one arbitrarily);
+* a route destination (or its `subset`) that does not exist: the host must be a known
+  service or a ServiceEntry host, the subset defined by the host's DestinationRule;
+* destination weights of one rule that do not sum to 100 (a single destination may leave
+  `weight` out, or say 100).
+
+Hosts are compared in their short form (`sail.registry.istio.hosts.short_host`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+
+from sail.registry.istio.destination_rule import SimpleLB, TLSMode, TrafficPolicy
+from sail.registry.istio.errors import IstioConfigError
+from sail.registry.istio.hosts import short_host
+from sail.registry.istio.model import (
+    DestinationRule,
+    IstioObject,
+    ServiceEntry,
+    VirtualService,
+)
+from sail.registry.istio.virtual_service import HTTPRoute
+
+__all__ = ["check_supported", "validate"]
+
+_NOT_YET = "not supported yet"
+
+
+def validate(objects: Sequence[IstioObject], known_hosts: Collection[str] | None) -> None:
+    """Raise `IstioConfigError` for the first problem across `objects`.
+
+    `known_hosts` are the registered services (short names, `.svc.cluster.local` forms
+    accepted). `None` skips the check that route destinations exist, for when the services
+    are not known yet (a registry starting before any workload registered); ServiceEntry
+    hosts count as known either way, and subsets are always checked.
+    """
+    _check_duplicates(objects)
+    check_supported(objects)
+    owners = _check_one_per_host(objects)
+    entries = {h for o in objects if isinstance(o, ServiceEntry) for h in o.spec.hosts}
+    known = None if known_hosts is None else {short_host(h) for h in known_hosts} | entries
+    rules = {
+        host: o for (kind, host), o in owners.items() if kind == "DestinationRule"
+    }
+    for obj in objects:
+        if isinstance(obj, VirtualService):
+            for i, rule in enumerate(obj.spec.http):
+                _check_rule(obj, f"spec.http[{i}]", rule, known, rules)
+
+
+def check_supported(objects: Sequence[IstioObject]) -> None:
+    """Raise `IstioConfigError` for the first field that parses but is not translated yet."""
+    for obj in objects:
+        for field, reason in _unsupported(obj):
+            raise _error(obj, field, reason)
+
+
+def _unsupported(obj: IstioObject) -> Iterator[tuple[str, str]]:
+    if isinstance(obj, VirtualService):
+        for i, rule in enumerate(obj.spec.http):
+            for name in ("fault", "mirror", "headers"):
+                if getattr(rule, name) is not None:
+                    yield f"spec.http[{i}].{name}", _NOT_YET
+    elif isinstance(obj, DestinationRule):
+        yield from _unsupported_policy("spec.trafficPolicy", obj.spec.traffic_policy)
+        for i, subset in enumerate(obj.spec.subsets):
+            yield from _unsupported_policy(f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
+
+
+def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tuple[str, str]]:
+    if policy is None:
+        return
+    lb = policy.load_balancer
+    if lb is not None and lb.simple is SimpleLB.PASSTHROUGH:
+        yield f"{path}.loadBalancer.simple", f"PASSTHROUGH: {_NOT_YET}"
+    if lb is not None and lb.consistent_hash is not None:
+        yield f"{path}.loadBalancer.consistentHash", _NOT_YET
+    od = policy.outlier_detection
+    if od is not None and od.consecutive_gateway_errors is not None:
+        yield f"{path}.outlierDetection.consecutiveGatewayErrors", _NOT_YET
+    if policy.tls is not None and policy.tls.mode is not TLSMode.DISABLE:
+        yield f"{path}.tls.mode", f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE)"
+
+
+def _check_duplicates(objects: Sequence[IstioObject]) -> None:
+    seen: dict[tuple[str, str, str], IstioObject] = {}
+    for obj in objects:
+        first = seen.setdefault(obj.key, obj)
+        if first is not obj:
+            where = f" (in {first.source})" if first.source else ""
+            raise _error(obj, "", f"defined twice: also {first.ref}{where}")
+
+
+def _check_one_per_host(
+    objects: Sequence[IstioObject],
+) -> dict[tuple[str, str], IstioObject]:
+    """Each host's VirtualService, DestinationRule and ServiceEntry, by (kind, host)."""
+    owners: dict[tuple[str, str], IstioObject] = {}
+    for obj in objects:
+        for field, host in _hosts(obj):
+            first = owners.setdefault((obj.kind, short_host(host)), obj)
+            if first is not obj:
+                where = f" (in {first.source})" if first.source else ""
+                raise _error(
+                    obj,
+                    field,
+                    f"host {host!r} already has {first.ref}{where}; "
+                    f"one {obj.kind} per host",
+                )
+    return owners
+
+
+def _hosts(obj: IstioObject) -> Iterator[tuple[str, str]]:
+    if isinstance(obj, VirtualService | ServiceEntry):
+        for i, host in enumerate(obj.spec.hosts):
+            yield f"spec.hosts[{i}]", host
+    elif isinstance(obj, DestinationRule):
+        yield "spec.host", obj.spec.host
+
+
+def _check_rule(
+    vs: VirtualService,
+    path: str,
+    rule: HTTPRoute,
+    known: set[str] | None,
+    rules: dict[str, IstioObject],
+) -> None:
+    if rule.rewrite is not None and rule.rewrite.uri is not None:
+        for j, match in enumerate(rule.match):
+            if match.uri is not None and match.uri.regex is not None:
+                raise _error(
+                    vs,
+                    f"{path}.rewrite.uri",
+                    f"cannot rewrite a regex uri match ({path}.match[{j}].uri.regex); "
+                    "use exact or prefix",
+                )
+    for j, target in enumerate(rule.route):
+        where = f"{path}.route[{j}].destination"
+        host = short_host(target.destination.host)
+        if known is not None and host not in known:
+            raise _error(vs, f"{where}.host", f"unknown host {host!r} ({_listed(known)})")
+        subset = target.destination.subset
+        if subset is None:
+            continue
+        dr = rules.get(host)
+        if not isinstance(dr, DestinationRule):
+            raise _error(
+                vs, f"{where}.subset", f"subset {subset!r}: no DestinationRule for host {host!r}"
+            )
+        if dr.spec.subset(subset) is None:
+            defined = ", ".join(s.name for s in dr.spec.subsets) or "none"
+            raise _error(
+                vs,
+                f"{where}.subset",
+                f"subset {subset!r} is not defined by {dr.ref} (defined: {defined})",
+            )
+    _check_weights(vs, path, rule)
+
+
+def _check_weights(vs: VirtualService, path: str, rule: HTTPRoute) -> None:
+    if len(rule.route) == 1:
+        weight = rule.route[0].weight
+        if weight not in (None, 100):
+            raise _error(
+                vs,
+                f"{path}.route[0].weight",
+                f"is {weight}, but a single destination takes all traffic: "
+                "leave weight out or set 100",
+            )
+        return
+    total = sum(t.weight or 0 for t in rule.route)
+    if total != 100:
+        weights = " + ".join(str(t.weight or 0) for t in rule.route)
+        raise _error(vs, f"{path}.route", f"weights sum to {total} ({weights}), not 100")
+
+
+def _listed(known: set[str]) -> str:
+    names = sorted(known)
+    if not names:
+        return "no services are known"
+    shown = ", ".join(names[:10])
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return f"known: {shown}{more}"
+
+
+def _error(obj: IstioObject, field: str, reason: str) -> IstioConfigError:
+    return IstioConfigError(reason, source=obj.source, object=obj.ref, field=field)

@@ -1,0 +1,399 @@
+"""Clients of the registry API (`sail.registry.api`): `RemoteRegistrar` keeps a process's
+workloads registered; `AdminClient` applies and deletes config and reads the status.
+
+Both use *sync* grpcio, like sail's xDS client: grpc.aio state inherited across a fork
+crashes the child, and its poller is bound to the first event loop that used it (see
+`sail.xds.client`), while a service's own code may run any event loop, or none.
+
+**Leases and heartbeats.** `RemoteRegistrar.register` takes a lease of `ttl` seconds; a
+daemon thread (one per registrar) heartbeats every lease each `heartbeat_interval`. If the
+process dies, heartbeats stop and the registry removes the workload once the lease lapses,
+so a `kill -9`-ed workload leaves the mesh within about `ttl` seconds.
+
+**When the registry restarts** it has forgotten every lease (the memory store); the next
+heartbeat is answered NOT_FOUND and the thread registers the workload again, with the
+health it last set. **While the registry is unreachable** the thread retries with backoff
+(0.25 s, ×1.6, up to `heartbeat_interval`), logs a warning when it starts failing (and
+every minute while it goes on), and an info line when the registry answers again. It never
+stops on an error; only `close()` stops it.
+
+**Graceful drain**:
+
+```python
+registrar.set_health(workload, HealthStatus.DRAINING)  # EDS tells clients: stop picking it
+time.sleep(drain_seconds)                              # requests in flight finish
+registrar.deregister(workload)                         # gone from EDS
+registrar.close()
+```
+
+DRAINING endpoints take no new requests (only HEALTHY and UNKNOWN do), but stay in EDS so
+clients can finish what they started; `deregister` then removes the endpoint. `close()`
+alone deregisters nothing: the leases simply lapse after `ttl`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import grpc
+
+from sail.errors import ConfigError, SailError, XdsError
+from sail.model import HealthStatus
+from sail.registration import Workload
+from sail.registry.wire import decode, encode, method_path, workload_to_json
+from sail.xds.client import Backoff
+
+__all__ = ["AdminClient", "RegistryError", "RemoteRegistrar", "registry_error"]
+
+log = logging.getLogger("sail.registry.remote")
+
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_WARN_EVERY = 60.0
+
+
+class RegistryError(XdsError):
+    """The registry refused a call, or could not be reached (a `ConnectionError`).
+
+    `code` is the gRPC status code (`grpc.StatusCode`); the message is the registry's own,
+    which names the method and what was wrong.
+    """
+
+    def __init__(self, message: str, code: Any) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def registry_error(target: str, method: str, exc: Any) -> SailError:
+    """Map a `grpc.RpcError` from the registry to sail's tree: INVALID_ARGUMENT (bad input,
+    rejected config) is a `ConfigError`; the rest is a `RegistryError`."""
+    code = exc.code()
+    details = exc.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ConfigError(details)
+    if code in _UNREACHABLE:
+        return RegistryError(f"cannot reach the registry at {target} ({method}): {details}", code)
+    return RegistryError(details, code)
+
+
+class _Channel:
+    """One gRPC channel to the registry, with the token and a timeout on every call."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        credentials: Any,
+        timeout: float,
+        max_reconnect_backoff: float = 120.0,
+    ):
+        self.target = target
+        # gRPC's own reconnect backoff grows to 120 s, and a call made meanwhile fails at
+        # once without trying: bounding it bounds how long a registry that came back
+        # goes unnoticed.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", min(1000, int(max_reconnect_backoff * 1000))),
+            ("grpc.max_reconnect_backoff_ms", int(max_reconnect_backoff * 1000)),
+        ]
+        self._channel = (
+            grpc.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.secure_channel(target, credentials, options=options)
+        )
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+        self._stubs: dict[str, Any] = {}
+
+    def call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Call one method; raises `grpc.RpcError` as the registry answered."""
+        stub = self._stubs.get(method)
+        if stub is None:
+            stub = self._stubs[method] = self._channel.unary_unary(
+                method_path(method), request_serializer=encode, response_deserializer=decode
+            )
+        reply = stub(body, timeout=self._timeout, metadata=self._metadata)
+        return dict(reply) if isinstance(reply, dict) else {}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@attrs.define
+class _Entry:
+    workload: Workload
+    health: HealthStatus
+    lease_id: str | None = None  # None: not registered (yet, or any more)
+    sent_health: HealthStatus | None = None
+
+
+class RemoteRegistrar:
+    """A `sail.registration.Registrar` that registers workloads with a remote registry.
+
+    **Parameters**
+
+    * `target` - the registry's gRPC address (`registry.mesh:15010`).
+    * `token` - its bearer token, or `None` if it runs without authentication.
+    * `heartbeat_interval` - seconds between heartbeats (default 3); must be below `ttl`.
+    * `ttl` - the lease asked for (default 10 s): how long a dead workload stays in EDS.
+    * `call_timeout` - deadline of each call (default 5 s).
+    * `credentials` - `grpc.ChannelCredentials` for TLS; `None` is plaintext.
+    * `backoff` - retry delays while the registry is unreachable.
+
+    `register` makes one attempt at once. If the registry *refuses* it (a bad token, an
+    invalid workload) it raises (`RegistryError`, `ConfigError`) and keeps nothing, so a
+    misconfiguration shows at startup; if the registry is *unreachable* it logs a warning and
+    returns, and the heartbeat thread registers the workload as soon as it can. `set_health`
+    and `deregister` never raise for the registry's sake: a change not delivered is retried by
+    the thread, and an undelivered deregistration lapses with its lease.
+
+    Thread-safe: calls are serialized by one lock (a call waits for at most one RPC).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        *,
+        heartbeat_interval: float = 3.0,
+        ttl: float = 10.0,
+        call_timeout: float = 5.0,
+        credentials: Any = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not 0 < heartbeat_interval < ttl:
+            raise ValueError(
+                f"heartbeat_interval ({heartbeat_interval!r}) must be positive and below the "
+                f"lease ttl ({ttl!r}); a third of it leaves room for two lost heartbeats"
+            )
+        self._channel = _Channel(
+            target, token, credentials, call_timeout, max_reconnect_backoff=heartbeat_interval
+        )
+        self._target = target
+        self._interval = heartbeat_interval
+        self._ttl = ttl
+        self._backoff = backoff or Backoff(initial=0.25, maximum=heartbeat_interval)
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+        self._warned_at = 0.0
+
+    def lease_id(self, workload: Workload) -> str | None:
+        """The workload's current lease, `None` if it is not registered right now."""
+        with self._lock:
+            entry = self._entries.get(workload.key)
+            return entry.lease_id if entry is not None else None
+
+    def register(self, workload: Workload) -> None:
+        """Register `workload` as HEALTHY (again, if it was: a new lease replaces the old)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RemoteRegistrar is closed")
+            self._entries[workload.key] = _Entry(workload, HealthStatus.HEALTHY)
+            self._start()
+            try:
+                self._sync(workload.key)
+            except grpc.RpcError as exc:
+                if exc.code() in _UNREACHABLE:
+                    self._failed(exc)
+                    self._wake.set()
+                    return
+                del self._entries[workload.key]
+                raise registry_error(self._target, "Register", exc) from None
+            self._succeeded()
+
+    def set_health(self, workload: Workload, health: HealthStatus) -> None:
+        """Change the workload's health (`DRAINING` to drain). A workload not registered yet
+        is registered with that health, as `InProcessRegistrar` does."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RemoteRegistrar is closed")
+            entry = self._entries.setdefault(workload.key, _Entry(workload, health))
+            entry.health = health
+            self._start()
+            try:
+                self._sync(workload.key)
+            except grpc.RpcError as exc:
+                self._failed(exc)
+                self._wake.set()  # the thread delivers it when the registry answers
+                return
+            self._succeeded()
+
+    def deregister(self, workload: Workload) -> None:
+        """Remove the workload now. If the registry cannot be told, its lease lapses."""
+        with self._lock:
+            entry = self._entries.pop(workload.key, None)
+            if entry is None or entry.lease_id is None or self._closed:
+                return
+            try:
+                self._channel.call("Deregister", {"lease_id": entry.lease_id})
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    log.warning(
+                        "could not deregister %s at %s (%s: %s); its lease lapses within %gs",
+                        workload.key, self._target, exc.code().name, exc.details(), self._ttl,
+                    )
+                return
+            log.info("deregistered %s from %s", workload.key, self._target)
+
+    def close(self) -> None:
+        """Stop heartbeating and close the channel. Deregisters nothing (see the module
+        docstring for a drain); idempotent."""
+        self._closed = True
+        self._wake.set()
+        self._channel.close()  # cancels a call in flight on the thread
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> RemoteRegistrar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the heartbeat thread -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="sail-registrar", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed:
+            self._wake.clear()
+            try:
+                self._sweep()
+            except Exception as exc:  # never die: log, back off, go on
+                if self._closed:
+                    return
+                if isinstance(exc, grpc.RpcError):
+                    self._failed(exc)
+                else:
+                    log.exception("registrar heartbeat to %s failed; going on", self._target)
+                delay = self._backoff.delay(failures)
+                failures += 1
+            else:
+                self._succeeded()
+                failures = 0
+                delay = self._interval
+            self._wake.wait(delay)
+
+    def _sweep(self) -> None:
+        with self._lock:
+            keys = list(self._entries)
+        for key in keys:
+            if self._closed:
+                return
+            with self._lock:
+                self._sync(key)
+
+    def _sync(self, key: str) -> None:
+        """Bring one workload's lease up to date: heartbeat it, send a changed health, or
+        register it (again). Called with the lock held; raises `grpc.RpcError`."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        if entry.lease_id is not None:
+            try:
+                if entry.sent_health != entry.health:
+                    body = {"lease_id": entry.lease_id, "health": entry.health.name}
+                    self._channel.call("SetHealth", body)
+                    entry.sent_health = entry.health
+                    log.info("%s is now %s at %s", key, entry.health.name, self._target)
+                else:
+                    self._channel.call("Heartbeat", {"lease_id": entry.lease_id})
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            log.warning(
+                "the registry at %s no longer knows the lease of %s (it expired, or the "
+                "registry restarted): registering again", self._target, key,
+            )
+            entry.lease_id = None
+        reply = self._channel.call(
+            "Register", workload_to_json(entry.workload, entry.health, self._ttl)
+        )
+        entry.lease_id = str(reply.get("lease_id", ""))
+        entry.sent_health = entry.health
+        log.info("registered %s at %s (lease %s)", key, self._target, entry.lease_id)
+
+    def _failed(self, exc: Any) -> None:
+        # Loud when failures start and once a minute while they go on; quiet in between.
+        now = time.monotonic()
+        with self._lock:
+            loud = self._failing_since is None or now - self._warned_at >= _WARN_EVERY
+            if self._failing_since is None:
+                self._failing_since = now
+            if loud:
+                self._warned_at = now
+        log.log(
+            logging.WARNING if loud else logging.DEBUG,
+            "registry at %s failed (%s: %s); retrying with backoff. Registered workloads stay "
+            "in the mesh until their leases (%gs) lapse",
+            self._target, exc.code().name, exc.details(), self._ttl,
+        )
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            since, self._failing_since = self._failing_since, None
+        if since is not None:
+            log.info(
+                "registry at %s answers again (after %.1fs)", self._target,
+                time.monotonic() - since,
+            )
+
+
+class AdminClient:
+    """Admin calls for the `sail apply`, `sail delete` and `sail status` commands.
+
+    **Parameters**
+
+    * `target`, `token`, `credentials` - as for `RemoteRegistrar`.
+    * `timeout` - deadline of each call (default 10 s; Apply validates the whole config).
+
+    Errors: a config the registry rejects is a `ConfigError` with the registry's message
+    (which names the document and field); anything else, including an unreachable registry
+    or a wrong token, is a `RegistryError` (an `XdsError`).
+    """
+
+    def __init__(
+        self, target: str, token: str | None, *, timeout: float = 10.0, credentials: Any = None
+    ) -> None:
+        self._channel = _Channel(target, token, credentials, timeout)
+
+    def apply(self, source: str, yaml_text: str) -> None:
+        """Store `yaml_text` (Istio-style YAML) under `source`, replacing what was there."""
+        self._call("Apply", {"source": source, "yaml": yaml_text})
+
+    def delete(self, source: str) -> None:
+        """Remove the config stored under `source` (`RegistryError` NOT_FOUND if none)."""
+        self._call("Delete", {"source": source})
+
+    def status(self) -> dict[str, Any]:
+        """The registry's status, as its server assembles it."""
+        return self._call("Status", {})
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return self._channel.call(method, body)
+        except grpc.RpcError as exc:
+            raise registry_error(self._channel.target, method, exc) from None

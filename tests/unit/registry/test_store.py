@@ -1,0 +1,193 @@
+"""MemoryStore: leases, expiry, health, config documents, watchers; and the expiry task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from sail.model import HealthStatus, Locality
+from sail.registration import Workload
+from sail.registry.leases import run_expiry
+from sail.registry.store import DEFAULT_TTL, MemoryStore, Store
+from tests.unit.registry.test_api_harness import FakeClock
+
+pytestmark = pytest.mark.timeout(10)
+
+REVIEWS = Workload("reviews", "10.0.0.1", 9080, {"version": "v1"}, Locality("eu", "eu-1"), 2)
+RATINGS = Workload("ratings", "10.0.0.2", 9080)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryStore:
+    return MemoryStore(clock=clock)
+
+
+def test_memory_store_is_a_store(store):
+    typed: Store = store  # mypy checks the protocol; this keeps the import honest
+    assert typed.workloads() == []
+
+
+def test_put_workload_returns_a_lease_expiring_after_ttl(store, clock):
+    lease = store.put_workload(REVIEWS, HealthStatus.HEALTHY, ttl=5)
+    assert lease.id and lease.ttl == 5 and lease.expires_at == clock.now + 5
+    assert store.workloads() == [(REVIEWS, HealthStatus.HEALTHY)]
+    assert store.put_workload(RATINGS).ttl == DEFAULT_TTL == 10.0
+
+
+def test_killed_workload_is_gone_after_its_ttl(store, clock):
+    lease = store.put_workload(REVIEWS, ttl=10)
+    clock.advance(9.9)
+    assert store.expire() == []
+    clock.advance(0.1)
+    # Lapsed: already unlisted before the sweep, and the sweep reports it.
+    assert store.workloads() == []
+    assert store.expire() == [REVIEWS]
+    assert store.heartbeat(lease.id) is False
+
+
+def test_heartbeat_renews_for_another_ttl(store, clock):
+    lease = store.put_workload(REVIEWS, ttl=10)
+    for _ in range(5):
+        clock.advance(8)
+        assert store.heartbeat(lease.id) is True
+    assert store.expire() == []
+    assert store.workloads() == [(REVIEWS, HealthStatus.HEALTHY)]
+
+
+def test_calls_on_a_lapsed_unswept_lease_fail_and_sweep_it(store, clock):
+    lease = store.put_workload(REVIEWS, ttl=1)
+    changes: list[int] = []
+    store.watch(lambda: changes.append(1))
+    clock.advance(2)
+    assert store.heartbeat(lease.id) is False
+    assert store.set_health(lease.id, HealthStatus.DRAINING) is False
+    assert store.remove_workload(lease.id) is False
+    assert changes == [1]  # swept once, watchers told
+    assert store.expire() == []
+
+
+def test_registering_the_same_key_replaces_the_old_lease(store):
+    old = store.put_workload(REVIEWS)
+    moved = Workload("reviews", "10.0.0.1", 9080, {"version": "v2"})
+    new = store.put_workload(moved, HealthStatus.DRAINING)
+    assert new.id != old.id
+    assert store.heartbeat(old.id) is False
+    assert store.workloads() == [(moved, HealthStatus.DRAINING)]
+
+
+def test_set_health_notifies_only_on_change(store):
+    lease = store.put_workload(REVIEWS)
+    changes: list[int] = []
+    store.watch(lambda: changes.append(1))
+    assert store.set_health(lease.id, HealthStatus.DRAINING) is True
+    assert store.set_health(lease.id, HealthStatus.DRAINING) is True
+    assert store.workloads() == [(REVIEWS, HealthStatus.DRAINING)]
+    assert changes == [1]
+    assert store.set_health("nope", HealthStatus.HEALTHY) is False
+
+
+def test_remove_workload(store):
+    lease = store.put_workload(REVIEWS)
+    store.put_workload(RATINGS)
+    assert store.remove_workload(lease.id) is True
+    assert store.remove_workload(lease.id) is False
+    assert store.workloads() == [(RATINGS, HealthStatus.HEALTHY)]
+
+
+def test_workloads_are_ordered_by_key(store):
+    store.put_workload(REVIEWS)
+    store.put_workload(RATINGS)
+    assert [w.service for w, _ in store.workloads()] == ["ratings", "reviews"]
+
+
+def test_ttl_must_be_positive(store):
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="ttl"):
+            store.put_workload(REVIEWS, ttl=bad)
+
+
+def test_config_documents(store):
+    changes: list[int] = []
+    store.watch(lambda: changes.append(1))
+    store.put_config("reviews.yaml", "kind: VirtualService")
+    store.put_config("reviews.yaml", "kind: VirtualService")  # unchanged: no event
+    store.put_config("ratings.yaml", "kind: DestinationRule")
+    configs = store.configs()
+    configs["x"] = "mutating the copy changes nothing"
+    assert store.configs() == {
+        "reviews.yaml": "kind: VirtualService",
+        "ratings.yaml": "kind: DestinationRule",
+    }
+    assert store.delete_config("reviews.yaml") is True
+    assert store.delete_config("reviews.yaml") is False
+    assert changes == [1, 1, 1]
+
+
+def test_watch_every_change_and_unsubscribe(store, clock):
+    changes: list[str] = []
+    stop = store.watch(lambda: changes.append("a"))
+    lease = store.put_workload(REVIEWS, ttl=1)
+    store.heartbeat(lease.id)  # renewal alone changes nothing anyone sees
+    clock.advance(5)
+    store.expire()
+    assert changes == ["a", "a"]
+    stop()
+    stop()
+    store.put_config("x", "y")
+    assert changes == ["a", "a"]
+
+
+def test_a_failing_watcher_does_not_stop_the_others(store, caplog):
+    seen: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    store.watch(broken)
+    store.watch(lambda: seen.append(1))
+    with caplog.at_level(logging.ERROR, logger="sail.registry.store"):
+        store.put_config("x", "y")
+    assert seen == [1]
+    assert store.configs() == {"x": "y"}
+    assert "boom" in caplog.text
+
+
+def test_run_expiry_sweeps_periodically_and_survives_errors(clock):
+    class Flaky(MemoryStore):
+        calls = 0
+
+        def expire(self, now: float | None = None) -> list[Workload]:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("first sweep fails")
+            return super().expire(now)
+
+    store = Flaky(clock=clock)
+    expired: list[int] = []
+    store.watch(lambda: expired.append(1))
+
+    async def main() -> None:
+        store.put_workload(REVIEWS, ttl=1)
+        clock.advance(2)
+        task = asyncio.create_task(run_expiry(store, interval=0.01))
+        try:
+            async with asyncio.timeout(5):
+                while not (store.calls >= 2 and len(expired) == 2):
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+    assert store.workloads() == []
+
+
+def test_run_expiry_rejects_a_bad_interval(store):
+    with pytest.raises(ValueError, match="interval"):
+        asyncio.run(run_expiry(store, interval=0))
