@@ -1,5 +1,12 @@
-"""`sail`: inspect and check mesh config.
+"""`sail`: run the registry, change its config, inspect what processes run with.
 
+* `sail registry [--config PATH ...] [--address HOST:PORT] [--envoy-listener HOST:PORT]` -
+  run the control plane (token from `--token` or `$SAIL_REGISTRY_TOKEN`).
+* `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
+  in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
+  `127.0.0.1:15010`).
+* `sail status` - one row per connected xDS client: node, service, ACKed version,
+  SYNCED / STALE / NACKED and why (like `istioctl proxy-status`).
 * `sail check FILE` - validate a local-mode file as xDS would (exit 1 with the errors).
 * `sail config-dump (--local FILE | --bootstrap PATH) [--service NAME ...]` - resolve the
   config and print, as JSON, the listeners, routes, clusters and endpoints a process would
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -72,6 +80,87 @@ def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_REGISTRY = "127.0.0.1:15010"
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from sail.registry.server import Registry
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")
+
+    async def run() -> None:
+        registry = Registry(
+            config_paths=args.config, token=token, envoy_listener=args.envoy_listener
+        )
+        try:
+            port = await registry.start(args.address)
+        except OSError as exc:
+            raise SystemExit(f"sail registry: {exc}") from None
+        print(f"sail registry listening on {args.address.rpartition(':')[0]}:{port}",
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await registry.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from sail.registry.remote import AdminClient
+
+    target = args.registry or os.environ.get("SAIL_REGISTRY", DEFAULT_REGISTRY)
+    token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")
+    with AdminClient(target, token) as admin:
+        if args.command == "apply":
+            path = Path(args.file)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                print(f"sail: {path}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            admin.apply(str(path), text)
+            print(f"applied {path}")
+        elif args.command == "delete":
+            admin.delete(str(Path(args.file)))
+            print(f"deleted {args.file}")
+        else:
+            _print_status(admin.status(), as_json=args.json)
+    return 0
+
+
+def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return
+    print(f"registry version {status.get('version')}")
+    if status.get("config_error"):
+        print(f"config error (serving the last good config): {status['config_error']}")
+    rows = [("NODE", "SERVICE", "VERSION", "STATE", "REASON")] + [
+        (c["node_id"], c["service"], c["version"], c["state"], c["reason"])
+        for c in status.get("clients", [])
+    ]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    for row in rows:
+        cells = [str(v).ljust(w) for v, w in zip(row[:4], widths, strict=True)]
+        print("  ".join([*cells, str(row[4])]).rstrip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sail", description="sail, a proxyless service mesh")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,10 +172,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--bootstrap", metavar="PATH", help="an xDS bootstrap file")
     dump.add_argument("--service", action="append", default=[], help="service to resolve")
     dump.add_argument("--wait", type=float, default=15.0, help="seconds to wait for xDS")
+    registry = sub.add_parser("registry", help="run the control plane")
+    registry.add_argument("--config", action="append", default=[], metavar="PATH",
+                          help="Istio-style YAML file or folder (repeatable)")
+    registry.add_argument("--address", default=DEFAULT_REGISTRY, help="HOST:PORT to serve on")
+    registry.add_argument("--token", help="registration/admin API token")
+    registry.add_argument("--envoy-listener", type=_address, metavar="HOST:PORT",
+                          help="serve a port listener for Envoy clients there")
+    for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
+        cmd = sub.add_parser(name, help=f"{text} in a running registry")
+        cmd.add_argument("-f", "--file", required=True)
+        cmd.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
+        cmd.add_argument("--token")
+    status = sub.add_parser("status", help="which clients run which config version")
+    status.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
+    status.add_argument("--token")
+    status.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             return _check(args.file)
+        if args.command == "registry":
+            return _run_registry(args)
+        if args.command in ("apply", "delete", "status"):
+            return _admin(args)
         return _dump(args)
     except SailError as exc:
         print(f"sail: {exc}", file=sys.stderr)

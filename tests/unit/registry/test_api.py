@@ -40,13 +40,20 @@ def rejected(server: RegistryServer, method: str, body: Any, **kwargs: Any) -> g
 
 
 def test_register_stores_the_workload_with_every_field(server):
-    reply = server.rpc("Register", {
-        **BODY, "labels": {"version": "v2"}, "weight": 3, "ttl": 4.5,
-        "locality": {"region": "eu", "zone": "eu-1", "sub_zone": "a"},
-    })
+    reply = server.rpc(
+        "Register",
+        {
+            **BODY,
+            "labels": {"version": "v2"},
+            "weight": 3,
+            "ttl": 4.5,
+            "locality": {"region": "eu", "zone": "eu-1", "sub_zone": "a"},
+        },
+    )
     assert reply["ttl"] == 4.5 and isinstance(reply["lease_id"], str)
-    expected = Workload("reviews", "10.0.0.1", 9080, {"version": "v2"},
-                        Locality("eu", "eu-1", "a"), 3)
+    expected = Workload(
+        "reviews", "10.0.0.1", 9080, {"version": "v2"}, Locality("eu", "eu-1", "a"), 3
+    )
     assert server.call(server.store.workloads) == [(expected, HealthStatus.HEALTHY)]
 
 

@@ -102,7 +102,11 @@ class RegistryServer:
         return result
 
     def rpc(
-        self, method: str, body: Any, *, token: str | None = TOKEN,
+        self,
+        method: str,
+        body: Any,
+        *,
+        token: str | None = TOKEN,
         metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> Any:
         """A raw call; raises `grpc.RpcError`. `body` bytes are sent as they are."""

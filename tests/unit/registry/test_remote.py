@@ -51,7 +51,10 @@ def make_registrar() -> Iterator[Callable[..., RemoteRegistrar]]:
 
     def make(target: str, token: str | None = TOKEN, **kwargs: object) -> RemoteRegistrar:
         options: dict[str, object] = {
-            "heartbeat_interval": 0.05, "ttl": 10.0, "call_timeout": 2.0, "backoff": FAST,
+            "heartbeat_interval": 0.05,
+            "ttl": 10.0,
+            "call_timeout": 2.0,
+            "backoff": FAST,
         }
         options.update(kwargs)
         registrar = RemoteRegistrar(target, token, **options)  # type: ignore[arg-type]

@@ -30,9 +30,7 @@ class IstioConfigError(ConfigError):
       `metadata.name`); `""` when the object as a whole is at fault.
     """
 
-    def __init__(
-        self, reason: str, *, source: str = "", object: str = "", field: str = ""
-    ) -> None:
+    def __init__(self, reason: str, *, source: str = "", object: str = "", field: str = "") -> None:
         self.reason = reason
         self.source = source
         self.object = object

@@ -171,6 +171,12 @@ IstioObject: TypeAlias = (
 
 KINDS: Mapping[str, type[IstioObject]] = {
     cls.KIND: cls
-    for cls in (VirtualService, DestinationRule, ServiceEntry, PeerAuthentication, AuthorizationPolicy)
+    for cls in (
+        VirtualService,
+        DestinationRule,
+        ServiceEntry,
+        PeerAuthentication,
+        AuthorizationPolicy,
+    )
 }
 """The supported kinds by name."""

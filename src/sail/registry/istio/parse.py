@@ -80,7 +80,7 @@ def load_documents(text: str, source: str) -> list[IstioObject]:
     valid on its own. Checks across objects are `sail.registry.istio.validate`'s.
     """
     try:
-        documents = list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 - safe loader
+        documents = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source) from None
     objects = []
@@ -109,7 +109,7 @@ def _object(document: object, source: str, number: int) -> IstioObject:
         spec = build(typing.get_type_hints(cls)["spec"], document.get("spec") or {}, "spec")
     except FieldError as exc:
         raise IstioConfigError(exc.reason, source=source, object=ref, field=exc.field) from None
-    return cls(meta=meta, spec=spec, source=source)  # type: ignore[arg-type]
+    return cls(meta=meta, spec=spec, source=source)
 
 
 def _check_top_level(document: Mapping[Any, Any], group: str) -> None:

@@ -26,7 +26,6 @@ header value or label written bare may not be a string; the error says to quote 
 from __future__ import annotations
 
 import enum
-import functools
 import re
 import types
 import typing
@@ -40,7 +39,6 @@ from sail.registry.istio.errors import FieldError
 
 __all__ = [
     "Validator",
-    "at_least",
     "build",
     "check_header_name",
     "check_host",
@@ -49,6 +47,7 @@ __all__ = [
     "field_key",
     "in_range",
     "non_empty",
+    "not_yet",
     "parse_duration",
     "valid_host",
     "valid_hosts",
@@ -142,16 +141,6 @@ def in_range(low: int | float, high: int | float) -> Validator:
     return check
 
 
-def at_least(low: int) -> Validator:
-    """Check `value >= low`; `None` passes."""
-
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and value < low:
-            raise FieldError(field_key(attribute), f"must be at least {low}, got {value}")
-
-    return check
-
-
 def non_empty(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """Check a string or tuple is not empty; `None` passes."""
     if value is not None and len(value) == 0:
@@ -193,8 +182,17 @@ class _Field:
     duration: bool
 
 
-@functools.cache
+_FIELDS: dict[type, tuple[_Field, ...]] = {}
+
+
 def _fields(cls: type) -> tuple[_Field, ...]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = _read_fields(cls)
+    return found
+
+
+def _read_fields(cls: type) -> tuple[_Field, ...]:
     hints = typing.get_type_hints(cls)
     return tuple(
         _Field(
@@ -298,13 +296,24 @@ def _scalar(tp: Any, value: object, path: str) -> Any:
     raise FieldError(path, f"expected {_describe_type(tp)}, got {_describe(value)}")
 
 
+_NOT_YET_VALUES: dict[type[enum.Enum], frozenset[str]] = {}
+
+
+def not_yet(enum_type: type[enum.Enum], *values: str) -> None:
+    """Record Istio values of `enum_type` that sail does not support yet, so that an error
+    says "not supported yet" for them rather than "must be one of"."""
+    _NOT_YET_VALUES[enum_type] = frozenset(values)
+
+
 def _enum(tp: type[enum.Enum], value: object, path: str) -> enum.Enum:
-    allowed = [str(m.value) for m in tp]
+    allowed = ", ".join(str(m.value) for m in tp)
     if isinstance(value, str):
         for member in tp:
             if member.value == value:
                 return member
-    raise FieldError(path, f"must be one of {', '.join(allowed)}, got {value!r}")
+        if value in _NOT_YET_VALUES.get(tp, ()):
+            raise FieldError(path, f"{value}: not supported yet (supported: {allowed})")
+    raise FieldError(path, f"must be one of {allowed}, got {value!r}")
 
 
 def _join(path: str, key: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import attrs
 
 from sail.registry.istio.errors import FieldError
-from sail.registry.istio.schema import field_key, non_empty
+from sail.registry.istio.schema import field_key, non_empty, not_yet
 
 __all__ = [
     "Action",
@@ -142,6 +142,9 @@ class Action(enum.Enum):
     ALLOW = "ALLOW"
     DENY = "DENY"
     AUDIT = "AUDIT"
+
+
+not_yet(Action, "CUSTOM")
 
 
 @attrs.frozen

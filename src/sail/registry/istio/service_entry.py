@@ -27,7 +27,7 @@ import attrs
 
 from sail.model import Locality
 from sail.registry.istio.errors import FieldError
-from sail.registry.istio.schema import in_range, non_empty, valid_hosts
+from sail.registry.istio.schema import in_range, non_empty, not_yet, valid_hosts
 
 __all__ = [
     "Location",
@@ -54,6 +54,10 @@ class Protocol(enum.Enum):
     HTTP2 = "HTTP2"
     GRPC = "GRPC"
     GRPC_WEB = "GRPC-WEB"
+
+
+not_yet(Resolution, "NONE", "DNS_ROUND_ROBIN")
+not_yet(Protocol, "HTTPS", "TCP", "TLS", "UDP", "MONGO", "MYSQL", "REDIS")
 
 
 @attrs.frozen

@@ -4,12 +4,12 @@
 file, the object and the field:
 
 * the same kind/namespace/name twice;
-* a field sail parses but does not translate yet (`check_supported`): a VirtualService's
-  `fault`, `mirror` or `headers`; a DestinationRule's `loadBalancer.consistentHash`,
-  `loadBalancer.simple: PASSTHROUGH`, `tls` other than `mode: DISABLE`, or
-  `outlierDetection.consecutiveGatewayErrors`. The registry refuses these rather than
-  serve config that quietly does less than it says;
-* `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a matched prefix);
+* what parses but cannot be translated (`check_supported`, which `translate` runs too): a
+  VirtualService's `fault`, `mirror` or `headers`, or `rewrite.uri` on a rule with a
+  `regex` uri match (Istio rewrites a matched prefix); a DestinationRule's
+  `loadBalancer.consistentHash`, `loadBalancer.simple: PASSTHROUGH`, `tls` other than
+  `mode: DISABLE`, or `outlierDetection.consecutiveGatewayErrors`. The registry refuses
+  these rather than serve config that quietly does less than it says;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
 * a route destination (or its `subset`) that does not exist: the host must be a known
@@ -51,11 +51,9 @@ def validate(objects: Sequence[IstioObject], known_hosts: Collection[str] | None
     _check_duplicates(objects)
     check_supported(objects)
     owners = _check_one_per_host(objects)
-    entries = {h for o in objects if isinstance(o, ServiceEntry) for h in o.spec.hosts}
+    entries = {short_host(h) for o in objects if isinstance(o, ServiceEntry) for h in o.spec.hosts}
     known = None if known_hosts is None else {short_host(h) for h in known_hosts} | entries
-    rules = {
-        host: o for (kind, host), o in owners.items() if kind == "DestinationRule"
-    }
+    rules = {host: o for (kind, host), o in owners.items() if kind == "DestinationRule"}
     for obj in objects:
         if isinstance(obj, VirtualService):
             for i, rule in enumerate(obj.spec.http):
@@ -75,10 +73,20 @@ def _unsupported(obj: IstioObject) -> Iterator[tuple[str, str]]:
             for name in ("fault", "mirror", "headers"):
                 if getattr(rule, name) is not None:
                     yield f"spec.http[{i}].{name}", _NOT_YET
+            if rule.rewrite is not None and rule.rewrite.uri is not None:
+                for j, match in enumerate(rule.match):
+                    if match.uri is not None and match.uri.regex is not None:
+                        yield (
+                            f"spec.http[{i}].rewrite.uri",
+                            f"cannot rewrite a regex uri match (spec.http[{i}].match[{j}].uri);"
+                            " Istio rewrites a matched prefix or exact path",
+                        )
     elif isinstance(obj, DestinationRule):
         yield from _unsupported_policy("spec.trafficPolicy", obj.spec.traffic_policy)
         for i, subset in enumerate(obj.spec.subsets):
-            yield from _unsupported_policy(f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
+            yield from _unsupported_policy(
+                f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy
+            )
 
 
 def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tuple[str, str]]:
@@ -118,8 +126,7 @@ def _check_one_per_host(
                 raise _error(
                     obj,
                     field,
-                    f"host {host!r} already has {first.ref}{where}; "
-                    f"one {obj.kind} per host",
+                    f"host {host!r} already has {first.ref}{where}; one {obj.kind} per host",
                 )
     return owners
 
@@ -139,15 +146,6 @@ def _check_rule(
     known: set[str] | None,
     rules: dict[str, IstioObject],
 ) -> None:
-    if rule.rewrite is not None and rule.rewrite.uri is not None:
-        for j, match in enumerate(rule.match):
-            if match.uri is not None and match.uri.regex is not None:
-                raise _error(
-                    vs,
-                    f"{path}.rewrite.uri",
-                    f"cannot rewrite a regex uri match ({path}.match[{j}].uri.regex); "
-                    "use exact or prefix",
-                )
     for j, target in enumerate(rule.route):
         where = f"{path}.route[{j}].destination"
         host = short_host(target.destination.host)

@@ -40,6 +40,7 @@ from sail.registry.istio.schema import (
 )
 
 __all__ = [
+    "RETRY_CONDITIONS",
     "Destination",
     "HTTPFaultInjection",
     "HTTPMatchRequest",
@@ -53,7 +54,6 @@ __all__ = [
     "InjectDelay",
     "Percent",
     "PortSelector",
-    "RETRY_CONDITIONS",
     "StringMatch",
     "VirtualServiceSpec",
 ]

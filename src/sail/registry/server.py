@@ -1,0 +1,199 @@
+"""`Registry`: the control plane assembled. One grpc.aio server, one port:
+
+* ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService`, State of the World) for
+  sail, Envoy and grpcio's `xds:///` clients;
+* CSDS (`envoy.service.status.v3.ClientStatusDiscoveryService`) with each client's sync state;
+* the registration and admin API (`sail.registry.v1.Registry`, see `sail.registry.api`).
+
+Every change to the store (a config applied or deleted, a workload registered, drained,
+expired) schedules one rebuild on the event loop: the Istio config is parsed, validated and
+translated with the live workloads into Listener, RouteConfiguration, Cluster and
+ClusterLoadAssignment resources, which replace the served set at once under a new
+registry-wide version. A rebuild that fails keeps the last good resources serving and
+records the error (`sail status` shows it). Config given at start (`--config`) must be
+valid, or the registry does not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc.aio
+
+from sail.errors import ConfigError
+from sail.registry.api import RegistryApi
+from sail.registry.envoy_listener import outbound_listener, outbound_routes
+from sail.registry.istio.model import IstioObject
+from sail.registry.istio.parse import load_documents, load_paths
+from sail.registry.istio.validate import validate
+from sail.registry.leases import run_expiry
+from sail.registry.status import CsdsServer, sync_status
+from sail.registry.store import MemoryStore, Store
+from sail.registry.translate import translate
+from sail.xds.codec.encode import (
+    encode_cluster,
+    encode_cluster_load_assignment,
+    encode_listener,
+    encode_route_configuration,
+)
+from sail.xds.server import AdsServer, ResourceStore
+
+__all__ = ["Registry"]
+
+log = logging.getLogger("sail.registry")
+
+
+class Registry:
+    """The control plane. Run it with `await registry.start()` on an asyncio loop, or from
+    the command line as `sail registry`.
+
+    **Parameters**
+
+    * `config_paths` - files or folders of Istio-style YAML loaded at start (they are not
+      changed by `sail apply`, which adds config of its own in the store).
+    * `store` - where workloads and applied config live (default: in memory).
+    * `token` - the bearer token the registration/admin API requires (`None`: no auth,
+      for local development only).
+    * `envoy_listener` - `(address, port)` of the port listener served for Envoy clients;
+      `None` serves none.
+    * `expiry_interval` - how often expired workload leases are swept, in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        config_paths: Iterable[str | os.PathLike[str]] = (),
+        store: Store | None = None,
+        token: str | None = None,
+        envoy_listener: tuple[str, int] | None = None,
+        expiry_interval: float = 1.0,
+    ) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.resources = ResourceStore()
+        self.ads = AdsServer(self.resources)
+        self.csds = CsdsServer(self.ads)
+        self.api = RegistryApi(self.store, token, self.check_configs, self.status)
+        self._static: list[IstioObject] = load_paths(config_paths)
+        validate(self._static, None)
+        self._envoy_listener = envoy_listener
+        self._expiry_interval = expiry_interval
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rebuild_scheduled = False
+        self.last_error = ""
+        self.port = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, address: str = "127.0.0.1:0") -> int:
+        """Serve on `address` (`host:port`, port 0 picks one); returns the port."""
+        server = grpc.aio.server()
+        self.ads.add_to(server)
+        self.csds.add_to(server)
+        self.api.add_to(server)
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address} (in use?)")
+        await server.start()
+        self._server = server
+        self.store.watch(self._schedule_rebuild)
+        self.rebuild()
+        self._tasks.append(
+            asyncio.ensure_future(run_expiry(self.store, self._expiry_interval))
+        )
+        log.info("sail registry serving ADS, CSDS and the registry API on %s", address)
+        return self.port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop(grace)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    # -- config -----------------------------------------------------------------------------
+
+    def _schedule_rebuild(self) -> None:
+        # Coalesce a burst of store changes (a registration storm after a restart) into one
+        # rebuild on the next turn of the loop.
+        if not self._rebuild_scheduled:
+            self._rebuild_scheduled = True
+            asyncio.get_running_loop().call_soon(self.rebuild)
+
+    def _objects(self, configs: Mapping[str, str]) -> list[IstioObject]:
+        objects = list(self._static)
+        for source in sorted(configs):
+            objects.extend(load_documents(configs[source], source))
+        return objects
+
+    def check_configs(self, configs: dict[str, str]) -> None:
+        """Validate the config set `sail apply`/`delete` would leave; raises `ConfigError`
+        naming the file, object and field. Routes must name known hosts here."""
+        objects = self._objects(configs)
+        known = {w.service for w, _ in self.store.workloads()}
+        validate(objects, known)
+        self._translate(objects)
+
+    def _translate(self, objects: Sequence[IstioObject]) -> list[Any]:
+        resources = translate(objects, self.store.workloads())
+        listeners = list(resources.listeners)
+        routes = list(resources.route_configs)
+        if self._envoy_listener is not None:
+            listeners.append(outbound_listener(*self._envoy_listener))
+            routes.append(outbound_routes(routes))
+        return [
+            *(encode_listener(x) for x in listeners),
+            *(encode_route_configuration(x) for x in routes),
+            *(encode_cluster(x) for x in resources.clusters),
+            *(encode_cluster_load_assignment(x) for x in resources.load_assignments),
+        ]
+
+    def rebuild(self) -> None:
+        """Translate the current config and workloads and serve the result; on error keep
+        serving the last good resources."""
+        self._rebuild_scheduled = False
+        try:
+            objects = self._objects(self.store.configs())
+            # Hosts are not checked here: a workload leaving must not freeze the config.
+            validate(objects, None)
+            messages = self._translate(objects)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            log.error("sail registry: config rejected, serving the last good one: %s", exc)
+            return
+        except Exception as exc:  # never let a rebuild bug take the registry down
+            self.last_error = f"internal error: {exc!r}"
+            log.exception("sail registry: rebuild failed, serving the last good config")
+            return
+        self.last_error = ""
+        self.resources.set_all(messages)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": self.resources.version,
+            "config_error": self.last_error,
+            "workloads": [
+                {
+                    "service": w.service,
+                    "address": f"{w.address}:{w.port}",
+                    "labels": dict(w.labels),
+                    "health": health.name,
+                }
+                for w, health in sorted(self.store.workloads(), key=lambda x: x[0].key)
+            ],
+            "clients": [row.as_dict() for row in sync_status(self.ads)],
+        }

@@ -1,0 +1,224 @@
+"""Istio objects + registered workloads → the xDS resources the registry serves.
+
+```python
+resources = translate(objects, [(workload, HealthStatus.HEALTHY), ...])
+resources.listeners, resources.route_configs, resources.clusters, resources.load_assignments
+```
+
+**Services** are the registered workloads' services and the ServiceEntry hosts; a
+service's **ports** are those its workloads listen on (and a ServiceEntry's `ports`).
+For each service `S` and port `P` the output has:
+
+* an API listener named `S:P` (what gRPC asks for with `xds:///S:P`), and one named `S`
+  for the service's first (lowest) port, each an HTTP connection manager taking routes
+  over RDS from the route configuration of the same name, with the router filter;
+* that route configuration: one virtual host whose domains are `S`, `S:P`, the
+  Kubernetes names `S.<ns>.svc.cluster.local[:P]` (namespace of S's VirtualService, else
+  `default`) and `*`, so any Host reaches it (clients choose the route configuration by
+  listener, not by Host). Its routes come from S's VirtualService (see
+  `sail.registry.istio.routes`), or are one default route to `outbound|P||S`;
+* EDS clusters `outbound|P||S` and `outbound|P|<subset>|S` for each subset of S's
+  DestinationRule, with the rule's traffic policy (`sail.registry.istio.clusters`), and
+  their load assignments: the workloads of S on port P (for a subset, those whose labels
+  include the subset's), grouped by locality, with their health. A route may name a
+  cluster beyond these (a port or subset with no workload yet): it is made too, with no
+  endpoints, so every route resolves.
+
+ServiceEntry hosts: `STATIC` entries are EDS clusters of their endpoints; `DNS` entries are
+`STRICT_DNS` clusters carrying their endpoints inline (no separate load assignment).
+
+Port listeners for Envoy are not made here. PeerAuthentication and AuthorizationPolicy are
+not translated (they carry no routing). The output is sorted by name and built only from
+its inputs, so unchanged config and workloads give equal `Resources`. Objects are assumed
+validated (`sail.registry.istio.validate`); what cannot be translated raises
+`IstioConfigError` (`check_supported`) rather than being dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+
+from sail.model import (
+    Cluster,
+    ClusterLoadAssignment,
+    DiscoveryType,
+    Endpoint,
+    HealthStatus,
+    HttpConnectionManager,
+    HttpFilter,
+    Listener,
+    Locality,
+    RouteConfig,
+    VirtualHost,
+)
+from sail.registration import Workload
+from sail.registry.istio.clusters import load_assignment, with_policy
+from sail.registry.istio.hosts import CLUSTER_SUFFIX, cluster_name, short_host
+from sail.registry.istio.model import (
+    DestinationRule,
+    IstioObject,
+    ServiceEntry,
+    VirtualService,
+)
+from sail.registry.istio.routes import build_routes
+from sail.registry.istio.service_entry import Resolution
+from sail.registry.istio.validate import check_supported
+from sail.xds.codec.extensions import ROUTER, ROUTER_NAME
+
+__all__ = ["ROUTER_FILTER", "Resources", "translate"]
+
+ROUTER_FILTER = HttpFilter(ROUTER_NAME, ROUTER)
+"""The router filter every HTTP connection manager ends with (peers need it)."""
+
+
+@attrs.frozen
+class Resources:
+    """One complete set of xDS resources, each tuple sorted by name."""
+
+    listeners: tuple[Listener, ...] = ()
+    route_configs: tuple[RouteConfig, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    load_assignments: tuple[ClusterLoadAssignment, ...] = ()
+
+
+def translate(
+    objects: Sequence[IstioObject], workloads: Sequence[tuple[Workload, HealthStatus]]
+) -> Resources:
+    """The resources for `objects` and `workloads`; raises `IstioConfigError` for config
+    that parses but cannot be translated yet."""
+    check_supported(objects)
+    mesh = _Mesh(objects, workloads)
+    needed: dict[str, tuple[str, int, str]] = {}
+
+    def use(host: str, port: int, subset: str) -> str:
+        name = cluster_name(port, host, subset)
+        needed[name] = (host, port, subset)
+        return name
+
+    listeners: list[Listener] = []
+    route_configs: list[RouteConfig] = []
+    for service, ports in sorted(mesh.ports.items()):
+        vs = mesh.virtual_services.get(service)
+        rule = mesh.destination_rules.get(service)
+        for port in ports:
+            use(service, port, "")
+            for subset in rule.spec.subsets if rule is not None else ():
+                use(service, port, subset.name)
+            virtual_host = VirtualHost(
+                name=service,
+                domains=_domains(service, port, vs),
+                routes=build_routes(vs, service, port, mesh.ports, use),
+            )
+            # gRPC asks for `xds:///S:P`; the bare `S` is the service's first port
+            names = [f"{service}:{port}", *([service] if port == ports[0] else [])]
+            for name in names:
+                listeners.append(_listener(name))
+                route_configs.append(RouteConfig(name, (virtual_host,)))
+
+    clusters: list[Cluster] = []
+    assignments: list[ClusterLoadAssignment] = []
+    for name, key in sorted(needed.items()):
+        cluster, assignment = mesh.cluster(name, *key)
+        clusters.append(cluster)
+        if assignment is not None:
+            assignments.append(assignment)
+    return Resources(
+        listeners=tuple(sorted(listeners, key=lambda x: x.name)),
+        route_configs=tuple(sorted(route_configs, key=lambda r: r.name)),
+        clusters=tuple(clusters),
+        load_assignments=tuple(assignments),
+    )
+
+
+def _listener(name: str) -> Listener:
+    return Listener(name, HttpConnectionManager(rds_name=name, http_filters=(ROUTER_FILTER,)))
+
+
+def _domains(service: str, port: int, vs: VirtualService | None) -> tuple[str, ...]:
+    names = [service]
+    if "." not in service:
+        namespace = vs.meta.namespace if vs is not None else "default"
+        names.append(f"{service}.{namespace}{CLUSTER_SUFFIX}")
+        if vs is not None:  # long names as the VirtualService writes them
+            names.extend(h for h in vs.spec.hosts if h != service and short_host(h) == service)
+    unique = dict.fromkeys(d for n in names for d in (n, f"{n}:{port}"))
+    return (*unique, "*")
+
+
+class _Mesh:
+    """The inputs indexed by (short) host. Where two objects claim one host (which
+    `validate` refuses), the first by kind/namespace/name wins, so the output does not
+    depend on input order."""
+
+    def __init__(
+        self, objects: Sequence[IstioObject], workloads: Sequence[tuple[Workload, HealthStatus]]
+    ) -> None:
+        self.virtual_services: dict[str, VirtualService] = {}
+        self.destination_rules: dict[str, DestinationRule] = {}
+        self.entries: dict[str, tuple[ServiceEntry, str]] = {}  # by short host: (entry, host)
+        for obj in sorted(objects, key=lambda o: o.key):
+            if isinstance(obj, VirtualService):
+                for host in obj.spec.hosts:
+                    self.virtual_services.setdefault(short_host(host), obj)
+            elif isinstance(obj, DestinationRule):
+                self.destination_rules.setdefault(short_host(obj.spec.host), obj)
+            elif isinstance(obj, ServiceEntry):
+                for host in obj.spec.hosts:
+                    self.entries.setdefault(short_host(host), (obj, host))
+        self.workloads: dict[str, list[tuple[Workload, HealthStatus]]] = {}
+        ports: dict[str, set[int]] = {}
+        for workload, health in workloads:
+            service = short_host(workload.service)
+            self.workloads.setdefault(service, []).append((workload, health))
+            ports.setdefault(service, set()).add(workload.port)
+        for host, (entry, _) in self.entries.items():
+            ports.setdefault(host, set()).update(p.number for p in entry.spec.ports)
+        self.ports: Mapping[str, tuple[int, ...]] = {h: tuple(sorted(p)) for h, p in ports.items()}
+
+    def cluster(
+        self, name: str, host: str, port: int, subset: str
+    ) -> tuple[Cluster, ClusterLoadAssignment | None]:
+        """Cluster `name` and, for an EDS cluster, its load assignment."""
+        rule = self.destination_rules.get(host)
+        chosen = rule.spec.subset(subset) if rule is not None and subset else None
+        policy = rule.spec.traffic_policy if rule is not None else None
+        if chosen is not None and chosen.traffic_policy is not None:
+            own = chosen.traffic_policy
+            policy = policy.overridden_by(own) if policy is not None else own
+
+        def selects(labels: Mapping[str, str]) -> bool:
+            if not subset:
+                return True
+            return chosen is not None and chosen.selects(labels)
+
+        endpoints = self._endpoints(host, port, selects)
+        assignment = load_assignment(name, endpoints)
+        entry, _ = self.entries.get(host, (None, ""))
+        if entry is not None and entry.spec.resolution is Resolution.DNS:
+            cluster = Cluster(name, discovery=DiscoveryType.STRICT_DNS, load_assignment=assignment)
+            return with_policy(cluster, policy), None
+        return with_policy(Cluster(name, eds_service_name=name), policy), assignment
+
+    def _endpoints(
+        self, host: str, port: int, selects: Callable[[Mapping[str, str]], bool]
+    ) -> list[tuple[Locality, Endpoint]]:
+        out = [
+            (w.locality, Endpoint(w.address, w.port, weight=max(1, w.weight), health=health))
+            for w, health in self.workloads.get(host, ())
+            if w.port == port and selects(w.labels)
+        ]
+        entry, written = self.entries.get(host, (None, host))
+        if entry is None:
+            return out
+        service_port = next((p for p in entry.spec.ports if p.number == port), None)
+        if service_port is None:
+            return out
+        for e in entry.spec.endpoints:
+            if selects(e.labels):
+                endpoint = Endpoint(e.address, e.port_for(service_port), weight=e.weight or 1)
+                out.append((e.parsed_locality, endpoint))
+        if not entry.spec.endpoints and selects({}):  # DNS: resolve the host itself
+            out.append((Locality(), Endpoint(written, service_port.target_port or port)))
+        return out

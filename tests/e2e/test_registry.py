@@ -1,0 +1,186 @@
+"""The registry end to end: real workloads register themselves, config is applied with the
+admin API, and a sail client follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import sail
+from sail._loop import background_loop
+from sail.bootstrap import parse_bootstrap
+from sail.registry.remote import AdminClient
+from sail.registry.server import Registry
+from tests.e2e.procs import ROOT, start, stop
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+TOKEN = "test-token"
+
+
+class RunningRegistry:
+    def __init__(self, **kwargs: Any) -> None:
+        self.registry = Registry(token=TOKEN, **kwargs)
+        self.port = self._run(self.registry.start("127.0.0.1:0"))
+        self.address = f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, background_loop()).result(10)
+
+    def call(self, fn: Any) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return self._run(run())
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.address, TOKEN)
+
+    def bootstrap(self, node_id: str = "test-client") -> sail.Bootstrap:
+        return parse_bootstrap(
+            {
+                "xds_servers": [
+                    {"server_uri": self.address, "channel_creds": [{"type": "insecure"}]}
+                ],
+                "node": {"id": node_id, "cluster": "tests"},
+            }
+        )
+
+    def stop(self) -> None:
+        self._run(self.registry.stop(0))
+
+
+@pytest.fixture
+def registry() -> Iterator[RunningRegistry]:
+    running = RunningRegistry()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def workload(registry: RunningRegistry, service: str, version: str) -> subprocess.Popen[bytes]:
+    port = free_port()
+    return start(
+        [sys.executable, "-m", "uvicorn", "tests.e2e.workload:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env={
+            "SERVICE": service,
+            "PORT": str(port),
+            "LABELS": f"version={version}",
+            "SAIL_REGISTRY": registry.address,
+            "SAIL_REGISTRY_TOKEN": TOKEN,
+            "PYTHONPATH": str(ROOT),
+        },
+        port=port,
+    )
+
+
+def reviews_config(weights: dict[str, int], *, jason: str | None = None) -> str:
+    subsets = "\n".join(
+        f"  - name: {v}\n    labels: {{version: {v}}}" for v in ("v1", "v2", "v3")
+    )
+    routes = "\n".join(
+        f"    - destination: {{host: reviews, subset: {v}}}\n      weight: {w}"
+        for v, w in weights.items()
+    )
+    header_rule = (
+        f"""  - match:
+    - headers:
+        end-user: {{exact: jason}}
+    route:
+    - destination: {{host: reviews, subset: {jason}}}
+"""
+        if jason
+        else ""
+    )
+    return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+{subsets}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+{header_rule}  - route:
+{routes}
+"""
+
+
+@pytest.fixture
+def reviews(registry: RunningRegistry) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    procs = {v: workload(registry, "reviews", v) for v in ("v1", "v2", "v3")}
+    try:
+        wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 3)
+        yield procs
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+
+def names(http: Any, n: int, **kwargs: Any) -> collections.Counter[str]:
+    return collections.Counter(
+        http.get("http://reviews/r", **kwargs).json()["name"] for _ in range(n)
+    )
+
+
+def test_sail_client_follows_applied_config(
+    registry: RunningRegistry, reviews: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    with registry.admin() as admin:
+        admin.apply("reviews.yaml", reviews_config({"v1": 80, "v2": 20}, jason="v3"))
+    with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
+        counts = names(http, 2000)
+        assert counts["reviews-v1"] / 2000 == pytest.approx(0.80, abs=0.03)
+        assert counts["reviews-v2"] / 2000 == pytest.approx(0.20, abs=0.03)
+        assert set(names(http, 50, headers={"end-user": "jason"})) == {"reviews-v3"}
+        with registry.admin() as admin:
+            admin.apply("reviews.yaml", reviews_config({"v2": 50, "v3": 50}))
+        wait_until(lambda: set(names(http, 40)) == {"reviews-v2", "reviews-v3"})
+        counts = names(http, 2000)
+        assert counts["reviews-v2"] / 2000 == pytest.approx(0.50, abs=0.03)
+        status = registry.call(registry.registry.status)
+        rows = [c for c in status["clients"] if c["node_id"] == "test-client"]
+        assert rows and rows[0]["state"] == "SYNCED"
+        assert rows[0]["version"] == str(status["version"])
+
+
+def test_killed_workload_leaves_within_ttl(
+    registry: RunningRegistry, reviews: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    os.kill(reviews["v3"].pid, signal.SIGKILL)
+    start_time = time.monotonic()
+    wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 2, timeout=8)
+    assert time.monotonic() - start_time < 5  # ttl 3 s + the 1 s sweep
+
+
+def test_bad_config_is_refused_and_last_good_kept(
+    registry: RunningRegistry, reviews: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    with registry.admin() as admin:
+        admin.apply("reviews.yaml", reviews_config({"v1": 100}))
+        with pytest.raises(sail.ConfigError, match=r"reviews\.yaml.*weight"):
+            admin.apply("reviews.yaml", reviews_config({"v1": 60, "v2": 20}))
+        with pytest.raises(sail.ConfigError, match="ratings"):
+            admin.apply(
+                "bad-host.yaml",
+                reviews_config({"v1": 100}).replace("host: reviews, subset: v1", "host: ratings"),
+            )
+    with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
+        assert set(names(http, 20)) == {"reviews-v1"}
