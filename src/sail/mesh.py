@@ -304,17 +304,24 @@ class Mesh:
         labels: Mapping[str, str] | None = None,
         address: str = "127.0.0.1",
         weight: int = 1,
+        service_port: int | None = None,
     ) -> Callable[[T], T]:
         """Make an ASGI or WSGI app a mesh workload of service `name`.
 
         The workload is registered when the app starts (ASGI lifespan startup, or at once
         for WSGI) and deregistered when it stops; each request carries a
-        `sail.RequestContext` (see `sail.current_request()`)."""
+        `sail.RequestContext` (see `sail.current_request()`). `service_port` is the port
+        clients call the service on, when it differs from `port` (see `Workload`)."""
         from sail.http.server import wrap_app
         from sail.registration import Workload
 
         workload = Workload(
-            service=name, address=address, port=port, labels=dict(labels or {}), weight=weight
+            service=name,
+            address=address,
+            port=port,
+            labels=dict(labels or {}),
+            weight=weight,
+            service_port=service_port,
         )
 
         def decorate(app: T) -> T:

@@ -29,6 +29,9 @@ class Workload:
     * `address`, `port` - where it listens.
     * `labels` - e.g. `{"version": "v2"}`; subsets select workloads by labels.
     * `locality` - where it runs; `weight` - its load-balancing weight (≥ 1).
+    * `service_port` - the port clients call the service on (`reviews:9080`), when it is
+      not `port` itself: Kubernetes' Service port next to its targetPort. Workloads that
+      listen on different ports (several on one host) share one service port this way.
     """
 
     service: str
@@ -37,6 +40,12 @@ class Workload:
     labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     locality: Locality = Locality()
     weight: int = 1
+    service_port: int | None = None
+
+    @property
+    def called_port(self) -> int:
+        """The service port this workload serves: `service_port`, or else `port`."""
+        return self.service_port if self.service_port is not None else self.port
 
     @property
     def key(self) -> str:

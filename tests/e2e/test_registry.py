@@ -177,10 +177,18 @@ def test_bad_config_is_refused_and_last_good_kept(
         admin.apply("reviews.yaml", reviews_config({"v1": 100}))
         with pytest.raises(sail.ConfigError, match=r"reviews\.yaml.*weight"):
             admin.apply("reviews.yaml", reviews_config({"v1": 60, "v2": 20}))
-        with pytest.raises(sail.ConfigError, match="ratings"):
+        with pytest.raises(sail.ConfigError, match=r"bad-host\.yaml.*ratings"):
             admin.apply(
                 "bad-host.yaml",
-                reviews_config({"v1": 100}).replace("host: reviews, subset: v1", "host: ratings"),
+                """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: to-ratings}
+spec:
+  hosts: [details]
+  http:
+  - route:
+    - destination: {host: ratings}
+""",
             )
     with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
         assert set(names(http, 20)) == {"reviews-v1"}

@@ -7,8 +7,9 @@ A client's state, per type it subscribes to, from what it last said on its strea
 * **STALE** - it has not yet ACKed the version last sent to it for some type;
 * **SYNCED** - it ACKed everything sent to it.
 
-Its *version* is the registry-wide version it has fully applied: the lowest version it
-ACKed over the types it subscribes to.
+Its *version* is the newest registry-wide version it has ACKed (each type's version is the
+registry version of that type's last change, so a SYNCED client's version is the
+registry's current version).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _row(view: StreamView) -> ClientSync:
         node_id=node.id if node is not None else "",
         service=node.cluster if node is not None else "",
         peer=view.peer,
-        version=str(min(acked)) if acked else "-",
+        version=str(max(acked)) if acked else "-",
         state=state,
         reason=reason,
     )

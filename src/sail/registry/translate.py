@@ -172,7 +172,7 @@ class _Mesh:
         for workload, health in workloads:
             service = short_host(workload.service)
             self.workloads.setdefault(service, []).append((workload, health))
-            ports.setdefault(service, set()).add(workload.port)
+            ports.setdefault(service, set()).add(workload.called_port)
         for host, (entry, _) in self.entries.items():
             ports.setdefault(host, set()).update(p.number for p in entry.spec.ports)
         self.ports: Mapping[str, tuple[int, ...]] = {h: tuple(sorted(p)) for h, p in ports.items()}
@@ -207,7 +207,7 @@ class _Mesh:
         out = [
             (w.locality, Endpoint(w.address, w.port, weight=max(1, w.weight), health=health))
             for w, health in self.workloads.get(host, ())
-            if w.port == port and selects(w.labels)
+            if w.called_port == port and selects(w.labels)
         ]
         entry, written = self.entries.get(host, (None, host))
         if entry is None:

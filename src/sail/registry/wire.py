@@ -33,7 +33,9 @@ SERVICE = "sail.registry.v1.Registry"
 MAX_TTL = 3600.0
 MAX_WEIGHT = 2**32 - 1  # Envoy's load_balancing_weight is a uint32
 
-_REGISTER_FIELDS = ("service", "address", "port", "labels", "locality", "weight", "health", "ttl")
+_REGISTER_FIELDS = (
+    "service", "address", "port", "service_port", "labels", "locality", "weight", "health", "ttl",
+)
 _LOCALITY_FIELDS = ("region", "zone", "sub_zone")
 
 
@@ -76,6 +78,8 @@ def workload_to_json(
         "weight": workload.weight,
         "health": health.name,
     }
+    if workload.service_port is not None:
+        body["service_port"] = workload.service_port
     if ttl is not None:
         body["ttl"] = ttl
     return body
@@ -93,6 +97,9 @@ def workload_from_json(
         labels=_labels(body),
         locality=_locality(body),
         weight=_integer(body, "weight", 1, MAX_WEIGHT, default=1),
+        service_port=(
+            _integer(body, "service_port", 1, 65535) if "service_port" in body else None
+        ),
     )
     health = health_field(body, default=HealthStatus.HEALTHY)
     return workload, health, _ttl(body, default_ttl)
