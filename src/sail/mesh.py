@@ -305,13 +305,16 @@ class Mesh:
         address: str = "127.0.0.1",
         weight: int = 1,
         service_port: int | None = None,
+        drain: float = 5.0,
     ) -> Callable[[T], T]:
         """Make an ASGI or WSGI app a mesh workload of service `name`.
 
         The workload is registered when the app starts (ASGI lifespan startup, or at once
         for WSGI) and deregistered when it stops; each request carries a
         `sail.RequestContext` (see `sail.current_request()`). `service_port` is the port
-        clients call the service on, when it differs from `port` (see `Workload`)."""
+        clients call the service on, when it differs from `port` (see `Workload`). On
+        SIGTERM an ASGI workload drains for up to `drain` seconds before the server stops
+        (see `sail.http.server.AsgiService`)."""
         from sail.http.server import wrap_app
         from sail.registration import Workload
 
@@ -325,7 +328,7 @@ class Mesh:
         )
 
         def decorate(app: T) -> T:
-            return wrap_app(app, workload, self.registrar)  # type: ignore[no-any-return]
+            return wrap_app(app, workload, self.registrar, drain)  # type: ignore[no-any-return]
 
         return decorate
 

@@ -94,8 +94,7 @@ class XdsServer:
     def start(self) -> XdsServer:
         if self._loop is None:
             self._loop = background_loop()
-            if self._initial:
-                self._call(lambda: self.store.set_all(self._initial))
+            self._call(lambda: self.store.set_all(self._initial))
         self._run(self._start_server())
         return self
 

@@ -28,7 +28,15 @@ from typing import Any
 from tests.e2e.procs import ROOT, stop, wait_port
 from tests.helpers import free_port
 
-__all__ = ["Envoy", "bootstrap", "envoy_binary", "run_envoy", "start_envoy"]
+__all__ = [
+    "Envoy",
+    "ads_bootstrap",
+    "bootstrap",
+    "envoy_binary",
+    "launch_envoy",
+    "run_envoy",
+    "start_envoy",
+]
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -161,12 +169,26 @@ def start_envoy(
     """Write the bootstrap to `workdir`, start Envoy, and wait until `/ready` says LIVE
     and the listener accepts connections. Raises `RuntimeError` with Envoy's log if it exits
     or does not become ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
     port, admin_port = free_port(), free_port()
+    config = bootstrap(route_config, clusters, port=port, admin_port=admin_port)
+    return launch_envoy(workdir, config, port=port, admin_port=admin_port, timeout=timeout)
+
+
+def launch_envoy(
+    workdir: Path,
+    config: Mapping[str, Any],
+    *,
+    port: int,
+    admin_port: int,
+    timeout: float = 20.0,
+) -> Envoy:
+    """Start Envoy with the bootstrap `config` (written to `workdir/envoy.json`; its admin
+    listener must be on `admin_port`), and wait until `/ready` says LIVE and `port` accepts
+    connections. Raises `RuntimeError` with Envoy's log if it exits or does not become
+    ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "envoy.json"
-    config_path.write_text(
-        json.dumps(bootstrap(route_config, clusters, port=port, admin_port=admin_port), indent=1)
-    )
+    config_path.write_text(json.dumps(config, indent=1))
     log_path = workdir / "envoy.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -215,3 +237,52 @@ def run_envoy(
         yield envoy
     finally:
         envoy.stop()
+
+
+def ads_bootstrap(
+    xds_port: int,
+    *,
+    admin_port: int,
+    node_id: str,
+    node_cluster: str = "e2e",
+) -> dict[str, Any]:
+    """A dynamic Envoy bootstrap: listeners and clusters over ADS (State of the World, v3)
+    from the xDS server on `127.0.0.1:xds_port`, reached through the static HTTP/2 cluster
+    `xds`; the admin listener on `127.0.0.1:admin_port`."""
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {"address": _address("127.0.0.1", admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "lds_config": ads,
+            "cds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": _address(
+                                "127.0.0.1", xds_port)}}]}
+                        ],
+                    },
+                }
+            ]
+        },
+    }

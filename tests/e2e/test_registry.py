@@ -28,9 +28,10 @@ TOKEN = "test-token"
 
 
 class RunningRegistry:
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, port: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("registration_grace", 0)
         self.registry = Registry(token=TOKEN, **kwargs)
-        self.port = self._run(self.registry.start("127.0.0.1:0"))
+        self.port = self._run(self.registry.start(f"127.0.0.1:{port}"))
         self.address = f"127.0.0.1:{self.port}"
 
     @staticmethod
@@ -192,3 +193,75 @@ spec:
             )
     with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
         assert set(names(http, 20)) == {"reviews-v1"}
+
+
+class Hammer:
+    """Threads sending through one sail client until stopped; records every failure."""
+
+    def __init__(self, http: Any, threads: int = 3) -> None:
+        import threading
+
+        self.http = http
+        self.failures: list[str] = []
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.counts[self.http.get("http://reviews/r").json()["name"]] += 1
+            except Exception as exc:  # any failure is what these tests look for
+                self.failures.append(repr(exc))
+            time.sleep(0.002)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def test_graceful_drain_fails_no_request(
+    registry: RunningRegistry, reviews: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
+        hammer = Hammer(http)
+        try:
+            wait_until(lambda: hammer.counts["reviews-v3"] > 20)
+            reviews["v3"].send_signal(signal.SIGTERM)
+            reviews["v3"].wait(15)  # drains first: DRAINING, quiet period, then exits
+            wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 2)
+            seen = hammer.total()
+            wait_until(lambda: hammer.total() > seen + 100)
+        finally:
+            hammer.stop()
+    assert hammer.failures == []
+
+
+def test_registry_restart_clients_keep_serving_and_workloads_return(
+    reviews: dict[str, subprocess.Popen[bytes]], registry: RunningRegistry
+) -> None:
+    with registry.admin() as admin:
+        admin.apply("reviews.yaml", reviews_config({"v1": 100}))
+    port = registry.port
+    with sail.Mesh.from_bootstrap(registry.bootstrap()) as mesh, mesh.client() as http:
+        hammer = Hammer(http)
+        try:
+            wait_until(lambda: hammer.counts["reviews-v1"] > 20)
+            registry.stop()
+            seen = hammer.total()
+            wait_until(lambda: hammer.total() > seen + 100)  # served from the last config
+            # The same port again, with an empty memory store: workloads re-register on
+            # their next heartbeat (answered NOT_FOUND) within the registration grace.
+            registry.__init__(port=port, registration_grace=2.5)  # type: ignore[misc]
+            wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 3)
+            # The applied config died with the store: the default route takes all three.
+            wait_until(lambda: len(hammer.counts) == 3, timeout=20)
+        finally:
+            hammer.stop()
+    assert hammer.failures == []

@@ -44,4 +44,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-app = mesh.service(SERVICE, port=PORT, labels=LABELS, service_port=9080)(_app)
+app = mesh.service(
+    SERVICE,
+    port=PORT,
+    labels=LABELS,
+    service_port=9080,
+    drain=float(os.environ.get("DRAIN", "5")),
+)(_app)

@@ -11,6 +11,11 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -22,6 +27,7 @@ from sail.registration import Registrar, Workload
 __all__ = ["RequestContext", "current_request", "operation", "wrap_app"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("sail")
 
 
 @attrs.define
@@ -90,29 +96,85 @@ def _is_asgi(app: Any) -> bool:
     return inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
 
 
-def wrap_app(app: Any, workload: Workload, registrar: Registrar) -> Any:
+def wrap_app(app: Any, workload: Workload, registrar: Registrar, drain: float = 5.0) -> Any:
     """Wrap an ASGI or WSGI app (told apart by whether it is a coroutine function)."""
     if _is_asgi(app):
-        return AsgiService(app, workload, registrar)
+        return AsgiService(app, workload, registrar, drain=drain)
     registrar.register(workload)
     return WsgiService(app, workload, registrar)
 
 
 class AsgiService:
-    """An ASGI app as a mesh workload: registers on lifespan startup, drains (DRAINING)
-    and deregisters on shutdown, and sets the request context."""
+    """An ASGI app as a mesh workload: registers on lifespan startup, sets the request
+    context on each request, and leaves the mesh gracefully.
 
-    def __init__(self, app: Any, workload: Workload, registrar: Registrar) -> None:
+    **Graceful drain.** On SIGTERM the workload is first marked DRAINING in the registry
+    (clients stop picking it as soon as EDS tells them), keeps serving until no request has
+    arrived for `quiet` seconds and none is in flight (at most `drain` seconds), and only
+    then hands SIGTERM to the server (uvicorn, hypercorn...), whose shutdown deregisters
+    it. A second SIGTERM stops at once. Envoy's drain and Istio's
+    `terminationDrainDuration` work the same way. `drain=0` turns it off.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        workload: Workload,
+        registrar: Registrar,
+        *,
+        drain: float = 5.0,
+        quiet: float = 0.5,
+    ) -> None:
         self.app = app
         self.workload = workload
         self._registrar = registrar
         self._registered = False
+        self._drain = drain
+        self._quiet = quiet
+        self._draining = False
+        self._inflight = 0
+        self._last_request = 0.0
         functools.update_wrapper(self, app, updated=())
 
     def _register(self) -> None:
         if not self._registered:
             self._registrar.register(self.workload)
             self._registered = True
+            self._install_drain()
+
+    def _install_drain(self) -> None:
+        if self._drain <= 0 or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            if self._draining:
+                _forward(previous, signum, frame)
+                return
+            self._draining = True
+            threading.Thread(
+                target=self._drain_then_stop,
+                args=(previous, signum, frame),
+                name="sail-drain",
+                daemon=True,
+            ).start()
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def _drain_then_stop(self, previous: Any, signum: int, frame: Any) -> None:
+        start = time.monotonic()
+        try:
+            self._registrar.set_health(self.workload, HealthStatus.DRAINING)
+            log.info("sail: %s draining (up to %.1fs)", self.workload.key, self._drain)
+            time.sleep(min(self._quiet, self._drain))
+            while time.monotonic() - start < self._drain:
+                idle_for = time.monotonic() - self._last_request
+                if self._inflight == 0 and idle_for >= self._quiet:
+                    break
+                time.sleep(0.05)
+        except Exception:  # draining is best effort; stopping must still happen
+            log.exception("sail: drain of %s failed; stopping now", self.workload.key)
+        _forward(previous, signum, frame)
 
     def _deregister(self) -> None:
         if self._registered:
@@ -139,9 +201,13 @@ class AsgiService:
         scope.setdefault("extensions", {})
         scope["extensions"] = {**(scope["extensions"] or {}), "sail": ctx}
         token = _current.set(ctx)
+        self._inflight += 1
+        self._last_request = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
+            self._inflight -= 1
+            self._last_request = time.monotonic()
             _current.reset(token)
 
     async def _lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -166,6 +232,15 @@ class AsgiService:
                     self._deregister()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+
+def _forward(previous: Any, signum: int, frame: Any) -> None:
+    """Hand a signal on to the handler that was there before sail's."""
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def _asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

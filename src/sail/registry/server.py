@@ -62,6 +62,11 @@ class Registry:
     * `envoy_listener` - `(address, port)` of the port listener served for Envoy clients;
       `None` serves none.
     * `expiry_interval` - how often expired workload leases are swept, in seconds.
+    * `registration_grace` - seconds after start before the first config is served, so
+      that after a restart the workloads' next heartbeats (answered NOT_FOUND) have
+      re-registered them. Until then clients get no answer and keep their last config;
+      serving at once would hand them clusters with no endpoints. Default 3 s, the
+      registrar's heartbeat interval.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Registry:
         token: str | None = None,
         envoy_listener: tuple[str, int] | None = None,
         expiry_interval: float = 1.0,
+        registration_grace: float = 3.0,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
@@ -85,6 +91,8 @@ class Registry:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuild_scheduled = False
+        self._grace = registration_grace
+        self._serving = False
         self.last_error = ""
         self.port = 0
 
@@ -102,7 +110,10 @@ class Registry:
         await server.start()
         self._server = server
         self.store.watch(self._schedule_rebuild)
-        self.rebuild()
+        if self._grace > 0:
+            asyncio.get_running_loop().call_later(self._grace, self._start_serving)
+        else:
+            self._start_serving()
         self._tasks.append(
             asyncio.ensure_future(run_expiry(self.store, self._expiry_interval))
         )
@@ -124,6 +135,10 @@ class Registry:
             await self._server.wait_for_termination()
 
     # -- config -----------------------------------------------------------------------------
+
+    def _start_serving(self) -> None:
+        self._serving = True
+        self.rebuild()
 
     def _schedule_rebuild(self) -> None:
         # Coalesce a burst of store changes (a registration storm after a restart) into one
@@ -164,6 +179,8 @@ class Registry:
         """Translate the current config and workloads and serve the result; on error keep
         serving the last good resources."""
         self._rebuild_scheduled = False
+        if not self._serving:
+            return
         try:
             objects = self._objects(self.store.configs())
             # Hosts are not checked here: a workload leaving must not freeze the config.

@@ -60,6 +60,7 @@ class ResourceStore:
     """Resources by type URL and name, with one store-wide increasing version.
 
     Every change bumps the version; streams subscribed to a changed type are told.
+    Streams get no answer at all until the first `set_all`/`put` (`ready`).
     Not thread-safe: use it from the server's event loop.
     """
 
@@ -68,6 +69,9 @@ class ResourceStore:
         self._type_versions: dict[str, int] = {}
         self._version = 0
         self._streams: set[_Stream] = set()
+        # Nothing is sent before the first resource set: an empty answer would tell
+        # clients that every resource they ask for is gone (a registry just restarted).
+        self.ready = False
 
     @property
     def version(self) -> int:
@@ -107,6 +111,10 @@ class ResourceStore:
         for (type_url, name), packed in current.items():
             by_type.setdefault(type_url, {})[name] = packed
         changed = [t for t, res in by_type.items() if _differs(self._resources.get(t), res)]
+        if not self.ready:
+            self.ready = True
+            # Answer every stream that has been waiting, whatever it asked for.
+            changed = sorted({*changed, *(t for s in self._streams for t in s.subs)})
         if not changed:
             return
         self._version += 1
@@ -206,6 +214,8 @@ class _Stream:
         if sub is None:
             return
         store = self.server.store
+        if not store.ready:
+            return
         version = store.type_version(type_url)
         names = None if sub.wildcard else sub.names
         if sub.sent_version == version and sub.sent_names == names:
