@@ -1,0 +1,86 @@
+"""A gRPC workload for end-to-end tests: a plain grpcio server with one generic unary method,
+`/sail.test.Greeter/Hello` (bytes in, bytes out, no protos), answering its own name
+(`greeter-v1`), registered with the registry as a workload of `greeter` (service port 50051).
+
+Run as `python -m tests.e2e.grpc_workload` with PORT, VERSION, SAIL_REGISTRY and
+SAIL_REGISTRY_TOKEN in the environment (SERVICE defaults to `greeter`). It prints `ready`
+once serving and registered; on SIGTERM (or SIGINT) it deregisters and stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from sail.registration import Workload
+from sail.registry.remote import RemoteRegistrar
+
+SERVICE_PORT = 50051
+
+
+def _handler(name: bytes) -> grpc.GenericRpcHandler:
+    def hello(request: bytes, context: Any) -> bytes:
+        return name
+
+    return grpc.method_handlers_generic_handler(
+        "sail.test.Greeter",
+        {
+            "Hello": grpc.unary_unary_rpc_method_handler(
+                hello,
+                request_deserializer=None,  # bytes as they came
+                response_serializer=None,
+            )
+        },
+    )
+
+
+def main() -> int:
+    service = os.environ.get("SERVICE", "greeter")
+    port = int(os.environ["PORT"])
+    version = os.environ["VERSION"]
+    name = f"{service}-{version}"
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((_handler(name.encode()),))
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        return 1
+    server.start()
+
+    registrar = RemoteRegistrar(
+        os.environ["SAIL_REGISTRY"],
+        os.environ.get("SAIL_REGISTRY_TOKEN"),
+        heartbeat_interval=1.0,
+        ttl=3.0,
+    )
+    workload = Workload(
+        service=service,
+        address="127.0.0.1",
+        port=port,
+        labels={"version": version},
+        service_port=SERVICE_PORT,
+    )
+    try:
+        registrar.register(workload)
+        print("ready", flush=True)
+        while not stopping.wait(0.2):
+            pass
+        registrar.deregister(workload)
+    finally:
+        registrar.close()
+        server.stop(grace=1.0).wait(2.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
