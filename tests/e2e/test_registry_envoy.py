@@ -6,6 +6,8 @@ by Host header to workloads that registered themselves."""
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,10 +53,19 @@ def _start_workloads(
         for version, proc in procs.items():
             wait_port(ports[version], proc=proc)
     except BaseException:
-        for proc in procs.values():
-            stop(proc)
+        _stop_all(list(procs.values()))
         raise
     return procs
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process first (workloads drain on SIGTERM, in parallel so), then reap
+    each by PID (SIGKILL if it takes too long)."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        stop(proc)
 
 
 class Mesh:
@@ -137,8 +148,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         if envoy is not None:
             envoy.stop()
-        for proc in procs.values():
-            stop(proc)
+        _stop_all(list(procs.values()))
         registry.stop()
 
 
