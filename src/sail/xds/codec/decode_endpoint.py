@@ -46,7 +46,7 @@ def decode_load_assignment(msg: Any, default_name: str = "") -> ClusterLoadAssig
     `load_assignment` may leave `cluster_name` out: `default_name` is used then."""
     localities: list[LocalityEndpoints] = []
     seen_localities: dict[tuple[int, Locality], int] = {}
-    seen_addresses: dict[tuple[str, int], str] = {}
+    seen_addresses: dict[tuple[str, int], tuple[int, str, int]] = {}
     priority_weights: dict[int, int] = {}
     for i, loc in enumerate(msg.endpoints):
         with at("endpoints", i):
@@ -92,7 +92,7 @@ def _check_priorities(priorities: Any) -> None:
 
 
 def _locality_endpoints(
-    loc: Any, index: int, seen_addresses: dict[tuple[str, int], str]
+    loc: Any, index: int, seen_addresses: dict[tuple[str, int], tuple[int, str, int]]
 ) -> LocalityEndpoints:
     weight = uint32_value(loc, "load_balancing_weight", 1)
     if weight == 0:
@@ -110,23 +110,28 @@ def _locality_endpoints(
         lb_endpoints = loc.lb_endpoints
     endpoints = []
     total = 0
+    # The hot loop of a large EDS update (10,000 endpoints): one try per endpoint instead of
+    # nested `at()` context managers, and error locations formatted only on error.
     for j, lb_endpoint in enumerate(lb_endpoints):
-        with at(field, j):
+        try:
             endpoint = _endpoint(lb_endpoint)
             key = (endpoint.address, endpoint.port)
-            here = f"endpoints[{index}].{field}[{j}]"
             if key in seen_addresses:
+                i, f, k = seen_addresses[key]
                 raise Invalid(
                     "endpoint.address",
-                    f"duplicate endpoint {endpoint.authority} (also {seen_addresses[key]})",
+                    f"duplicate endpoint {endpoint.authority} (also endpoints[{i}].{f}[{k}])",
                 )
-            seen_addresses[key] = here
+            seen_addresses[key] = (index, field, j)
             total += endpoint.weight
             if total > _UINT32_MAX:
                 raise Invalid(
                     "load_balancing_weight",
                     f"endpoint weights of the locality sum to more than {_UINT32_MAX}",
                 )
+        except Invalid as exc:
+            exc.segments.insert(0, f"{field}[{j}]")
+            raise
         endpoints.append(endpoint)
     return LocalityEndpoints(
         locality=Locality(loc.locality.region, loc.locality.zone, loc.locality.sub_zone),
@@ -149,10 +154,12 @@ def _endpoint(lb_endpoint: Any) -> Endpoint:
         health = HealthStatus(lb_endpoint.health_status)
     except ValueError:
         raise Invalid("health_status", f"unknown value {lb_endpoint.health_status}") from None
-    with at("endpoint"):
-        ep = lb_endpoint.endpoint
-        if not ep.HasField("address"):
-            raise Invalid("address", "is required")
-        with at("address"):
-            address, port = decode_socket_address(ep.address)
+    ep = lb_endpoint.endpoint
+    if not ep.HasField("address"):
+        raise Invalid("endpoint.address", "is required")
+    try:
+        address, port = decode_socket_address(ep.address)
+    except Invalid as exc:
+        exc.segments.insert(0, "endpoint.address")
+        raise
     return Endpoint(address=address, port=port, weight=weight, health=health, hostname=ep.hostname)
