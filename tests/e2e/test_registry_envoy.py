@@ -166,6 +166,12 @@ def test_envoy_gets_the_translated_config(mesh: Mesh) -> None:
     listeners = httpx.get(f"{mesh.envoy.admin_url}/listeners", timeout=5.0).text
     assert f"sail_outbound_{mesh.listener_port}::127.0.0.1:{mesh.listener_port}" in listeners
     clusters = httpx.get(f"{mesh.envoy.admin_url}/clusters", timeout=5.0).text
+    # Envoy's own count of rejected updates (LDS, CDS, RDS, EDS) agrees: none
+    stats = httpx.get(
+        f"{mesh.envoy.admin_url}/stats", params={"filter": "update_rejected"}, timeout=5.0
+    ).text
+    rejected = [line for line in stats.splitlines() if not line.endswith(": 0")]
+    assert "lds.update_rejected" in stats and not rejected, stats
     for subset in ("v1", "v2", "v3"):
         assert f"outbound|9080|{subset}|reviews::127.0.0.1:" in clusters, clusters
 

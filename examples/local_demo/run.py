@@ -1,10 +1,11 @@
 """sail's demo in local mode: three versions of `reviews`, one client, a live canary.
 
-`make demo` runs this. It starts reviews v1, v2 and v3 (each a uvicorn process), writes a
-mesh file of Envoy resources, and sends steady traffic through `mesh.client()` while it
-rewrites the file: 90/10 → 50/50 → v3 only. The per-version split printed each second
-follows the file within a second, with no failed request. It stops by itself (or Ctrl-C),
-ending the processes it started.
+Run it as `python examples/local_demo/run.py` (no control plane needed; `make demo` shows
+the same on `sail registry`). It starts reviews v1, v2 and v3 (each a uvicorn process),
+writes a mesh file of Envoy resources, and sends steady traffic through `mesh.client()`
+while it rewrites the file: 90/10 → 50/50 → v3 only. The per-version split printed each
+second follows the file within a second, with no failed request. It stops by itself (or
+Ctrl-C), ending the processes it started.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def bar(share: float, width: int = 40) -> str:
 
 
 def main() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="sail-demo-"))
+    workdir = Path(tempfile.mkdtemp(prefix="sail-local-demo-"))
     mesh_file = workdir / "mesh.yaml"
     ports = {v: free_port() for v in ("v1", "v2", "v3")}
     write_mesh(mesh_file, ports, STEPS[0][1])
