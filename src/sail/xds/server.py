@@ -109,7 +109,11 @@ class ResourceStore:
     def _set_packed(self, current: Mapping[tuple[str, str], any_pb2.Any]) -> None:
         by_type: dict[str, dict[str, any_pb2.Any]] = {t: {} for t in self._resources}
         for (type_url, name), packed in current.items():
-            by_type.setdefault(type_url, {})[name] = packed
+            # Keep the very object of an unchanged resource: streams compare by identity
+            # to tell whether what they subscribe to changed.
+            previous = self._resources.get(type_url, {}).get(name)
+            same = previous is not None and previous.value == packed.value
+            by_type.setdefault(type_url, {})[name] = previous if same else packed
         changed = [t for t, res in by_type.items() if _differs(self._resources.get(t), res)]
         if not self.ready:
             self.ready = True
@@ -160,7 +164,7 @@ def _pack(message: Any) -> any_pb2.Any:
 
 
 class _TypeSub:
-    __slots__ = ("names", "nonce", "sent_names", "sent_version", "wildcard")
+    __slots__ = ("names", "nonce", "sent", "sent_names", "sent_version", "wildcard")
 
     def __init__(self) -> None:
         self.names: frozenset[str] = frozenset()
@@ -168,6 +172,7 @@ class _TypeSub:
         self.nonce = ""
         self.sent_version = -1
         self.sent_names: frozenset[str] | None = None
+        self.sent: tuple[any_pb2.Any, ...] | None = None  # the resources last sent
 
 
 class _Stream:
@@ -223,14 +228,22 @@ class _Stream:
         if names is not None and not names and sub.sent_names is None:
             return  # nothing asked for yet, nothing sent yet
         resources = store.resources(type_url)
-        chosen = (
-            list(resources.values())
+        chosen = tuple(
+            resources.values()
             if names is None
-            else [resources[n] for n in sorted(names) if n in resources]
+            else (resources[n] for n in sorted(names) if n in resources)
         )
+        if (
+            sub.sent is not None
+            and sub.sent_names == names
+            and len(chosen) == len(sub.sent)
+            and all(a is b for a, b in zip(chosen, sub.sent, strict=True))
+        ):
+            return  # the type changed, but not what this stream subscribes to
         sub.nonce = str(next(self.server._nonces))
         sub.sent_version = version
         sub.sent_names = names
+        sub.sent = chosen
         response = discovery_pb2.DiscoveryResponse(
             type_url=type_url,
             version_info=str(version),

@@ -83,7 +83,7 @@ def first_response(address: str, timeout: float) -> Any:
 
 
 def test_nothing_is_served_during_the_registration_grace() -> None:
-    r = Running(registration_grace=1.5)
+    r = Running(registration_grace=3.0)
     try:
         start = time.monotonic()
         on_loop(lambda: r.registry.store.put_workload(REVIEWS, HealthStatus.HEALTHY, 30))
@@ -91,7 +91,7 @@ def test_nothing_is_served_during_the_registration_grace() -> None:
         assert isinstance(early, grpc.RpcError)  # no answer, not an empty one
         assert early.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         response = first_response(r.address, timeout=5)
-        assert time.monotonic() - start >= 1.4
+        assert time.monotonic() - start >= 2.9
         assert [a.type_url for a in response.resources] == [LDS]
     finally:
         run(r.registry.stop(0))

@@ -1,0 +1,872 @@
+"""How fast does `sail registry` push one config change to N connected ADS clients?
+
+```
+python benchmarks/registry_fanout.py                        # N = 100 and 1,000 (~1 minute)
+python benchmarks/registry_fanout.py --streams 100 --changes 3
+python benchmarks/registry_fanout.py --json out.json
+```
+
+For each N: a fresh `sail registry` in its own process (`sail registry --address ... --token
+...`), five workloads registered through the gRPC API (`RemoteRegistrar`: `reviews` v1, v2, v3,
+`ratings`, `details`) and a DestinationRule + VirtualService for `reviews` applied with
+`AdminClient` (weights 90/10 between subsets v1 and v2). Then N raw ADS streams (grpc.aio,
+no sail client: one coroutine per stream), spread over `--client-procs` client processes
+(this same file, run as `registry_fanout.py _client ...`) and over channels of
+`--per-channel` streams, each channel its own HTTP/2 connection. Each stream does what a
+gRPC xDS client does: LDS `reviews` → RDS for the route the listener names → CDS for the
+clusters the routes name → EDS for those, with a unique node id, and ACKs every response
+(its `version_info` and `nonce`).
+
+Then `--changes` times, one `AdminClient.apply` that flips the VirtualService's weights
+(90/10 → 50/50 → 90/10 ...): only the RouteConfiguration changes, so the registry sends one
+RDS response per stream. Per stream, **time-to-ACK** is measured *on the client side*: from
+just before the orchestrator sends the Apply call to just after that stream's
+`call.write(ACK)` for the new route version returned (the ACK is handed to gRPC's
+transport; the loopback hop and the registry's read of it come on top). CLOCK_MONOTONIC is
+system-wide on Linux, so the client processes' clocks and the orchestrator's agree. Once
+every stream has ACKed, the orchestrator polls the registry's `Status` call until it shows
+all N clients SYNCED at the new version: **registry sees all** is that moment, an upper
+bound (the first poll usually succeeds) of when the last ACK was processed by the registry.
+
+Also: the time to connect all N streams (from "connect" to the last EDS ACK), the
+registry's RSS (VmRSS, /proc/<pid>/status) before and after connecting, and its CPU time
+(/proc/<pid>/stat) from the Apply call until every client has the change. By default the
+registry is pinned to CPU 0 and the clients and this process to the other CPUs
+(`--no-pin` to turn it off), so that the registry has a core of its own, as it would on its
+own machine. Every wait is bounded (`--timeout`), and every process started here is stopped
+by its PID on the way out, errors included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import queue
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+HERE = Path(__file__).resolve()
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+STARTUP_TIMEOUT = 30.0
+TOKEN = "bench-registry-token"
+SERVICE, SERVICE_PORT = "reviews", 9080
+WEIGHTS = ({"v1": 90, "v2": 10}, {"v1": 50, "v2": 50})  # alternated, change by change
+SETTLE = 0.5  # seconds of quiet between two changes
+
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def log_tail(log: Path, lines: int = 20) -> list[str]:
+    return log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+
+
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[Any], what: str, log: Path,
+    timeout: float = STARTUP_TIMEOUT,
+) -> None:
+    """Poll `ready()` until it is true; fail, quoting the end of `log`, if `proc` exits or
+    `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            problem = f"{what} exited with status {proc.returncode}"
+            break
+        if ready():
+            return
+        time.sleep(0.05)
+    else:
+        problem = f"{what}: not done after {timeout:.0f} s"
+    raise RuntimeError("\n    ".join([problem, *log_tail(log)]))
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM by PID, then SIGKILL if it is still there after 5 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def connections(port: int) -> int:
+    """Established TCP connections to `port` (the registry's side of them; gRPC listens
+    dual-stack, so they show in tcp6)."""
+    count = 0
+    for table_ in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table_}").read_text().splitlines()[1:]:
+                local, _, state = line.split()[1:4]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Any:
+    """Run the block on `cpus` (this thread only): processes started inside inherit them."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def sail_command() -> list[str]:
+    """The `sail` console script next to this Python, else `python -m sail.cli.main`."""
+    script = Path(sys.executable).with_name("sail")
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "sail.cli.main"]
+
+
+def start_registry(
+    port: int, workdir: Path, cpus: set[int] | None, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
+    log_path = workdir / "registry.log"
+    log = stack.enter_context(log_path.open("wb"))
+    with affinity(cpus):
+        proc = subprocess.Popen(
+            [*sail_command(), "registry", "--address", f"127.0.0.1:{port}", "--token", TOKEN],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.callback(stop, proc)
+    wait_until(lambda: port_open(port), proc, "sail registry", log_path)
+    return proc
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def reviews_config(weights: dict[str, int]) -> str:
+    """A DestinationRule with subsets v1, v2, v3 and a VirtualService splitting `reviews`
+    between subsets by `weights` (as in tests/e2e/test_registry.py)."""
+    subsets = "\n".join(
+        f"  - name: {v}\n    labels: {{version: {v}}}" for v in ("v1", "v2", "v3")
+    )
+    routes = "\n".join(
+        f"    - destination: {{host: {SERVICE}, subset: {v}}}\n      weight: {w}"
+        for v, w in weights.items()
+    )
+    return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {SERVICE}}}
+spec:
+  host: {SERVICE}
+  subsets:
+{subsets}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {SERVICE}}}
+spec:
+  hosts: [{SERVICE}]
+  http:
+  - route:
+{routes}
+"""
+
+
+def register_workloads(target: str, stack: contextlib.ExitStack) -> None:
+    """Five workloads (nothing listens there: the registry does not probe them), kept alive
+    by the registrar's heartbeat thread in this process."""
+    from sail.registration import Workload
+    from sail.registry.remote import RemoteRegistrar
+
+    registrar = RemoteRegistrar(target, TOKEN)
+    stack.callback(registrar.close)
+    port = 19000
+    for service, version in [(SERVICE, "v1"), (SERVICE, "v2"), (SERVICE, "v3"),
+                             ("ratings", "v1"), ("details", "v1")]:
+        port += 1
+        registrar.register(Workload(service=service, address="127.0.0.1", port=port,
+                                    labels={"version": version}, service_port=SERVICE_PORT))
+
+
+# -- the client process ----------------------------------------------------------------------
+#
+# `registry_fanout.py _client --target T --streams N --per-channel C --prefix P` opens N ADS
+# streams and talks JSON lines: commands on stdin (`connect`, `mark`, `collect`, `stop`),
+# events on stdout (`loaded`, `ready`, `marked`, `all`, `collect`). It exits at stdin's EOF.
+
+
+class _StreamState:
+    __slots__ = ("arrival", "baseline", "node_id", "ready", "route_version")
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.ready = False  # EDS ACKed: the whole LDS -> RDS -> CDS -> EDS chain is done
+        self.route_version = ""  # the last RDS version received
+        self.baseline = ""  # the RDS version at the last `mark`
+        self.arrival: tuple[float, float] | None = None  # (received, ACK written) after mark
+
+
+class _Fleet:
+    """The streams of one client process and what they saw."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.emit = emit
+        self.streams: list[_StreamState] = []
+        self.ready = 0
+        self.failed: list[str] = []
+        self.all_ready = asyncio.Event()
+        self.marked = False
+        self.pending = 0
+        self.weights: Counter[str] = Counter()
+        self.cpu_mark = 0.0
+        self.cpu_all: float | None = None
+
+    def settled(self) -> None:
+        if self.ready + len(self.failed) >= len(self.streams):
+            self.all_ready.set()
+
+    def on_ready(self) -> None:
+        self.ready += 1
+        self.settled()
+
+    def on_failed(self, state: _StreamState, error: str) -> None:
+        self.failed.append(f"{state.node_id}: {error}")
+        self.settled()
+
+    def mark(self) -> None:
+        for s in self.streams:
+            s.baseline, s.arrival = s.route_version, None
+        self.pending = len(self.streams)
+        self.weights.clear()
+        self.marked = True
+        self.cpu_mark, self.cpu_all = time.process_time(), None
+
+    def on_route(
+        self, state: _StreamState, version: str, received: float, acked: float, weights: str
+    ) -> None:
+        state.route_version = version
+        if self.marked and state.arrival is None and version != state.baseline:
+            state.arrival = (received, acked)
+            self.weights[weights] += 1
+            self.pending -= 1
+            if self.pending == 0:
+                self.cpu_all = time.process_time() - self.cpu_mark
+                self.emit({"event": "all", "cpu_s": self.cpu_all})
+
+    def collect(self) -> dict[str, Any]:
+        got = [s.arrival for s in self.streams if s.arrival is not None]
+        return {
+            "event": "collect",
+            "received": [a[0] for a in got],
+            "acked": [a[1] for a in got],
+            "missing": len(self.streams) - len(got),
+            "weights": dict(self.weights),
+            "cpu_s": self.cpu_all if self.cpu_all is not None
+            else time.process_time() - self.cpu_mark,
+            "failed": self.failed[:5],
+        }
+
+
+def _request(type_url: str, names: list[str], node: Any = None, version: str = "",
+             nonce: str = "") -> Any:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
+    )
+    if node is not None:
+        request.node.CopyFrom(node)
+    return request
+
+
+def _route_names(response: Any) -> list[str]:
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    names = set()
+    for packed in response.resources:
+        listener = listener_pb2.Listener.FromString(packed.value)
+        hcm = hcm_pb2.HttpConnectionManager.FromString(listener.api_listener.api_listener.value)
+        if hcm.HasField("rds"):
+            names.add(hcm.rds.route_config_name)
+    return sorted(names)
+
+
+def _route_clusters(response: Any) -> tuple[list[str], str]:
+    """The clusters the routes name, and their weights as a short text (to check that every
+    stream got the same change)."""
+    from envoy.config.route.v3 import route_pb2
+
+    clusters: set[str] = set()
+    weights: list[str] = []
+    for packed in response.resources:
+        config = route_pb2.RouteConfiguration.FromString(packed.value)
+        for vhost in config.virtual_hosts:
+            for route in vhost.routes:
+                action = route.route
+                if action.cluster:
+                    clusters.add(action.cluster)
+                for wc in action.weighted_clusters.clusters:
+                    clusters.add(wc.name)
+                    weights.append(f"{wc.name}={wc.weight.value}")
+    return sorted(clusters), " ".join(weights)
+
+
+def _eds_names(response: Any) -> list[str]:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    names = set()
+    for packed in response.resources:
+        cluster = cluster_pb2.Cluster.FromString(packed.value)
+        if cluster.HasField("eds_cluster_config"):
+            names.add(cluster.eds_cluster_config.service_name or cluster.name)
+    return sorted(names)
+
+
+async def _run_stream(stub: Any, state: _StreamState, fleet: _Fleet) -> None:
+    """One ADS stream: LDS -> RDS -> CDS -> EDS, ACKing every response."""
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node(id=state.node_id, cluster="registry-fanout")
+    call = stub.StreamAggregatedResources()
+    try:
+        names: dict[str, list[str]] = {LDS: [SERVICE]}
+        await call.write(_request(LDS, [SERVICE], node))
+        while True:
+            response = await call.read()
+            received = time.monotonic()
+            if response is grpc.aio.EOF:
+                raise ConnectionError("the registry ended the stream")
+            type_url = response.type_url
+            follow: tuple[str, list[str]] | None = None
+            weights = ""
+            if type_url == LDS:
+                follow = (RDS, _route_names(response))
+            elif type_url == RDS:
+                clusters, weights = _route_clusters(response)
+                follow = (CDS, clusters)
+            elif type_url == CDS:
+                follow = (EDS, _eds_names(response))
+            await call.write(_request(type_url, names.get(type_url, []),
+                                      version=response.version_info, nonce=response.nonce))
+            acked = time.monotonic()
+            if type_url == RDS:
+                fleet.on_route(state, response.version_info, received, acked, weights)
+            elif type_url == EDS and not state.ready:
+                state.ready = True
+                fleet.on_ready()
+            if follow is not None and follow[1] != names.get(follow[0]):
+                names[follow[0]] = follow[1]
+                await call.write(_request(*follow))
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    except Exception as exc:
+        fleet.on_failed(state, repr(exc))
+
+
+async def _client(args: argparse.Namespace) -> None:
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
+        loop.call_soon_threadsafe(commands.put_nowait, None)
+
+    def emit(message: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    fleet = _Fleet(emit)
+    channels: list[Any] = []
+    tasks: list[asyncio.Task[None]] = []
+    emit({"event": "loaded"})
+    try:
+        if await commands.get() != "connect":
+            return
+        started = time.monotonic()
+        for first in range(0, args.streams, args.per_channel):
+            # A local subchannel pool: each channel gets a connection of its own (gRPC
+            # otherwise shares one between channels with the same target and arguments).
+            channel = grpc.aio.insecure_channel(
+                args.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            channels.append(channel)
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            for i in range(first, min(first + args.per_channel, args.streams)):
+                state = _StreamState(f"{args.prefix}-{i}")
+                fleet.streams.append(state)
+                tasks.append(asyncio.create_task(_run_stream(stub, state, fleet)))
+        await fleet.all_ready.wait()
+        emit({"event": "ready", "connect_s": time.monotonic() - started,
+              "streams": fleet.ready, "failed": fleet.failed[:5],
+              "rss_kib": rss_kib(), "cpu_s": time.process_time()})
+        while (command := await commands.get()) not in (None, "stop"):
+            if command == "mark":
+                fleet.mark()
+                emit({"event": "marked"})
+            elif command == "collect":
+                emit(fleet.collect())
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+
+
+def client_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="registry_fanout.py _client")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--streams", type=int, required=True)
+    parser.add_argument("--per-channel", type=int, required=True)
+    parser.add_argument("--prefix", required=True)
+    asyncio.run(_client(parser.parse_args(argv)))
+
+
+# -- the orchestrator's side of a client process ---------------------------------------------
+
+
+class ClientProc:
+    """A client process, its stdout read into a queue by a thread."""
+
+    def __init__(self, args: list[str], log_path: Path, stack: contextlib.ExitStack) -> None:
+        self.log_path = log_path
+        log = stack.enter_context(log_path.open("wb"))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), "_client", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+        stack.callback(self.close)
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put(json.loads(line))
+        self.events.put(None)
+
+    def send(self, command: str) -> None:
+        stdin: IO[bytes] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(command.encode() + b"\n")
+        stdin.flush()
+
+    def expect(self, event: str, deadline: float) -> dict[str, Any] | None:
+        """The next `event` (others are skipped); None once `deadline` passes."""
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.events.get(timeout=left)
+            except queue.Empty:
+                return None
+            if message is None:
+                problem = f"client process exited with status {self.proc.wait(5)}"
+                raise RuntimeError("\n    ".join([problem, *log_tail(self.log_path)]))
+            if message.get("event") == event:
+                return message
+        return None
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # the client exits at EOF...
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        stop(self.proc)  # ...or is stopped by its PID
+        self._reader.join(5)
+
+
+def each(clients: list[ClientProc], event: str, deadline: float, what: str) -> list[dict[str, Any]]:
+    out = []
+    for c in clients:
+        message = c.expect(event, deadline)
+        if message is None:
+            raise RuntimeError(f"{what}: a client process did not answer in time")
+        out.append(message)
+    return out
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def synced(status: dict[str, Any], prefix: str) -> int:
+    """How many of our streams the registry shows SYNCED at its current version."""
+    version = str(status.get("version"))
+    return sum(
+        1 for c in status.get("clients", [])
+        if c["node_id"].startswith(prefix) and c["state"] == "SYNCED" and c["version"] == version
+    )
+
+
+def apply_cost(admin: Any, pid: int, rounds: int = 4) -> float:
+    """Registry CPU seconds per Apply with no stream connected (validate + translate + the
+    rebuild), averaged over `rounds` weight flips; leaves the first weights applied."""
+    cpu0 = proc_cpu_seconds(pid)
+    for i in range(rounds):
+        admin.apply("reviews.yaml", reviews_config(WEIGHTS[(i + 1) % 2]))
+    time.sleep(0.3)  # the rebuild runs just after the call returns
+    return (proc_cpu_seconds(pid) - cpu0) / rounds
+
+
+def one_change(
+    k: int, n: int, admin: Any, registry: subprocess.Popen[bytes], clients: list[ClientProc],
+    prefix: str, timeout: float,
+) -> dict[str, Any]:
+    """Apply weight flip `k` and measure how it reached the `n` streams."""
+    deadline = time.monotonic() + timeout
+    for c in clients:
+        c.send("mark")
+    each(clients, "marked", deadline, "mark")
+    weights = WEIGHTS[(k + 1) % 2]
+    cpu0 = proc_cpu_seconds(registry.pid)
+    t0 = time.monotonic()
+    admin.apply("reviews.yaml", reviews_config(weights))
+    applied = time.monotonic() - t0
+    deadline = t0 + timeout
+    done = [c.expect("all", deadline) for c in clients]
+    clients_done = time.monotonic() - t0
+    registry_cpu = proc_cpu_seconds(registry.pid) - cpu0
+    # Then ask the registry: the first Status showing every stream SYNCED at the new version.
+    registry_sees_all: float | None = None
+    status_call = 0.0
+    while time.monotonic() < deadline:
+        asked = time.monotonic()
+        status = admin.status()
+        status_call = time.monotonic() - asked
+        if synced(status, prefix) == n:
+            registry_sees_all = time.monotonic() - t0
+            break
+        time.sleep(0.01)
+    for c in clients:
+        c.send("collect")
+    collected = each(clients, "collect", time.monotonic() + timeout, "collect")
+    acked = sorted(a - t0 for m in collected for a in m["acked"])
+    received = sorted(r - t0 for m in collected for r in m["received"])
+    missing = sum(m["missing"] for m in collected)
+    seen: Counter[str] = Counter()
+    for m in collected:
+        seen.update(m["weights"])
+    expected = " ".join(f"outbound|{SERVICE_PORT}|{v}|{SERVICE}={w}" for v, w in weights.items())
+    result = {
+        "weights": weights,
+        "apply_call_s": applied,
+        "streams_acked": len(acked),
+        "missing": missing,
+        "wrong_content": sum(count for text, count in seen.items() if text != expected),
+        "first_received_s": received[0] if received else None,
+        "last_received_s": received[-1] if received else None,
+        "p50_s": percentile(acked, 0.50) if acked else None,
+        "p99_s": percentile(acked, 0.99) if acked else None,
+        "max_s": acked[-1] if acked else None,
+        "clients_done_s": clients_done if all(done) else None,
+        "registry_sees_all_s": registry_sees_all,
+        "status_call_s": status_call,
+        "registry_cpu_s": registry_cpu,
+        "clients_cpu_s": sum(m["cpu_s"] for m in collected),
+    }
+    if missing or result["wrong_content"]:
+        failed = [f for m in collected for f in m["failed"]]
+        print(f"  change {k + 1}: {missing} streams without the change, "
+              f"{result['wrong_content']} with other weights {dict(seen)} {failed}",
+              file=sys.stderr)
+    return result
+
+
+def measure(n: int, args: argparse.Namespace, cpus: tuple[set[int] | None, set[int] | None],
+            workdir: Path) -> dict[str, Any]:
+    """One fresh registry, `n` streams, `args.changes` changes."""
+    from sail.registry.remote import AdminClient
+
+    registry_cpus, client_cpus = cpus
+    procs = args.client_procs or max(1, math.ceil(n / 500))
+    prefix = f"fanout{n}"
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        target = f"127.0.0.1:{port}"
+        registry = start_registry(port, workdir, registry_cpus, stack)
+        register_workloads(target, stack)
+        admin = stack.enter_context(AdminClient(target, TOKEN))
+        admin.apply("reviews.yaml", reviews_config(WEIGHTS[0]))
+        # The registry answers nothing for its first 3 s (registration_grace).
+        wait_until(lambda: int(admin.status().get("version") or 0) > 0, registry,
+                   "registry serving config", workdir / "registry.log")
+        apply_cpu = apply_cost(admin, registry.pid)
+
+        shares = [n // procs + (i < n % procs) for i in range(procs)]
+        with affinity(client_cpus):
+            clients = [
+                ClientProc(["--target", target, "--streams", str(share),
+                            "--per-channel", str(args.per_channel), "--prefix",
+                            f"{prefix}-p{i}"], workdir / f"client{i}.log", stack)
+                for i, share in enumerate(shares)
+            ]
+        each(clients, "loaded", time.monotonic() + STARTUP_TIMEOUT, "client start")
+        time.sleep(0.5)  # let the registry settle after the applies
+        rss_before = rss_kib(registry.pid)
+        cpu0, t0 = proc_cpu_seconds(registry.pid), time.monotonic()
+        for c in clients:
+            c.send("connect")
+        ready = each(clients, "ready", t0 + args.timeout, f"connecting {n} streams")
+        connect_s = time.monotonic() - t0
+        connect_cpu = proc_cpu_seconds(registry.pid) - cpu0
+        failed = [f for m in ready for f in m["failed"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)}+ streams failed to connect: {failed[:3]}")
+        wait_until(lambda: synced(admin.status(), prefix) == n, registry,
+                   f"registry showing {n} SYNCED streams", workdir / "registry.log",
+                   timeout=args.timeout)
+        rss_connected = rss_kib(registry.pid)
+        tcp = connections(port)
+
+        changes = []
+        for k in range(args.changes):
+            progress(f"N={n}: change {k + 1} of {args.changes}")
+            changes.append(one_change(k, n, admin, registry, clients, prefix, args.timeout))
+            time.sleep(SETTLE)
+        progress("")
+        return {
+            "streams": n,
+            "client_procs": procs,
+            "channels": sum(math.ceil(s / args.per_channel) for s in shares),
+            "tcp_connections": tcp,
+            "connect_s": connect_s,
+            "connect_registry_cpu_s": connect_cpu,
+            "client_rss_kib": [m["rss_kib"] for m in ready],
+            "registry_rss_kib": {"before": rss_before, "connected": rss_connected,
+                                 "after": rss_kib(registry.pid)},
+            "apply_registry_cpu_s": apply_cpu,
+            "changes": changes,
+            "median": medians(changes),
+        }
+
+
+def medians(changes: list[dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, value in changes[0].items():
+        if isinstance(value, (int, float)):
+            values = [c[key] for c in changes if c[key] is not None]
+            out[key] = statistics.median(values) if values else None
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f}"
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    config = results["config"]
+    parts = [
+        f"one weight change reaching N ADS streams (LDS+RDS+CDS+EDS each); median of "
+        f"{config['changes']} changes; times in ms from the Apply call",
+        "",
+    ]
+    rows = [["N", "clients", "connect s", "p50", "p99", "max", "registry sees all",
+             "RSS before MiB", "RSS after MiB", "registry CPU s"]]
+    for r in results["runs"]:
+        m = r["median"]
+        rss = r["registry_rss_kib"]
+        rows.append([
+            f"{r['streams']:,}", f"{r['client_procs']}x{config['per_channel']}",
+            f"{r['connect_s']:.2f}", ms(m["p50_s"]), ms(m["p99_s"]), ms(m["max_s"]),
+            ms(m["registry_sees_all_s"]), mib(rss["before"]), mib(rss["connected"]),
+            f"{m['registry_cpu_s']:.2f}",
+        ])
+    parts.append(table(rows))
+    parts += ["", "the same changes in detail (median over changes; ms from the Apply call)", ""]
+    rows = [["N", "TCP conns", "Apply call", "1st response", "last response", "all ACKed",
+             "Status call", "clients CPU s", "Apply CPU, 0 streams", "connect CPU s",
+             "RSS end MiB", "worst p99", "worst max"]]
+    for r in results["runs"]:
+        m = r["median"]
+        rows.append([
+            f"{r['streams']:,}", str(r["tcp_connections"]), ms(m["apply_call_s"]),
+            ms(m["first_received_s"]), ms(m["last_received_s"]), ms(m["clients_done_s"]),
+            ms(m["status_call_s"]), f"{m['clients_cpu_s']:.2f}",
+            f"{r['apply_registry_cpu_s'] * 1000:.0f} ms",
+            f"{r['connect_registry_cpu_s']:.2f}", mib(r["registry_rss_kib"]["after"]),
+            ms(max(c["p99_s"] or 0 for c in r["changes"])),
+            ms(max(c["max_s"] or 0 for c in r["changes"])),
+        ])
+    parts.append(table(rows))
+    problems = [(r["streams"], k + 1, c) for r in results["runs"]
+                for k, c in enumerate(r["changes"]) if c["missing"] or c["wrong_content"]]
+    for n, k, c in problems:
+        parts.append(f"  N={n} change {k}: {c['missing']} streams never got it, "
+                     f"{c['wrong_content']} got other weights")
+    load = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in
+                     zip(results["loadavg_before"], results["loadavg_after"], strict=True))
+    parts += ["", f"pinning: {config['pinning']}",
+              f"load average (1, 5, 15 min) before -> after: {load}"]
+    return "\n".join(parts)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def progress(line: str) -> None:
+    """One self-erasing status line on a terminal; nothing when stderr is not one."""
+    if sys.stderr.isatty():
+        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="100,1000",
+                        help="comma-separated stream counts (default 100,1000)")
+    parser.add_argument("--changes", type=int, default=5,
+                        help="config changes measured per stream count (default 5)")
+    parser.add_argument("--client-procs", type=int, default=0,
+                        help="client processes (default: one per 500 streams)")
+    parser.add_argument("--per-channel", type=int, default=50,
+                        help="ADS streams per channel, i.e. per HTTP/2 connection (default 50)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds any one wait may take (default 60)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the registry to CPU 0 and the clients to the others")
+    parser.add_argument("--json", type=Path, help="write the results there")
+    args = parser.parse_args(argv)
+    try:
+        args.stream_counts = [int(s.replace("_", "")) for s in args.streams.split(",")]
+    except ValueError:
+        parser.error(f"--streams: expected numbers like 100,1000, got {args.streams!r}")
+    if min([*args.stream_counts, args.changes, args.per_channel]) < 1 or args.client_procs < 0:
+        parser.error("--streams, --changes and --per-channel must be positive")
+    return args
+
+
+def pinning(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_client"]:
+        client_main(argv[1:])
+        return
+    args = parse_args(argv)
+    registry_cpus, client_cpus = pinning(args.no_pin)
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        },
+        "config": {
+            "streams": args.stream_counts,
+            "changes": args.changes,
+            "client_procs": args.client_procs or "one per 500 streams",
+            "per_channel": args.per_channel,
+            "pinning": "off" if registry_cpus is None else
+            f"registry on CPU {sorted(registry_cpus)}, clients and this process on "
+            f"{sorted(client_cpus or ())}",
+            "measured": "client side: Apply call sent -> that stream's ACK written",
+        },
+        "loadavg_before": os.getloadavg(),
+        "runs": [],
+    }
+    try:
+        # This process (and the registrar thread it starts) stays off the registry's CPU.
+        with affinity(client_cpus), tempfile.TemporaryDirectory(prefix="sail-fanout-") as tmp:
+            for n in args.stream_counts:
+                results["runs"].append(
+                    measure(n, args, (registry_cpus, client_cpus), Path(tmp))
+                )
+    except RuntimeError as exc:  # a process that would not start, a wait that timed out
+        raise SystemExit(f"registry_fanout: {exc}") from None
+    results["loadavg_after"] = os.getloadavg()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
