@@ -632,6 +632,9 @@ def one_change(
         "status_call_s": status_call,
         "registry_cpu_s": registry_cpu,
         "clients_cpu_s": sum(m["cpu_s"] for m in collected),
+        # every stream's figures, sorted, for a CDF
+        "received_ms": [round(r * 1000, 2) for r in received],
+        "acked_ms": [round(a * 1000, 2) for a in acked],
     }
     if missing or result["wrong_content"]:
         failed = [f for m in collected for f in m["failed"]]

@@ -154,6 +154,7 @@ class Mesh:
         mesh_domains: Iterable[str] = (),
         discovery_timeout: float = 15.0,
         registrar: Registrar | None = None,
+        register: bool = False,
         **client_options: Any,
     ) -> Mesh:
         """A mesh fed by xDS from the bootstrap's servers.
@@ -162,8 +163,18 @@ class Mesh:
         `SAIL_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP` or `GRPC_XDS_BOOTSTRAP_CONFIG`. `services`
         are subscribed at once, so their first requests do not wait. Extra keyword
         arguments go to `sail.xds.client.AdsClient` (e.g. `does_not_exist_timeout`).
+
+        `register=True` registers `@mesh.service` workloads with the `sail registry` at the
+        bootstrap's first xDS server (token from `$SAIL_REGISTRY_TOKEN`), through a
+        `sail.registry.remote.RemoteRegistrar`; pass `registrar` for anything else.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
+        if register and registrar is None:
+            from sail.registry.remote import RemoteRegistrar
+
+            registrar = RemoteRegistrar(
+                boot.xds_servers[0].server_uri, os.environ.get("SAIL_REGISTRY_TOKEN")
+            )
         mesh = cls(
             lambda publish: _XdsSource(boot, publish, client_options),
             mesh_domains=mesh_domains,

@@ -136,3 +136,36 @@ def test_bad_stored_config_keeps_the_last_good_resources(running: Running) -> No
     assert "broken.yaml" in on_loop(lambda: running.registry.last_error)
     assert on_loop(lambda: running.registry.resources.version) == version
     assert on_loop(running.registry.status)["config_error"]
+
+
+def test_mesh_register_true_registers_with_the_bootstrap_registry(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SAIL_REGISTRY_TOKEN", raising=False)  # the fixture's registry: no auth
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+
+    mesh = sail.Mesh.from_bootstrap(running.bootstrap("worker"), register=True)
+    wrapped = mesh.service("ratings", port=9999, labels={"version": "v1"}, drain=0)(app)
+
+    async def startup() -> None:
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, str]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await wrapped({"type": "lifespan"}, receive, send)
+
+    asyncio.run(startup())
+    try:
+        wait_until(
+            lambda: "ratings" in {w.service for w, _ in on_loop(running.registry.store.workloads)}
+        )
+    finally:
+        mesh.registrar.close()  # type: ignore[attr-defined]
+        mesh.close()
