@@ -87,12 +87,18 @@ def workload(registry: RunningRegistry, service: str, version: str) -> subproces
     )
 
 
-def reviews_config(weights: dict[str, int], *, jason: str | None = None) -> str:
-    subsets = "\n".join(
-        f"  - name: {v}\n    labels: {{version: {v}}}" for v in ("v1", "v2", "v3")
-    )
+def split_config(
+    host: str,
+    versions: tuple[str, ...],
+    weights: dict[str, int],
+    *,
+    jason: str | None = None,
+) -> str:
+    """A DestinationRule with a subset per version (by `version` label) and a VirtualService
+    splitting `host` by `weights`, sending `end-user: jason` to subset `jason` if given."""
+    subsets = "\n".join(f"  - name: {v}\n    labels: {{version: {v}}}" for v in versions)
     routes = "\n".join(
-        f"    - destination: {{host: reviews, subset: {v}}}\n      weight: {w}"
+        f"    - destination: {{host: {host}, subset: {v}}}\n      weight: {w}"
         for v, w in weights.items()
     )
     header_rule = (
@@ -100,28 +106,32 @@ def reviews_config(weights: dict[str, int], *, jason: str | None = None) -> str:
     - headers:
         end-user: {{exact: jason}}
     route:
-    - destination: {{host: reviews, subset: {jason}}}
+    - destination: {{host: {host}, subset: {jason}}}
 """
         if jason
         else ""
     )
     return f"""apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: reviews}}
+metadata: {{name: {host}}}
 spec:
-  host: reviews
+  host: {host}
   subsets:
 {subsets}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: reviews}}
+metadata: {{name: {host}}}
 spec:
-  hosts: [reviews]
+  hosts: [{host}]
   http:
 {header_rule}  - route:
 {routes}
 """
+
+
+def reviews_config(weights: dict[str, int], *, jason: str | None = None) -> str:
+    return split_config("reviews", ("v1", "v2", "v3"), weights, jason=jason)
 
 
 @pytest.fixture

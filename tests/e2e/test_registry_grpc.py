@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.procs import ROOT, start, stop, wait_port
-from tests.e2e.test_registry import TOKEN, RunningRegistry
+from tests.e2e.test_registry import TOKEN, RunningRegistry, split_config
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,40 +29,9 @@ N = 2000
 
 
 def greeter_config(weights: dict[str, int], *, jason: str | None = None) -> str:
-    """A DestinationRule with subsets v1/v2 of `greeter` by version label, and a
-    VirtualService splitting by `weights`, with `end-user: jason` sent to subset `jason`."""
-    subsets = "\n".join(f"  - name: {v}\n    labels: {{version: {v}}}" for v in ("v1", "v2"))
-    routes = "\n".join(
-        f"    - destination: {{host: greeter, subset: {v}}}\n      weight: {w}"
-        for v, w in weights.items()
-    )
-    header_rule = (
-        f"""  - match:
-    - headers:
-        end-user: {{exact: jason}}
-    route:
-    - destination: {{host: greeter, subset: {jason}}}
-"""
-        if jason
-        else ""
-    )
-    return f"""apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: greeter}}
-spec:
-  host: greeter
-  subsets:
-{subsets}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: greeter}}
-spec:
-  hosts: [greeter]
-  http:
-{header_rule}  - route:
-{routes}
-"""
+    """Subsets v1/v2 of `greeter` by version label, split by `weights`, with
+    `end-user: jason` sent to subset `jason`."""
+    return split_config("greeter", ("v1", "v2"), weights, jason=jason)
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
