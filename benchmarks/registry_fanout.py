@@ -3,38 +3,42 @@
 ```
 python benchmarks/registry_fanout.py                        # N = 100 and 1,000 (~1 minute)
 python benchmarks/registry_fanout.py --streams 100 --changes 3
-python benchmarks/registry_fanout.py --json out.json
+python benchmarks/registry_fanout.py --streams 2000,5000 --json out.json --logs /tmp/fanout
 ```
 
-For each N: a fresh `sail registry` in its own process (`sail registry --address ... --token
-...`), five workloads registered through the gRPC API (`RemoteRegistrar`: `reviews` v1, v2, v3,
-`ratings`, `details`) and a DestinationRule + VirtualService for `reviews` applied with
-`AdminClient` (weights 90/10 between subsets v1 and v2). Then N raw ADS streams (grpc.aio,
-no sail client: one coroutine per stream), spread over `--client-procs` client processes
-(this same file, run as `registry_fanout.py _client ...`) and over channels of
-`--per-channel` streams, each channel its own HTTP/2 connection. Each stream does what a
-gRPC xDS client does: LDS `reviews` → RDS for the route the listener names → CDS for the
-clusters the routes name → EDS for those, with a unique node id, and ACKs every response
-(its `version_info` and `nonce`).
+For each N: a fresh `sail registry` in its own process, five workloads registered through the
+gRPC API (`RemoteRegistrar`: `reviews` v1, v2, v3, `ratings`, `details`) and a
+DestinationRule + VirtualService for `reviews` applied with `AdminClient` (weights 90/10
+between subsets v1 and v2). Then N raw ADS streams (grpc.aio, no sail client: one coroutine
+per stream), spread over `--client-procs` client processes (this same file, run as
+`registry_fanout.py _client ...`) and over channels of `--per-channel` streams, each channel
+its own HTTP/2 connection. Each stream does what a gRPC xDS client does: LDS `reviews` → RDS
+for the route the listener names → CDS for the clusters the routes name → EDS for those,
+with a unique node id, ACKing every response (its `version_info` and `nonce`). A stream
+that fails before it has its config is opened again with backoff, as a real client would
+(the table counts them).
 
 Then `--changes` times, one `AdminClient.apply` that flips the VirtualService's weights
 (90/10 → 50/50 → 90/10 ...): only the RouteConfiguration changes, so the registry sends one
-RDS response per stream. Per stream, **time-to-ACK** is measured *on the client side*: from
-just before the orchestrator sends the Apply call to just after that stream's
-`call.write(ACK)` for the new route version returned (the ACK is handed to gRPC's
-transport; the loopback hop and the registry's read of it come on top). CLOCK_MONOTONIC is
-system-wide on Linux, so the client processes' clocks and the orchestrator's agree. Once
-every stream has ACKed, the orchestrator polls the registry's `Status` call until it shows
-all N clients SYNCED at the new version: **registry sees all** is that moment, an upper
-bound (the first poll usually succeeds) of when the last ACK was processed by the registry.
+RDS response per stream. Per stream, **time-to-ACK** runs from just before the orchestrator
+sends the Apply call to the moment that stream's ACK of the new route version reaches the
+registry, i.e. when the registry's event loop reads it and records it (`AdsServer.record`).
+To see that moment the registry runs as `sail.cli.main.main(["registry", ...])`, exactly
+what the `sail` console script runs, with `AdsServer.record` wrapped to note the time of
+each ACK (`REGISTRY_WITH_ACK_TIMES`); `--plain-registry` runs the console script itself and
+reports the clients' side only. Times from the client side are in the detail table:
+when each stream read the response, and when its `call.write(ACK)` returned. All clocks are
+CLOCK_MONOTONIC, which is system-wide on Linux. Once every client has the change, the
+orchestrator also polls the registry's `Status` call until it shows all N streams SYNCED
+at the new version (an upper bound, from the API, of the all-ACKed time).
 
 Also: the time to connect all N streams (from "connect" to the last EDS ACK), the
-registry's RSS (VmRSS, /proc/<pid>/status) before and after connecting, and its CPU time
-(/proc/<pid>/stat) from the Apply call until every client has the change. By default the
-registry is pinned to CPU 0 and the clients and this process to the other CPUs
-(`--no-pin` to turn it off), so that the registry has a core of its own, as it would on its
-own machine. Every wait is bounded (`--timeout`), and every process started here is stopped
-by its PID on the way out, errors included.
+registry's RSS (VmRSS, /proc/<pid>/status) before and after connecting, its CPU time
+(/proc/<pid>/stat) from the Apply call until every client has the change, and its CPU by
+thread. By default the registry is pinned to CPU 0 and the clients and this process to the
+other CPUs (`--no-pin` to turn it off), so that the registry has a core of its own, as it
+would on its own machine. Every wait is bounded (`--timeout`), and every process started
+here is stopped by its PID on the way out, errors included.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
 import platform
 import queue
+import random
 import signal
 import socket
 import statistics
@@ -146,6 +152,18 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
+def thread_cpu_seconds(pid: int) -> Counter[str]:
+    """CPU seconds of each thread of `pid` so far, summed by thread name (`main` for the
+    main thread; gRPC names its C++ threads, e.g. `event_engine`)."""
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+    return out
+
+
 def rss_kib(pid: int | str = "self") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -175,16 +193,50 @@ def sail_command() -> list[str]:
     return [sys.executable, "-m", "sail.cli.main"]
 
 
+# `sail registry` as the console script runs it (`sail.cli.main.main`), with one addition:
+# `AdsServer.record`, which the registry calls for every ACK or NACK it reads, also notes
+# the time (CLOCK_MONOTONIC), and the list is written to $FANOUT_ACKS when the registry
+# exits. That is the moment an ACK reaches the registry's event loop.
+REGISTRY_WITH_ACK_TIMES = """
+import json, os, sys, time
+from sail.xds import server
+
+acks = []
+_record = server.AdsServer.record
+
+def record(self, ack, _now=time.monotonic, _add=acks.append):
+    _add((_now(), ack.node_id, ack.type_url, ack.version))
+    _record(self, ack)
+
+server.AdsServer.record = record
+from sail.cli.main import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    path = os.environ["FANOUT_ACKS"]
+    with open(path + ".part", "w") as out:
+        json.dump(acks, out)
+    os.replace(path + ".part", path)
+sys.exit(code)
+"""
+
+
 def start_registry(
-    port: int, workdir: Path, cpus: set[int] | None, stack: contextlib.ExitStack
+    port: int, workdir: Path, cpus: set[int] | None, acks: Path | None,
+    stack: contextlib.ExitStack,
 ) -> subprocess.Popen[bytes]:
-    log_path = workdir / "registry.log"
+    """`sail registry` on `port`; with `acks`, the variant that writes ACK times there."""
+    log_path = workdir / f"registry-{port}.log"
     log = stack.enter_context(log_path.open("wb"))
+    command = sail_command() if acks is None else [sys.executable, "-c",
+                                                   REGISTRY_WITH_ACK_TIMES]
+    env = dict(os.environ, FANOUT_ACKS=str(acks or ""))
     with affinity(cpus):
         proc = subprocess.Popen(
-            [*sail_command(), "registry", "--address", f"127.0.0.1:{port}", "--token", TOKEN],
+            [*command, "registry", "--address", f"127.0.0.1:{port}", "--token", TOKEN],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
     stack.callback(stop, proc)
@@ -242,9 +294,10 @@ def register_workloads(target: str, stack: contextlib.ExitStack) -> None:
 
 # -- the client process ----------------------------------------------------------------------
 #
-# `registry_fanout.py _client --target T --streams N --per-channel C --prefix P` opens N ADS
-# streams and talks JSON lines: commands on stdin (`connect`, `mark`, `collect`, `stop`),
-# events on stdout (`loaded`, `ready`, `marked`, `all`, `collect`). It exits at stdin's EOF.
+# `registry_fanout.py _client --target T --streams N --per-channel C --prefix P
+# --connect-timeout S` opens N ADS streams and talks JSON lines: commands on stdin
+# (`connect`, `mark`, `collect`, `stop`), events on stdout (`loaded`, `ready`, `marked`,
+# `all`, `collect`). It exits at stdin's EOF.
 
 
 class _StreamState:
@@ -266,12 +319,14 @@ class _Fleet:
         self.streams: list[_StreamState] = []
         self.ready = 0
         self.failed: list[str] = []
+        self.retries: list[str] = []  # streams that failed while connecting, opened again
         self.all_ready = asyncio.Event()
         self.marked = False
         self.pending = 0
         self.weights: Counter[str] = Counter()
         self.cpu_mark = 0.0
         self.cpu_all: float | None = None
+        self.started = time.monotonic()
 
     def settled(self) -> None:
         if self.ready + len(self.failed) >= len(self.streams):
@@ -282,7 +337,8 @@ class _Fleet:
         self.settled()
 
     def on_failed(self, state: _StreamState, error: str) -> None:
-        self.failed.append(f"{state.node_id}: {error}")
+        at = time.monotonic() - self.started
+        self.failed.append(f"{state.node_id} after {at:.1f} s: {error}")
         self.settled()
 
     def mark(self) -> None:
@@ -377,8 +433,8 @@ def _eds_names(response: Any) -> list[str]:
     return sorted(names)
 
 
-async def _run_stream(stub: Any, state: _StreamState, fleet: _Fleet) -> None:
-    """One ADS stream: LDS -> RDS -> CDS -> EDS, ACKing every response."""
+async def _ads_stream(stub: Any, state: _StreamState, fleet: _Fleet) -> None:
+    """One ADS stream: LDS -> RDS -> CDS -> EDS, ACKing every response, until it fails."""
     from envoy.config.core.v3 import base_pb2
 
     node = base_pb2.Node(id=state.node_id, cluster="registry-fanout")
@@ -412,11 +468,32 @@ async def _run_stream(stub: Any, state: _StreamState, fleet: _Fleet) -> None:
             if follow is not None and follow[1] != names.get(follow[0]):
                 names[follow[0]] = follow[1]
                 await call.write(_request(*follow))
-    except asyncio.CancelledError:
+    finally:
         call.cancel()
-        raise
-    except Exception as exc:
-        fleet.on_failed(state, repr(exc))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return repr(exc)
+
+
+async def _run_stream(stub: Any, state: _StreamState, fleet: _Fleet, deadline: float) -> None:
+    """`_ads_stream`, opened again with backoff (0.1 s doubling up to 2 s, jittered) if it
+    fails before its first EDS ACK, as an xDS client would, until `deadline`; a failure
+    after that ACK is final."""
+    for attempt in itertools.count():
+        try:
+            await _ads_stream(stub, state, fleet)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())
+            if state.ready or time.monotonic() + delay > deadline:
+                fleet.on_failed(state, _describe(exc))
+                return
+            fleet.retries.append(_describe(exc))
+            await asyncio.sleep(delay)
 
 
 async def _client(args: argparse.Namespace) -> None:
@@ -442,7 +519,7 @@ async def _client(args: argparse.Namespace) -> None:
     try:
         if await commands.get() != "connect":
             return
-        started = time.monotonic()
+        started = fleet.started = time.monotonic()
         for first in range(0, args.streams, args.per_channel):
             # A local subchannel pool: each channel gets a connection of its own (gRPC
             # otherwise shares one between channels with the same target and arguments).
@@ -454,10 +531,14 @@ async def _client(args: argparse.Namespace) -> None:
             for i in range(first, min(first + args.per_channel, args.streams)):
                 state = _StreamState(f"{args.prefix}-{i}")
                 fleet.streams.append(state)
-                tasks.append(asyncio.create_task(_run_stream(stub, state, fleet)))
+                tasks.append(asyncio.create_task(
+                    _run_stream(stub, state, fleet, started + args.connect_timeout)
+                ))
         await fleet.all_ready.wait()
         emit({"event": "ready", "connect_s": time.monotonic() - started,
               "streams": fleet.ready, "failed": fleet.failed[:5],
+              "failed_count": len(fleet.failed), "retries": len(fleet.retries),
+              "retry_errors": dict(Counter(fleet.retries).most_common(5)),
               "rss_kib": rss_kib(), "cpu_s": time.process_time()})
         while (command := await commands.get()) not in (None, "stop"):
             if command == "mark":
@@ -479,6 +560,7 @@ def client_main(argv: list[str]) -> None:
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--per-channel", type=int, required=True)
     parser.add_argument("--prefix", required=True)
+    parser.add_argument("--connect-timeout", type=float, required=True)
     asyncio.run(_client(parser.parse_args(argv)))
 
 
@@ -577,11 +659,21 @@ def apply_cost(admin: Any, pid: int, rounds: int = 4) -> float:
     return (proc_cpu_seconds(pid) - cpu0) / rounds
 
 
+def spread(sorted_s: list[float], prefix: str) -> dict[str, float | None]:
+    """p50, p99 and max of sorted seconds, as `<prefix>_p50_s`..."""
+    if not sorted_s:
+        return {f"{prefix}_{q}_s": None for q in ("p50", "p99", "max")}
+    return {f"{prefix}_p50_s": percentile(sorted_s, 0.50),
+            f"{prefix}_p99_s": percentile(sorted_s, 0.99),
+            f"{prefix}_max_s": sorted_s[-1]}
+
+
 def one_change(
     k: int, n: int, admin: Any, registry: subprocess.Popen[bytes], clients: list[ClientProc],
     prefix: str, timeout: float,
 ) -> dict[str, Any]:
-    """Apply weight flip `k` and measure how it reached the `n` streams."""
+    """Apply weight flip `k` and measure how it reached the `n` streams (the registry's
+    side of it is added by `registry_side` once the registry has exited)."""
     deadline = time.monotonic() + timeout
     for c in clients:
         c.send("mark")
@@ -596,14 +688,16 @@ def one_change(
     clients_done = time.monotonic() - t0
     registry_cpu = proc_cpu_seconds(registry.pid) - cpu0
     # Then ask the registry: the first Status showing every stream SYNCED at the new version.
-    registry_sees_all: float | None = None
+    status_all: float | None = None
     status_call = 0.0
+    version = None
     while time.monotonic() < deadline:
         asked = time.monotonic()
         status = admin.status()
         status_call = time.monotonic() - asked
+        version = status.get("version")
         if synced(status, prefix) == n:
-            registry_sees_all = time.monotonic() - t0
+            status_all = time.monotonic() - t0
             break
         time.sleep(0.01)
     for c in clients:
@@ -616,25 +710,25 @@ def one_change(
     for m in collected:
         seen.update(m["weights"])
     expected = " ".join(f"outbound|{SERVICE_PORT}|{v}|{SERVICE}={w}" for v, w in weights.items())
-    result = {
+    result: dict[str, Any] = {
         "weights": weights,
+        "version": version,
+        "t0": t0,
         "apply_call_s": applied,
-        "streams_acked": len(acked),
+        "streams_changed": len(received),
         "missing": missing,
         "wrong_content": sum(count for text, count in seen.items() if text != expected),
         "first_received_s": received[0] if received else None,
-        "last_received_s": received[-1] if received else None,
-        "p50_s": percentile(acked, 0.50) if acked else None,
-        "p99_s": percentile(acked, 0.99) if acked else None,
-        "max_s": acked[-1] if acked else None,
+        **spread(received, "received"),
+        **spread(acked, "ack_written"),
         "clients_done_s": clients_done if all(done) else None,
-        "registry_sees_all_s": registry_sees_all,
+        "status_shows_all_s": status_all,
         "status_call_s": status_call,
         "registry_cpu_s": registry_cpu,
         "clients_cpu_s": sum(m["cpu_s"] for m in collected),
         # every stream's figures, sorted, for a CDF
         "received_ms": [round(r * 1000, 2) for r in received],
-        "acked_ms": [round(a * 1000, 2) for a in acked],
+        "ack_written_ms": [round(a * 1000, 2) for a in acked],
     }
     if missing or result["wrong_content"]:
         failed = [f for m in collected for f in m["failed"]]
@@ -644,6 +738,18 @@ def one_change(
     return result
 
 
+def registry_side(change: dict[str, Any], acks: list[list[Any]], prefix: str) -> None:
+    """Add to `change` when each stream's RDS ACK of its version reached the registry."""
+    version = str(change["version"])
+    first: dict[str, float] = {}
+    for at, node_id, type_url, acked_version in acks:
+        if type_url == RDS and acked_version == version and node_id.startswith(prefix):
+            first.setdefault(node_id, at)
+    times = sorted(at - change["t0"] for at in first.values())
+    change.update(spread(times, "registry_ack"), registry_acks=len(times),
+                  registry_ack_ms=[round(t * 1000, 2) for t in times])
+
+
 def measure(n: int, args: argparse.Namespace, cpus: tuple[set[int] | None, set[int] | None],
             workdir: Path) -> dict[str, Any]:
     """One fresh registry, `n` streams, `args.changes` changes."""
@@ -651,17 +757,19 @@ def measure(n: int, args: argparse.Namespace, cpus: tuple[set[int] | None, set[i
 
     registry_cpus, client_cpus = cpus
     procs = args.client_procs or max(1, math.ceil(n / 500))
-    prefix = f"fanout{n}"
+    prefix = f"fanout{n}-"
+    acks_path = None if args.plain_registry else workdir / f"acks-{n}.json"
     with contextlib.ExitStack() as stack:
         port = free_port()
         target = f"127.0.0.1:{port}"
-        registry = start_registry(port, workdir, registry_cpus, stack)
+        registry = start_registry(port, workdir, registry_cpus, acks_path, stack)
         register_workloads(target, stack)
         admin = stack.enter_context(AdminClient(target, TOKEN))
         admin.apply("reviews.yaml", reviews_config(WEIGHTS[0]))
         # The registry answers nothing for its first 3 s (registration_grace).
+        registry_log = workdir / f"registry-{port}.log"
         wait_until(lambda: int(admin.status().get("version") or 0) > 0, registry,
-                   "registry serving config", workdir / "registry.log")
+                   "registry serving config", registry_log)
         apply_cpu = apply_cost(admin, registry.pid)
 
         shares = [n // procs + (i < n % procs) for i in range(procs)]
@@ -669,7 +777,8 @@ def measure(n: int, args: argparse.Namespace, cpus: tuple[set[int] | None, set[i
             clients = [
                 ClientProc(["--target", target, "--streams", str(share),
                             "--per-channel", str(args.per_channel), "--prefix",
-                            f"{prefix}-p{i}"], workdir / f"client{i}.log", stack)
+                            f"{prefix}p{i}", "--connect-timeout", str(args.timeout * 0.9)],
+                           workdir / f"client-{n}-{i}.log", stack)
                 for i, share in enumerate(shares)
             ]
         each(clients, "loaded", time.monotonic() + STARTUP_TIMEOUT, "client start")
@@ -681,43 +790,62 @@ def measure(n: int, args: argparse.Namespace, cpus: tuple[set[int] | None, set[i
         ready = each(clients, "ready", t0 + args.timeout, f"connecting {n} streams")
         connect_s = time.monotonic() - t0
         connect_cpu = proc_cpu_seconds(registry.pid) - cpu0
-        failed = [f for m in ready for f in m["failed"]]
+        failed = sum(m["failed_count"] for m in ready)
         if failed:
-            raise RuntimeError(f"{len(failed)}+ streams failed to connect: {failed[:3]}")
+            examples = [f for m in ready for f in m["failed"]][:3]
+            raise RuntimeError(f"{failed} of {n} streams failed to connect, e.g. {examples}")
         wait_until(lambda: synced(admin.status(), prefix) == n, registry,
-                   f"registry showing {n} SYNCED streams", workdir / "registry.log",
+                   f"registry showing {n} SYNCED streams", registry_log,
                    timeout=args.timeout)
         rss_connected = rss_kib(registry.pid)
         tcp = connections(port)
 
         changes = []
+        threads0 = thread_cpu_seconds(registry.pid)
         for k in range(args.changes):
             progress(f"N={n}: change {k + 1} of {args.changes}")
             changes.append(one_change(k, n, admin, registry, clients, prefix, args.timeout))
             time.sleep(SETTLE)
         progress("")
-        return {
-            "streams": n,
-            "client_procs": procs,
-            "channels": sum(math.ceil(s / args.per_channel) for s in shares),
-            "tcp_connections": tcp,
-            "connect_s": connect_s,
-            "connect_registry_cpu_s": connect_cpu,
-            "client_rss_kib": [m["rss_kib"] for m in ready],
-            "registry_rss_kib": {"before": rss_before, "connected": rss_connected,
-                                 "after": rss_kib(registry.pid)},
-            "apply_registry_cpu_s": apply_cpu,
-            "changes": changes,
-            "median": medians(changes),
-        }
+        threads = thread_cpu_seconds(registry.pid)
+        threads.subtract(threads0)
+        rss_after = rss_kib(registry.pid)
+        for c in clients:
+            c.close()
+        stop(registry)  # it writes the ACK times as it exits
+    if acks_path is not None:
+        if not acks_path.exists():
+            raise RuntimeError("the registry did not write its ACK times (killed?)")
+        acks = json.loads(acks_path.read_text())
+        for change in changes:
+            registry_side(change, acks, prefix)
+    return {
+        "streams": n,
+        "client_procs": procs,
+        "channels": sum(math.ceil(s / args.per_channel) for s in shares),
+        "tcp_connections": tcp,
+        "connect_s": connect_s,
+        "connect_registry_cpu_s": connect_cpu,
+        "connect_retries": sum(m["retries"] for m in ready),
+        "connect_retry_errors": dict(sum((Counter(m["retry_errors"]) for m in ready),
+                                         Counter())),
+        "client_rss_kib": [m["rss_kib"] for m in ready],
+        "registry_rss_kib": {"before": rss_before, "connected": rss_connected,
+                             "after": rss_after},
+        "apply_registry_cpu_s": apply_cpu,
+        "changes_registry_cpu_by_thread_s": {k: round(v, 2) for k, v in threads.items()},
+        "changes": changes,
+        "median": medians(changes),
+    }
 
 
 def medians(changes: list[dict[str, Any]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key, value in changes[0].items():
-        if isinstance(value, (int, float)):
-            values = [c[key] for c in changes if c[key] is not None]
-            out[key] = statistics.median(values) if values else None
+    for key in changes[0]:
+        if key in ("t0", "version"):
+            continue
+        values = [c[key] for c in changes if isinstance(c.get(key), (int, float))]
+        out[key] = statistics.median(values) if values else None
     return out
 
 
@@ -742,39 +870,75 @@ def mib(kib: float) -> str:
 
 def report(results: dict[str, Any]) -> str:
     config = results["config"]
+    side = "registry" if config["registry"] != "plain" else "client (ACK written)"
     parts = [
-        f"one weight change reaching N ADS streams (LDS+RDS+CDS+EDS each); median of "
-        f"{config['changes']} changes; times in ms from the Apply call",
+        f"one weight change (one Apply) reaching N ADS streams, each LDS+RDS+CDS+EDS; "
+        f"median of {config['changes']} changes",
+        f"time-to-ACK per stream, ms from the Apply call to that stream's ACK of the new "
+        f"route reaching the {side}",
         "",
     ]
-    rows = [["N", "clients", "connect s", "p50", "p99", "max", "registry sees all",
-             "RSS before MiB", "RSS after MiB", "registry CPU s"]]
+    key = "registry_ack" if config["registry"] != "plain" else "ack_written"
+    rows = [["N", "clients", "connect s", "p50 ms", "p99 ms", "max = all ACKed ms",
+             "registry RSS before MiB", "after MiB", "registry CPU s"]]
     for r in results["runs"]:
         m = r["median"]
         rss = r["registry_rss_kib"]
         rows.append([
-            f"{r['streams']:,}", f"{r['client_procs']}x{config['per_channel']}",
-            f"{r['connect_s']:.2f}", ms(m["p50_s"]), ms(m["p99_s"]), ms(m["max_s"]),
-            ms(m["registry_sees_all_s"]), mib(rss["before"]), mib(rss["connected"]),
+            f"{r['streams']:,}", f"{r['client_procs']} x {r['channels'] // r['client_procs']}"
+            f" x {config['per_channel']}",
+            f"{r['connect_s']:.2f}", ms(m[f"{key}_p50_s"]), ms(m[f"{key}_p99_s"]),
+            ms(m[f"{key}_max_s"]), mib(rss["before"]), mib(rss["connected"]),
             f"{m['registry_cpu_s']:.2f}",
         ])
     parts.append(table(rows))
-    parts += ["", "the same changes in detail (median over changes; ms from the Apply call)", ""]
-    rows = [["N", "TCP conns", "Apply call", "1st response", "last response", "all ACKed",
-             "Status call", "clients CPU s", "Apply CPU, 0 streams", "connect CPU s",
-             "RSS end MiB", "worst p99", "worst max"]]
+    parts += [
+        "  clients: processes x channels each x streams per channel; registry CPU: from the "
+        "Apply call until every client had the change",
+        "",
+        "the same changes in detail (median over changes; ms from the Apply call)",
+        "",
+    ]
+    rows = [["N", "Apply call", "1st response", "responses p50", "last response",
+             "ACK written p50", "ACK written p99", "Status shows all", "Status call",
+             "clients CPU s", "worst p99", "worst max"]]
     for r in results["runs"]:
         m = r["median"]
         rows.append([
-            f"{r['streams']:,}", str(r["tcp_connections"]), ms(m["apply_call_s"]),
-            ms(m["first_received_s"]), ms(m["last_received_s"]), ms(m["clients_done_s"]),
-            ms(m["status_call_s"]), f"{m['clients_cpu_s']:.2f}",
-            f"{r['apply_registry_cpu_s'] * 1000:.0f} ms",
-            f"{r['connect_registry_cpu_s']:.2f}", mib(r["registry_rss_kib"]["after"]),
-            ms(max(c["p99_s"] or 0 for c in r["changes"])),
-            ms(max(c["max_s"] or 0 for c in r["changes"])),
+            f"{r['streams']:,}", ms(m["apply_call_s"]), ms(m["first_received_s"]),
+            ms(m["received_p50_s"]), ms(m["received_max_s"]), ms(m["ack_written_p50_s"]),
+            ms(m["ack_written_p99_s"]), ms(m["status_shows_all_s"]), ms(m["status_call_s"]),
+            f"{m['clients_cpu_s']:.2f}",
+            ms(max(c.get(f"{key}_p99_s") or 0 for c in r["changes"])),
+            ms(max(c.get(f"{key}_max_s") or 0 for c in r["changes"])),
         ])
     parts.append(table(rows))
+    parts += ["", "setup", ""]
+    rows = [["N", "TCP connections", "connect: registry CPU s", "streams refused, retried",
+             "registry RSS at end MiB", "client RSS MiB, each",
+             "Apply with 0 streams: registry CPU ms"]]
+    for r in results["runs"]:
+        rows.append([
+            f"{r['streams']:,}", str(r["tcp_connections"]), f"{r['connect_registry_cpu_s']:.2f}",
+            str(r["connect_retries"]),
+            mib(r["registry_rss_kib"]["after"]),
+            f"{len(r['client_rss_kib'])} x {mib(statistics.mean(r['client_rss_kib']))}",
+            f"{r['apply_registry_cpu_s'] * 1000:.0f}",
+        ])
+    parts.append(table(rows))
+    parts.append("  TCP connections: to the registry's port, the registrar's and this "
+                 "process's admin channel included")
+    for r in results["runs"]:
+        by_thread = ", ".join(f"{name} {cpu:.2f}" for name, cpu in
+                              sorted(r["changes_registry_cpu_by_thread_s"].items(),
+                                     key=lambda x: -x[1]) if cpu >= 0.01)
+        parts.append(f"  N={r['streams']:,}: registry CPU s by thread over all "
+                     f"{len(r['changes'])} changes, Status calls included: {by_thread}")
+    for r in results["runs"]:
+        if r["connect_retries"]:
+            kinds = "; ".join(f"{n} x {e}" for e, n in r["connect_retry_errors"].items())
+            parts.append(f"  N={r['streams']:,}: streams that failed while connecting and were "
+                         f"opened again (with backoff): {kinds}")
     problems = [(r["streams"], k + 1, c) for r in results["runs"]
                 for k, c in enumerate(r["changes"]) if c["missing"] or c["wrong_content"]]
     for n, k, c in problems:
@@ -782,7 +946,7 @@ def report(results: dict[str, Any]) -> str:
                      f"{c['wrong_content']} got other weights")
     load = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in
                      zip(results["loadavg_before"], results["loadavg_after"], strict=True))
-    parts += ["", f"pinning: {config['pinning']}",
+    parts += ["", f"registry: {config['registry']}", f"pinning: {config['pinning']}",
               f"load average (1, 5, 15 min) before -> after: {load}"]
     return "\n".join(parts)
 
@@ -810,7 +974,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds any one wait may take (default 60)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the registry to CPU 0 and the clients to the others")
+    parser.add_argument("--plain-registry", action="store_true",
+                        help="run the `sail` console script itself: no ACK times from the "
+                        "registry, only the clients' figures")
     parser.add_argument("--json", type=Path, help="write the results there")
+    parser.add_argument("--logs", type=Path,
+                        help="keep the registry's and clients' logs in this folder")
     args = parser.parse_args(argv)
     try:
         args.stream_counts = [int(s.replace("_", "")) for s in args.streams.split(",")]
@@ -850,7 +1019,8 @@ def main(argv: list[str] | None = None) -> None:
             "pinning": "off" if registry_cpus is None else
             f"registry on CPU {sorted(registry_cpus)}, clients and this process on "
             f"{sorted(client_cpus or ())}",
-            "measured": "client side: Apply call sent -> that stream's ACK written",
+            "registry": "plain" if args.plain_registry else
+            "sail.cli.main with AdsServer.record timing each ACK",
         },
         "loadavg_before": os.getloadavg(),
         "runs": [],
@@ -858,10 +1028,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # This process (and the registrar thread it starts) stays off the registry's CPU.
         with affinity(client_cpus), tempfile.TemporaryDirectory(prefix="sail-fanout-") as tmp:
+            workdir = Path(tmp)
+            if args.logs:
+                workdir = args.logs
+                workdir.mkdir(parents=True, exist_ok=True)
             for n in args.stream_counts:
-                results["runs"].append(
-                    measure(n, args, (registry_cpus, client_cpus), Path(tmp))
-                )
+                results["runs"].append(measure(n, args, (registry_cpus, client_cpus), workdir))
     except RuntimeError as exc:  # a process that would not start, a wait that timed out
         raise SystemExit(f"registry_fanout: {exc}") from None
     results["loadavg_after"] = os.getloadavg()

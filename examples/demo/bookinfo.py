@@ -97,6 +97,15 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "ratings": ("/ratings/{id}", ratings),
 }
 
+
+def upstreams(service: str, version: str) -> list[str]:
+    """The services this one calls. The mesh subscribes to them as it starts, so they are
+    resolved before the first requests (productpage's go to two services at once)."""
+    if service == "productpage":
+        return ["details", "reviews"]
+    return ["ratings"] if service == "reviews" and version != "v1" else []
+
+
 # -- the process ----------------------------------------------------------------------------
 
 
@@ -118,6 +127,7 @@ def main() -> None:
     registry, token = os.environ["SAIL_REGISTRY"], os.environ["SAIL_REGISTRY_TOKEN"]
     mesh = sail.Mesh.from_bootstrap(
         bootstrap(registry, f"{service}-{version}", service),
+        services=upstreams(service, version),
         registrar=RemoteRegistrar(registry, token),
     )
     workload = mesh.service(

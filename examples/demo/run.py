@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bookinfo import bootstrap
+from bookinfo import bootstrap  # the services' module, beside this file
 
 import sail
 from sail.registry.remote import AdminClient
@@ -157,13 +157,13 @@ class Processes:
         """SIGTERM, then SIGKILL whatever still runs after `timeout` seconds."""
         running = [self.procs[n] for n in names if self.procs[n].poll() is None]
         for proc in running:
-            os.kill(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # by PID; a process gone meanwhile is fine
         deadline = time.monotonic() + timeout
         for proc in running:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
 
     def stop_all(self) -> None:
@@ -266,7 +266,8 @@ class Traffic:
             with self._lock:
                 self.sent += 1
                 self.failed += 1
-                self._errors.append(f"{type(exc).__name__}: {exc}")
+                first_line = (str(exc).splitlines() or [""])[0]
+                self._errors.append(f"{type(exc).__name__}: {first_line}")
             return
         with self._lock:
             self.sent += 1
@@ -359,8 +360,8 @@ def run_step(traffic: Traffic, admin: AdminClient, procs: Processes, seconds: in
         procs.check()
         counts, errors = traffic.take()
         print(row(counts, admin.status()), flush=True)
-        for error in errors[:3]:
-            print(f"    request failed: {error}")
+        for error, count in collections.Counter(errors).items():
+            print(f"    {count} failed: {error}")
 
 
 def drive(registry: str, token: str, admin: AdminClient, procs: Processes, seconds: int) -> int:

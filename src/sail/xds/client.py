@@ -73,6 +73,9 @@ _TYPE_ORDER = (
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
 )
 _INVALID_ARGUMENT = 3
+# How long a name change waits behind an unanswered one before it is sent anyway (for
+# servers that do not answer requests for names they do not have).
+_ANSWER_WAIT = 1.0
 
 
 class XdsHandler(Protocol):
@@ -122,7 +125,17 @@ class ClientStatus:
 
 
 class _TypeState:
-    __slots__ = ("absent", "cache", "names", "nonce", "pending_first", "timers", "version")
+    __slots__ = (
+        "absent",
+        "asked_at",
+        "cache",
+        "names",
+        "nonce",
+        "pending_first",
+        "sent_names",
+        "timers",
+        "version",
+    )
 
     timers: dict[str, float]  # name -> deadline of its does-not-exist timer
 
@@ -135,6 +148,10 @@ class _TypeState:
         self.timers = {}
         # Names written in a request and not yet answered by a response of this type.
         self.pending_first: set[str] = set()
+        # The names of the last request written, and when a request that changed them
+        # went out unanswered (None: answered). One such request at a time is in flight.
+        self.sent_names: frozenset[str] = frozenset()
+        self.asked_at: float | None = None
 
 
 _clients: weakref.WeakSet[AdsClient] = weakref.WeakSet()
@@ -357,11 +374,15 @@ class AdsClient:
         wake = self._timers[0][0] if self._timers else now + 3600
         if self._stream is None:
             wake = min(wake, self._next_attempt)
+        for st in self._state.values():
+            if st.asked_at is not None and st.names != st.sent_names:
+                wake = min(wake, st.asked_at + _ANSWER_WAIT)
         try:
             kind, stream, payload = self._events.get(timeout=max(0.0, wake - now))
         except queue.Empty:
             kind, stream, payload = "tick", None, None
         self._fire_timers()
+        self._flush_names()
         if kind == "call":
             payload()
         elif kind == "close":
@@ -406,6 +427,8 @@ class AdsClient:
         self._first_request = True
         for st in self._state.values():
             st.nonce = ""  # nonces belong to a stream; versions carry over (A27)
+            st.sent_names = frozenset()
+            st.asked_at = None
         for type_url in self._ordered_types():
             if self._state[type_url].names:
                 self._send(self._request(type_url))
@@ -474,8 +497,12 @@ class AdsClient:
         st = self._state.get(request.type_url)
         if st is None:
             return
+        names = frozenset(request.resource_names)
+        if names != st.sent_names:
+            st.sent_names = names
+            st.asked_at = time.monotonic()
         deadline = time.monotonic() + self._dne_timeout
-        for name in st.names:
+        for name in names:
             if name in st.cache or name in st.absent or name in st.timers:
                 continue
             st.pending_first.add(name)
@@ -496,6 +523,18 @@ class AdsClient:
                 st.absent.add(name)
                 self._deliver(type_url, {}, frozenset(), {}, frozenset({name}))
 
+    def _flush_names(self) -> None:
+        """Send name changes held back behind an unanswered request, once a server has
+        taken `_ANSWER_WAIT` seconds without answering it."""
+        now = time.monotonic()
+        for type_url, st in self._state.items():
+            if (
+                st.asked_at is not None
+                and now - st.asked_at >= _ANSWER_WAIT
+                and st.names != st.sent_names
+            ):
+                self._send(self._request(type_url))
+
     def _set_names(self, type_url: str, names: frozenset[str]) -> None:
         st = self._state.get(type_url)
         if st is None:
@@ -508,7 +547,12 @@ class AdsClient:
             st.absent.discard(name)
             st.pending_first.discard(name)
         st.names = set(names)
-        self._send(self._request(type_url))
+        if st.asked_at is None:
+            self._send(self._request(type_url))
+        # else: the change rides on the ACK of the answer we are waiting for. One name
+        # change in flight at a time is what lets "absent from the next response" mean
+        # "does not exist": a second request sent before the first is answered would
+        # make the first answer look like a verdict on names it never covered.
 
     def _on_response(self, response: discovery_pb2.DiscoveryResponse) -> None:
         type_url = response.type_url
@@ -559,6 +603,7 @@ class AdsClient:
                     st.timers.pop(name, None)
         st.pending_first.clear()
         st.nonce = response.nonce
+        st.asked_at = None
         if errors:
             self._nacks += 1
             detail = "; ".join(errors[n] for n in sorted(errors))

@@ -194,3 +194,27 @@ def test_stale_nonce_is_ignored_by_server_and_client_acks_latest(server, recorde
         assert not ack.nacked
     finally:
         client.close()
+
+
+def test_names_added_before_an_answer_are_not_taken_for_absent(recorder):
+    """Two first requests at once (a service calling two new services): the answer to the
+    first subscription must not count as a verdict on the second name."""
+    resources = [
+        *testing.service("details", {"d": [("127.0.0.1", 1)]}),
+        *testing.service("reviews", {"r": [("127.0.0.1", 2)]}),
+    ]
+    for _ in range(5):  # the race was easy to hit; a few rounds make the test sharp
+        rec = Recorder()
+        with testing.XdsServer(resources) as server:
+            client = make_client(server, rec)
+            try:
+                client.set_names(CDS, ["d"])  # bring the stream up first
+                wait_until(lambda r=rec: (CDS, "d") in r.values)
+                client.set_names(LDS, ["details"])
+                client.set_names(LDS, ["details", "reviews"])
+                wait_until(lambda r=rec: (LDS, "reviews") in r.values, timeout=5)
+                wait_until(lambda r=rec: (LDS, "details") in r.values, timeout=5)
+                said_absent = [e[1][4] for e in rec.events if e[0] == "resources" and e[1][4]]
+                assert said_absent == []
+            finally:
+                client.close()
