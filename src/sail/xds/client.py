@@ -21,9 +21,11 @@ Protocol rules followed (gRFC A27, A46, A57, A71 and Envoy's `xds_protocol.rst`)
   written on a live stream; it is cancelled by the resource, and paused while disconnected.
 * sail also treats a full-state (LDS/CDS) name that is absent from the first response after
   its request as not existing. Servers answer a change of requested names (Envoy's docs
-  require it), so this settles unknown names in one round trip instead of 15 s. A server
-  push racing the request can make that call early; the name stays subscribed and turns
-  up as soon as the server sends it.
+  require it), so this settles unknown names in one round trip instead of 15 s. To keep
+  that sound, only one request that changes a type's names is in flight at a time; later
+  changes ride on the ACK of its answer (or go out after 1 s if a server does not answer).
+  A server push racing the request can still make that call early; the name stays
+  subscribed and turns up as soon as the server sends it.
 * Reconnects back off 1 s, ×1.6, capped at 120 s, ±20 % jitter; a stream that delivered a
   response is retried at once. Servers are tried in bootstrap order and the client falls
   back to the next one when a server cannot be reached (A71); each reconnect starts again
