@@ -100,7 +100,15 @@ class Registry:
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
         """Serve on `address` (`host:port`, port 0 picks one); returns the port."""
-        server = grpc.aio.server()
+        # grpc.aio accepts one new call at a time and refuses calls past
+        # `max_pending_requests` (1,000 by default): after a registry restart thousands of
+        # clients reconnect at once, and the defaults turned some of them away.
+        server = grpc.aio.server(
+            options=[
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 100_000),
+            ]
+        )
         self.ads.add_to(server)
         self.csds.add_to(server)
         self.api.add_to(server)
