@@ -5,9 +5,11 @@ either as a list (or `{"resources": [...]}`) of objects with an `"@type"`, or as
 static bootstrap (`static_resources: {listeners, clusters}`). Resources go through the same
 decoders as xDS, so a file is validated exactly as a server's response would be.
 
-The file is polled for changes (once a second by default). A reload with errors keeps the
-last good version of each bad resource and uses the good ones, like a partial NACK, and
-the errors are logged naming the file and the resource.
+The file is polled for changes (once a second by default) and re-read once a change has
+held still for one interval (so a half-written file is never read). A reload with errors
+keeps the last good version of each bad resource and uses the good ones, like a partial
+NACK, and the errors are logged naming the file and the resource; a reload that finds no
+resources at all keeps the last good config.
 """
 
 from __future__ import annotations
@@ -116,12 +118,19 @@ class LocalConfig:
         return (st.st_mtime, st.st_size)
 
     def _watch(self) -> None:
+        pending: tuple[float, int] | None = None
         while not self._stop.wait(self._poll):
             try:
                 stamp = self._stat()
-                if stamp is not None and stamp != self._stamp:
-                    self._stamp = stamp
-                    self.reload()
+                if stamp is None or stamp == self._stamp:
+                    continue
+                # Read a changed file only once it has stayed the same for one interval:
+                # an editor or `write_text` may be halfway through writing it.
+                if stamp != pending:
+                    pending = stamp
+                    continue
+                self._stamp = stamp
+                self.reload()
             except Exception:  # the watcher must never die silently
                 log.exception("sail local: reloading %s failed; keeping the last config",
                               self.path)
@@ -133,6 +142,12 @@ class LocalConfig:
         except ConfigError as exc:
             self.errors = {("", ""): str(exc)}
             log.error("sail local: %s; keeping the last good config", exc)
+            return
+        if not any(resources.values()) and any(self._current.values()):
+            # An empty file is far more often a write gone wrong than a wish to remove every
+            # service; keep serving (to start from nothing, start from an empty file).
+            self.errors = {("", ""): f"{self.path}: no resources; keeping the last good config"}
+            log.error("sail local: %s", self.errors[("", "")])
             return
         for (type_url, name), message in errors.items():
             log.error("sail local: %s; keeping its last good version", message)

@@ -56,3 +56,14 @@ def test_first_load_error_names_file(tmp_path: Path) -> None:
     path.write_text("resources: [ {")
     with pytest.raises(sail.ConfigError, match=r"bad\.yaml"):
         sail.Mesh.local(path)
+
+
+def test_emptied_file_keeps_last_good(tmp_path: Path, backends: dict[str, int]) -> None:
+    path = tmp_path / "mesh.yaml"
+    write(path, backends, {"a": 100})
+    with sail.Mesh.local(path, poll_interval=0.05) as mesh, mesh.client() as http:
+        path.write_text("")
+        source = mesh._source.config  # type: ignore[attr-defined]
+        wait_until(lambda: source.errors)
+        assert "no resources" in next(iter(source.errors.values()))
+        assert http.get("http://reviews/").json()["name"] == "a"
