@@ -1,10 +1,11 @@
-"""sail's one background event loop, shared by every xDS client (and test server) of the
-process.
+"""sail's one background event loop, for grpc.aio servers run inside a process that has
+no loop of its own: `sail.testing.XdsServer`, and a `Registry` embedded in tests.
 
 grpc.aio binds its completion-queue poller to the first event loop that uses it and
 forwards events for other loops through it, so a loop that closes while others still use
-gRPC breaks them ("Event loop is closed"). One long-lived daemon loop avoids that, and one
-thread is all the control path needs. A forked child gets a fresh loop on first use.
+gRPC breaks them ("Event loop is closed"). One long-lived daemon loop avoids that. (The xDS
+client uses sync grpcio on threads instead; see `sail.xds.client`.) A forked child gets a
+fresh loop on first use.
 """
 
 from __future__ import annotations
@@ -41,10 +42,6 @@ def background_loop() -> asyncio.AbstractEventLoop:
             ready.wait()
             _loop = new_loop
         return _loop
-
-
-def in_background_thread() -> bool:
-    return _thread is not None and threading.current_thread() is _thread
 
 
 def _after_fork_in_child() -> None:
