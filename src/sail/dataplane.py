@@ -12,7 +12,8 @@ The call stack for one request, in order (Finagle's stack, flattened):
 3. *cluster* - the route's cluster (weighted pick already done by the router);
 4. *balance* - the cluster's picker chooses an endpoint (`sail.balancing`).
 
-Retries, circuit breaking and outlier detection wrap steps 3-4 in the resilience work.
+Retries, deadlines and circuit breaking (`sail.resilience`) wrap step 4: the transport
+drives a `sail.resilience.call.Call` over the target's cluster, re-picking for retries.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sail.model import (
     RouteAction,
     RouteConfig,
 )
+from sail.resilience.limits import ClusterLimits
 from sail.routing import Headers, Router, RouteResult
 
 __all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state"]
@@ -39,9 +41,13 @@ __all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_sta
 
 @attrs.frozen
 class ClusterRuntime:
+    """A cluster as the request path sees it: its config, endpoints and picker, and its
+    circuit-breaker state (`limits`, kept across config updates of the cluster)."""
+
     cluster: Cluster
     assignment: ClusterLoadAssignment | None
     picker: Picker
+    limits: ClusterLimits
 
 
 @attrs.frozen
@@ -60,13 +66,14 @@ class DataplaneState:
 
 
 class Target(NamedTuple):
-    """Where one request goes: the route's decision, the picked endpoint, and the Host
-    header to send (`None` keeps the caller's). Made once per request."""
+    """Where one request goes: the route's decision, the picked endpoint, the Host header
+    to send (`None` keeps the caller's) and the chosen cluster. Made once per request."""
 
     service: str
     route: RouteResult
     endpoint: Endpoint | None
     host: str | None = None
+    cluster: ClusterRuntime | None = None
 
 
 def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
@@ -91,7 +98,13 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
             picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
         else:
             picker = build_picker(cluster, assignment)
-        clusters[name] = ClusterRuntime(cluster, assignment, picker)
+        if prior is not None:
+            limits = prior.limits
+            if prior.cluster != cluster:
+                limits.configure(cluster)
+        else:
+            limits = ClusterLimits(name, cluster)
+        clusters[name] = ClusterRuntime(cluster, assignment, picker, limits)
     authorities = frozenset(
         e.authority for cla in snapshot.endpoints.values() for e in cla.endpoints
     )
@@ -143,7 +156,7 @@ class Dataplane:
             action = result.route.action
             if isinstance(action, RouteAction) and action.auto_host_rewrite:
                 host = endpoint.hostname
-        return Target(service, result, endpoint, host)
+        return Target(service, result, endpoint, host, cluster)
 
 
 def _route_name(result: RouteResult) -> str:

@@ -9,13 +9,16 @@ SailError
 └── RequestError(SailError)                      a mesh request could not be sent
     ├── UnknownService(RequestError)             no listener for that host
     ├── NoRoute(RequestError)                    no virtual host / route matched
-    └── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
+    ├── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
+    ├── UpstreamOverflow(RequestError)           a circuit breaker threshold is reached
+    └── DeadlineExceeded(RequestError)           the route timeout passed, over all attempts
 ```
 
 On the HTTP path these errors reach callers as `httpx` exceptions so that an existing
 `except httpx.HTTPError` keeps working: `sail.http` maps `NoHealthyUpstream` to
 `sail.http.NoHealthyUpstreamError`, which subclasses both `httpx.ConnectError` and
-`NoHealthyUpstream` (see `sail.http.errors`).
+`NoHealthyUpstream` (see `sail.http.errors`); `DeadlineExceeded` becomes an
+`httpx.TimeoutException`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from __future__ import annotations
 __all__ = [
     "BootstrapError",
     "ConfigError",
+    "DeadlineExceeded",
     "NoHealthyUpstream",
     "NoRoute",
     "RequestError",
     "ResourceError",
     "SailError",
     "UnknownService",
+    "UpstreamOverflow",
     "XdsError",
 ]
 
@@ -84,3 +89,13 @@ class NoRoute(RequestError):
 
 class NoHealthyUpstream(RequestError):
     """The cluster chosen by the route has no endpoint that can take the request."""
+
+
+class UpstreamOverflow(RequestError):
+    """A circuit breaker threshold of the chosen cluster is reached: the request fails fast,
+    sent nowhere (Envoy answers 503 with `x-envoy-overloaded: true`)."""
+
+
+class DeadlineExceeded(RequestError):
+    """The call's deadline (the route timeout, or what the caller had left) passed before a
+    response arrived; no further attempt is made (Envoy answers 504)."""

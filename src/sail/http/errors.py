@@ -6,19 +6,36 @@ Each class subclasses both an httpx exception and the matching `sail.errors` cla
 httpx.ConnectError
 ├── UnknownServiceError     (also sail.errors.UnknownService)
 ├── NoRouteError            (also sail.errors.NoRoute)
-└── NoHealthyUpstreamError  (also sail.errors.NoHealthyUpstream)
+├── NoHealthyUpstreamError  (also sail.errors.NoHealthyUpstream)
+└── UpstreamOverflowError   (also sail.errors.UpstreamOverflow)
+httpx.TimeoutException
+└── DeadlineExceededError   (also sail.errors.DeadlineExceeded)
 ```
 
-They are all connect errors: in each case nothing was sent to any server.
+The connect errors all mean that nothing was sent to any server.
 """
 
 from __future__ import annotations
 
 import httpx
 
-from sail.errors import NoHealthyUpstream, NoRoute, RequestError, UnknownService
+from sail.errors import (
+    DeadlineExceeded,
+    NoHealthyUpstream,
+    NoRoute,
+    RequestError,
+    UnknownService,
+    UpstreamOverflow,
+)
 
-__all__ = ["NoHealthyUpstreamError", "NoRouteError", "UnknownServiceError", "to_httpx"]
+__all__ = [
+    "DeadlineExceededError",
+    "NoHealthyUpstreamError",
+    "NoRouteError",
+    "UnknownServiceError",
+    "UpstreamOverflowError",
+    "to_httpx",
+]
 
 
 class UnknownServiceError(httpx.ConnectError, UnknownService):
@@ -33,14 +50,24 @@ class NoHealthyUpstreamError(httpx.ConnectError, NoHealthyUpstream):
     pass
 
 
-_MAP: dict[type[RequestError], type[httpx.ConnectError]] = {
+class UpstreamOverflowError(httpx.ConnectError, UpstreamOverflow):
+    pass
+
+
+class DeadlineExceededError(httpx.TimeoutException, DeadlineExceeded):
+    pass
+
+
+_MAP: dict[type[RequestError], type[httpx.TransportError]] = {
     UnknownService: UnknownServiceError,
     NoRoute: NoRouteError,
     NoHealthyUpstream: NoHealthyUpstreamError,
+    UpstreamOverflow: UpstreamOverflowError,
+    DeadlineExceeded: DeadlineExceededError,
 }
 
 
-def to_httpx(exc: RequestError, request: httpx.Request) -> httpx.ConnectError:
+def to_httpx(exc: RequestError, request: httpx.Request) -> httpx.TransportError:
     """The one place sail's request errors become httpx exceptions."""
     for kind, mapped in _MAP.items():
         if isinstance(exc, kind):

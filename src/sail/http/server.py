@@ -23,6 +23,7 @@ import attrs
 
 from sail.model import HealthStatus
 from sail.registration import Registrar, Workload
+from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, inherited_deadline, parse_timeout_ms
 
 __all__ = ["RequestContext", "current_request", "operation", "wrap_app"]
 
@@ -41,6 +42,9 @@ class RequestContext:
     * `method`, `path` - of the request.
     * `headers` - the request headers, lower-cased names.
     * `operation` - set by `@sail.operation` when the handler runs (`None` before).
+    * `deadline` - when the caller stops waiting, on `time.monotonic()`: from the request's
+      `x-envoy-expected-rq-timeout-ms`, `None` without it. Calls this handler makes through
+      the mesh inherit it (`sail.resilience.deadline`).
     """
 
     service: str
@@ -49,6 +53,16 @@ class RequestContext:
     path: str
     headers: Mapping[str, str]
     operation: str | None = None
+    deadline: float | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds until `deadline` (negative once past), `None` without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+def _deadline(headers: Mapping[str, str]) -> float | None:
+    timeout = parse_timeout_ms(headers.get(EXPECTED_TIMEOUT_HEADER))
+    return None if timeout is None else time.monotonic() + timeout
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -191,16 +205,19 @@ class AsgiService:
             await self.app(scope, receive, send)
             return
         self._register()  # servers that skip lifespan register on the first request
+        headers = _asgi_headers(scope.get("headers", ()))
         ctx = RequestContext(
             service=self.workload.service,
             workload=self.workload,
             method=scope.get("method", "GET"),
             path=scope.get("path", "/"),
-            headers=_asgi_headers(scope.get("headers", ())),
+            headers=headers,
+            deadline=_deadline(headers),
         )
         scope.setdefault("extensions", {})
         scope["extensions"] = {**(scope["extensions"] or {}), "sail": ctx}
         token = _current.set(ctx)
+        deadline_token = inherited_deadline.set(ctx.deadline)
         self._inflight += 1
         self._last_request = time.monotonic()
         try:
@@ -208,6 +225,7 @@ class AsgiService:
         finally:
             self._inflight -= 1
             self._last_request = time.monotonic()
+            inherited_deadline.reset(deadline_token)
             _current.reset(token)
 
     async def _lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -257,22 +275,24 @@ class WsgiService:
         functools.update_wrapper(self, app, updated=())
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
         ctx = RequestContext(
             service=self.workload.service,
             workload=self.workload,
             method=environ.get("REQUEST_METHOD", "GET"),
             path=environ.get("PATH_INFO", "/"),
-            headers={
-                k[5:].replace("_", "-").lower(): v
-                for k, v in environ.items()
-                if k.startswith("HTTP_")
-            },
+            headers=headers,
+            deadline=_deadline(headers),
         )
         environ["sail.request"] = ctx
         token = _current.set(ctx)
+        deadline_token = inherited_deadline.set(ctx.deadline)
         try:
             return self.app(environ, start_response)
         finally:
+            inherited_deadline.reset(deadline_token)
             _current.reset(token)
 
     def close(self) -> None:

@@ -8,23 +8,37 @@ are not in the mesh go to the ordinary transport untouched.
 The caller keeps seeing its own URL: the endpoint address is swapped into `request.url`
 only while the inner transport sends, and the Host header stays the service's name (as
 Envoy preserves it), unless the route rewrites it.
+
+Each mesh request is a `sail.resilience.call.Call`: the transport sends attempts, classifies
+what came back, and follows the call's decision - retry on another endpoint after a
+back-off, or return. Every attempt carries `x-envoy-expected-rq-timeout-ms` (the time it
+has), its timeouts are capped by the call's deadline, and the response returned has
+`response.extensions["sail"]`, a `CallInfo` listing the attempts. An attempt counts
+against the cluster's circuit breakers until its response is closed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import anyio
 import httpx
 
-from sail.errors import RequestError
+from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.http.errors import to_httpx
+from sail.model import RouteAction
+from sail.resilience.call import Call, CallInfo
+from sail.resilience.classify import Local, Outcome
+from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
+from sail.resilience.retry import effective_policy
 
 if TYPE_CHECKING:
-    from sail.dataplane import Dataplane, DataplaneState, Target
+    from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
     from sail.mesh import Mesh
+    from sail.model import Endpoint, RetryPolicy
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -80,17 +94,143 @@ class _EndpointURL:
         return f"http://{self.raw_host.decode()}:{self.port}{self.raw_path.decode()}"
 
 
-def _to_endpoint(request: httpx.Request, target: Target) -> httpx.URL:
-    """What to put in `request.url` while the endpoint's pool sends it; sets Host if the
+def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> httpx.URL:
+    """What to put in `request.url` while `endpoint`'s pool sends it; sets Host if the
     route rewrites it."""
-    endpoint = target.endpoint
-    assert endpoint is not None
     if target.host is not None:
         request.headers["host"] = target.host
     url = _EndpointURL(
         endpoint.address.encode("ascii"), endpoint.port, target.route.path.encode("ascii")
     )
     return url  # type: ignore[return-value]
+
+
+#: Request bodies up to this size are kept for retries (Envoy buffers up to its
+#: per-request buffer limit); a larger or streamed body is only retried when it was never
+#: sent (a connect failure).
+RETRY_BODY_LIMIT = 1 << 20
+
+
+def _replayable(request: httpx.Request) -> bool:
+    stream = request.stream
+    if not isinstance(stream, httpx.ByteStream):
+        return False
+    length = request.headers.get("content-length")
+    return length is None or int(length) <= RETRY_BODY_LIMIT
+
+
+def _start_call(request: httpx.Request, target: Target) -> Call:
+    route = target.route
+    assert target.cluster is not None
+    policy = effective_policy(route.route, route.virtual_host)
+    action = route.route.action
+    deadline = call_deadline(
+        action if isinstance(action, RouteAction) else None, request.headers, time.monotonic()
+    )
+    return Call(policy, target.cluster.limits, deadline, _replayable(request))
+
+
+def _begin(call: Call, request: httpx.Request, timeouts: object) -> None:
+    """Start an attempt: circuit breakers, and this attempt's share of the deadline in its
+    timeouts and in `x-envoy-expected-rq-timeout-ms`."""
+    try:
+        timeout = call.begin(time.monotonic())
+    except RequestError as exc:
+        raise to_httpx(exc, request) from None
+    if timeout is not None:
+        if isinstance(timeouts, dict):
+            request.extensions["timeout"] = {
+                k: timeout if v is None or v > timeout else v for k, v in timeouts.items()
+            }
+        request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
+
+
+def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
+    """What a transport error means for retries, or `None` for errors that are not the
+    upstream's doing (a bad URL, an unsupported protocol...)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Outcome(local=Local.CONNECT_FAILURE)
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome(local=Local.TIMEOUT)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        if "REFUSED_STREAM" in str(exc):
+            return Outcome(local=Local.REFUSED_STREAM)
+        return Outcome(local=Local.RESET)
+    return None
+
+
+def _response_outcome(response: httpx.Response) -> Outcome:
+    grpc = response.headers.get("grpc-status")
+    grpc_status = int(grpc) if grpc is not None and grpc.isdigit() else None
+    return Outcome(response.status_code, None, grpc_status or None, response.headers)
+
+
+def _failed(call: Call, exc: httpx.TransportError, request: httpx.Request) -> Exception:
+    """The error a call ends with after `exc` ended its last attempt."""
+    if call.expired(time.monotonic()):
+        return to_httpx(DeadlineExceeded(call.describe("the deadline passed")), request)
+    exc.add_note(f"sail: {call.describe('gave up')}")
+    return exc
+
+
+def _repick(cluster: ClusterRuntime, policy: RetryPolicy, call: Call) -> Endpoint:
+    """The endpoint of the next attempt: a fresh pick, avoiding the endpoints already
+    tried when the policy has the `previous_hosts` predicate."""
+    endpoint = cluster.picker.pick()
+    if policy.previous_hosts:
+        tried = call.tried
+        for _ in range(policy.host_selection_retry_max_attempts):
+            if endpoint.authority not in tried:
+                break
+            endpoint = cluster.picker.pick()
+    return endpoint
+
+
+def _call_info(target: Target, call: Call) -> CallInfo:
+    return CallInfo(target.service, target.route.cluster or "", tuple(call.attempts))
+
+
+class _Releasing(httpx.SyncByteStream):
+    """A response body that ends its attempt's share of the circuit counters on close."""
+
+    __slots__ = ("_release", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            self._stream.close()
+        finally:
+            if release is not None:
+                release()
+
+
+class _AsyncReleasing(httpx.AsyncByteStream):
+    """The asyncio twin of `_Releasing`."""
+
+    __slots__ = ("_release", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if release is not None:
+                release()
 
 
 P = TypeVar("P", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
@@ -222,12 +362,50 @@ class MeshTransport(httpx.BaseTransport):
         target = _resolve(self._dataplane, state, request, name)
         if target.endpoint is None:
             return _direct_response(target, request)
-        pool = self._pools.get(target.endpoint.authority)
-        request.url = _to_endpoint(request, target)
+        return self._send(request, target, url)
+
+    def _send(self, request: httpx.Request, target: Target, url: httpx.URL) -> httpx.Response:
+        call = _start_call(request, target)
+        endpoint = target.endpoint
+        assert endpoint is not None and target.cluster is not None
+        timeouts = request.extensions.get("timeout")
         try:
-            return pool.handle_request(request)
+            while True:
+                _begin(call, request, timeouts)
+                authority = endpoint.authority
+                pool = self._pools.get(authority)
+                request.url = _to_endpoint(request, target, endpoint)
+                try:
+                    response = pool.handle_request(request)
+                except httpx.TransportError as exc:
+                    outcome = _local_outcome(exc)
+                    call.release()
+                    if outcome is None:
+                        raise
+                    wait = call.end(authority, outcome, time.monotonic())
+                    if wait is None:
+                        raise _failed(call, exc, request) from exc
+                else:
+                    wait = call.end(authority, _response_outcome(response), time.monotonic())
+                    if wait is None:
+                        response.stream = _Releasing(
+                            response.stream,  # type: ignore[arg-type]
+                            call.release,
+                        )
+                        response.extensions["sail"] = _call_info(target, call)
+                        return response
+                    response.close()
+                    call.release()
+                finally:
+                    request.url = url
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    endpoint = _repick(target.cluster, call.policy, call)
+                except NoHealthyUpstream as exc:
+                    raise to_httpx(exc, request) from None
         finally:
-            request.url = url
+            call.finish()
 
     def retire(self, live: frozenset[str]) -> None:
         if self._pools.retire(live) and self._reaper is None:
@@ -286,12 +464,52 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         target = _resolve(self._dataplane, state, request, name)
         if target.endpoint is None:
             return _direct_response(target, request)
-        pool = self._pools.get(target.endpoint.authority)
-        request.url = _to_endpoint(request, target)
+        return await self._send(request, target, url)
+
+    async def _send(
+        self, request: httpx.Request, target: Target, url: httpx.URL
+    ) -> httpx.Response:
+        call = _start_call(request, target)
+        endpoint = target.endpoint
+        assert endpoint is not None and target.cluster is not None
+        timeouts = request.extensions.get("timeout")
         try:
-            return await pool.handle_async_request(request)
+            while True:
+                _begin(call, request, timeouts)
+                authority = endpoint.authority
+                pool = self._pools.get(authority)
+                request.url = _to_endpoint(request, target, endpoint)
+                try:
+                    response = await pool.handle_async_request(request)
+                except httpx.TransportError as exc:
+                    outcome = _local_outcome(exc)
+                    call.release()
+                    if outcome is None:
+                        raise
+                    wait = call.end(authority, outcome, time.monotonic())
+                    if wait is None:
+                        raise _failed(call, exc, request) from exc
+                else:
+                    wait = call.end(authority, _response_outcome(response), time.monotonic())
+                    if wait is None:
+                        response.stream = _AsyncReleasing(
+                            response.stream,  # type: ignore[arg-type]
+                            call.release,
+                        )
+                        response.extensions["sail"] = _call_info(target, call)
+                        return response
+                    await response.aclose()
+                    call.release()
+                finally:
+                    request.url = url
+                if wait > 0:
+                    await anyio.sleep(wait)
+                try:
+                    endpoint = _repick(target.cluster, call.policy, call)
+                except NoHealthyUpstream as exc:
+                    raise to_httpx(exc, request) from None
         finally:
-            request.url = url
+            call.finish()
 
     def retire(self, live: frozenset[str]) -> None:
         self._pools.retire(live)

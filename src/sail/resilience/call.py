@@ -1,0 +1,185 @@
+"""One call through the mesh, attempt by attempt, with no I/O: the state machine that the
+httpx transports (and the gRPC channels) drive.
+
+```python
+call = Call(policy, limits, deadline, replayable)
+while True:
+    timeout = call.begin(now())          # raises UpstreamOverflow / DeadlineExceeded
+    outcome = <send the attempt with `timeout`, to an endpoint not in call.tried>
+    wait = call.end(endpoint, outcome, now())
+    if wait is None:                      # done: return this outcome to the caller
+        break                             # (call.release() once its response is closed)
+    call.release()                        # this attempt's response is dropped
+    <sleep wait>                          # (call.finish() if the call is abandoned here)
+```
+
+`begin` counts the attempt against the cluster's circuit breakers (`sail.resilience.limits`)
+and gives the attempt its timeout: what is left of the deadline, capped by the policy's
+`per_try_timeout`. `end` decides whether to retry (`sail.resilience.retry`,
+`sail.resilience.classify`): the policy's condition must match, attempts must remain, the
+body must be replayable (or never sent), the wait must end before the deadline, and the
+cluster's retry budget must have room. `release` ends the attempt's share of the counters.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from sail.errors import DeadlineExceeded, UpstreamOverflow
+from sail.resilience.classify import Local, Outcome, retry_condition
+from sail.resilience.retry import backoff, rate_limited_wait, testing_attempts
+
+if TYPE_CHECKING:
+    from sail.model import RetryPolicy
+    from sail.resilience.limits import ClusterLimits
+
+__all__ = ["Attempt", "Call", "CallInfo"]
+
+
+class Attempt(NamedTuple):
+    """One attempt of a call: the endpoint (`host:port`) and how it ended."""
+
+    endpoint: str
+    outcome: Outcome
+
+    def __str__(self) -> str:
+        return f"{self.outcome.reason} from {self.endpoint}"
+
+
+class CallInfo(NamedTuple):
+    """What a call through the mesh did, attached to its response
+    (`response.extensions["sail"]`): the service, the cluster, and every attempt in order.
+    `retried` says whether there was more than one."""
+
+    service: str
+    cluster: str
+    attempts: tuple[Attempt, ...]
+
+    @property
+    def retried(self) -> bool:
+        return len(self.attempts) > 1
+
+
+class Call:
+    """The attempts of one call (see the module docstring). Not shared between threads."""
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "holds_retry",
+        "limits",
+        "max_attempts",
+        "policy",
+        "rand",
+        "replayable",
+        "retry_reason",
+    )
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        limits: ClusterLimits,
+        deadline: float | None,
+        replayable: bool = True,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self.limits = limits
+        self.deadline = deadline
+        self.replayable = replayable
+        self.rand = rand
+        self.attempts: list[Attempt] = []
+        self.max_attempts = policy.num_retries + 1
+        cap = testing_attempts()
+        if cap is not None:
+            self.max_attempts = min(self.max_attempts, cap)
+        self.holds_retry = False
+        self.retry_reason: str | None = None
+
+    @property
+    def tried(self) -> frozenset[str]:
+        """The endpoints already tried (for the `previous_hosts` predicate)."""
+        return frozenset(a.endpoint for a in self.attempts)
+
+    def begin(self, now: float) -> float | None:
+        """Start an attempt; returns its timeout in seconds (`None`: no limit). Raises
+        `DeadlineExceeded` past the deadline and `UpstreamOverflow` over a threshold."""
+        limits = self.limits
+        deadline = self.deadline
+        if deadline is not None and now >= deadline:
+            limits.stats.rq_timeout += 1
+            raise DeadlineExceeded(self.describe("the deadline passed"))
+        reason = limits.overflow()
+        if reason is not None:
+            limits.stats.rq_overflow += 1
+            raise UpstreamOverflow(self.describe(f"cluster {limits.name!r}: {reason}"))
+        limits.active += 1
+        limits.stats.rq_total += 1
+        timeout = self.policy.per_try_timeout
+        if deadline is not None:
+            left = deadline - now
+            if timeout is None or left < timeout:
+                timeout = left
+        return timeout
+
+    def end(self, endpoint: str, outcome: Outcome, now: float) -> float | None:
+        """Record how the attempt to `endpoint` ended; the wait before the next attempt,
+        or `None` when this outcome is the call's result. Never raises: a local failure
+        past the deadline is for the transport to report (`expired`)."""
+        self.attempts.append(Attempt(endpoint, outcome))
+        limits = self.limits
+        was_retry = self.holds_retry
+        if was_retry:  # a retry is counted from the decision until its attempt ends
+            limits.end_retry()
+            self.holds_retry = False
+        if outcome.local is None and outcome.status < 500 and outcome.grpc_status is None:
+            if was_retry:
+                limits.stats.rq_retry_success += 1
+            return None  # the fast path: a success
+        deadline = self.deadline
+        if len(self.attempts) >= self.max_attempts:
+            return None
+        if deadline is not None and now >= deadline:
+            return None
+        policy = self.policy
+        condition = retry_condition(outcome, policy)
+        if condition is None:
+            return None
+        if not self.replayable and outcome.local is not Local.CONNECT_FAILURE:
+            return None  # the body was (perhaps partly) sent and cannot be sent again
+        wait = rate_limited_wait(policy, outcome.headers, self.rand)
+        if wait is None:
+            wait = backoff(policy, len(self.attempts), self.rand)
+        if deadline is not None and now + wait >= deadline:
+            return None
+        if not limits.try_retry():
+            return None
+        self.holds_retry = True
+        self.retry_reason = condition
+        return wait
+
+    def expired(self, now: float) -> bool:
+        """Whether the deadline has passed (counted as a timeout when it has)."""
+        if self.deadline is not None and now >= self.deadline:
+            self.limits.stats.rq_timeout += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """The current attempt is over (its response closed or dropped)."""
+        self.limits.active -= 1
+
+    def finish(self) -> None:
+        """The call is over before a reserved retry was attempted: give the retry back."""
+        if self.holds_retry:
+            self.limits.end_retry()
+            self.holds_retry = False
+
+    def describe(self, what: str) -> str:
+        """`what`, followed by the attempts made so far, for error messages."""
+        if not self.attempts:
+            return what
+        tried = "; ".join(str(a) for a in self.attempts)
+        return f"{what} after {len(self.attempts)} attempt(s): {tried}"

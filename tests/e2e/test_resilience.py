@@ -1,0 +1,347 @@
+"""Retries, deadlines and circuit breakers: sail and a real Envoy, driven by the same xDS,
+against the same scripted upstreams (`tests/e2e/flaky.py`), behave alike.
+
+Each scenario starts an Envoy (static bootstrap, the scenario's routes and cluster) and a
+sail mesh (local mode, the same resources), scripts the upstreams, sends the same requests
+through both, and compares what the upstreams saw and what the callers got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sail
+from sail import testing
+from sail.http.errors import DeadlineExceededError, UpstreamOverflowError
+from sail.resilience.deadline import inherited_deadline
+from tests.e2e.envoy import Envoy, bootstrap, launch_envoy
+from tests.e2e.procs import ROOT, start, stop
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.e2e
+
+NAMES = ("a", "b", "c")
+
+
+class Upstreams:
+    """Three flaky upstreams and their control paths."""
+
+    def __init__(self, ports: Mapping[str, int]) -> None:
+        self.ports = dict(ports)
+
+    def endpoints(self, *names: str) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.ports[n]) for n in (names or NAMES)]
+
+    def mode(self, name: str, mode: str, **params: Any) -> None:
+        query = {"mode": mode, **{k: str(v) for k, v in params.items()}}
+        httpx.get(f"http://127.0.0.1:{self.ports[name]}/__mode", params=query).raise_for_status()
+
+    def reset_all(self) -> None:
+        for name in self.ports:
+            self.mode(name, "ok")
+            httpx.get(f"http://127.0.0.1:{self.ports[name]}/__clear").raise_for_status()
+
+    def stats(self, name: str) -> dict[str, Any]:
+        response = httpx.get(f"http://127.0.0.1:{self.ports[name]}/__stats")
+        return dict(response.json())
+
+    def requests(self, name: str) -> int:
+        return int(self.stats(name)["requests"])
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[Upstreams]:
+    ports = {name: free_port() for name in NAMES}
+    procs = [
+        start([sys.executable, "-m", "tests.e2e.flaky", str(port), name],
+              env={"PYTHONPATH": str(ROOT)}, port=port)
+        for name, port in ports.items()
+    ]
+    try:
+        yield Upstreams(ports)
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+@pytest.fixture
+def flaky(upstreams: Upstreams) -> Iterator[Upstreams]:
+    upstreams.reset_all()
+    yield upstreams
+    upstreams.reset_all()
+
+
+def routes(**action: Any) -> dict[str, Any]:
+    return testing.route_config("svc", [testing.route("svc", **action)])
+
+
+@contextlib.contextmanager
+def run_envoy(
+    workdir: Path, route_config: Mapping[str, Any], endpoints: list[tuple[str, int]],
+    cluster: Mapping[str, Any],
+) -> Iterator[Envoy]:
+    port, admin_port = free_port(), free_port()
+    config = bootstrap(route_config, {"svc": endpoints}, port=port, admin_port=admin_port)
+    config["static_resources"]["clusters"][0].update(cluster)
+    envoy = launch_envoy(workdir, config, port=port, admin_port=admin_port)
+    try:
+        yield envoy
+    finally:
+        envoy.stop()
+
+
+@contextlib.contextmanager
+def run_mesh(
+    workdir: Path, route_config: Mapping[str, Any], endpoints: list[tuple[str, int]],
+    cluster: Mapping[str, Any],
+) -> Iterator[sail.Mesh]:
+    resources = [
+        testing.api_listener("svc", routes=route_config),
+        testing.eds_cluster("svc", **cluster),
+        testing.load_assignment("svc", endpoints),
+    ]
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}))
+    with sail.Mesh.local(path, poll_interval=0) as mesh:
+        yield mesh
+
+
+def envoy_stat(envoy: Envoy, name: str) -> int:
+    text = httpx.get(f"{envoy.admin_url}/stats", params={"filter": name}).text
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+RETRY_5XX = {
+    "retry_on": "5xx",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        },
+    }],
+    "retry_back_off": {"base_interval": "0.001s"},
+}
+
+
+def sequential(client: httpx.Client, url: str, n: int, **kwargs: Any) -> list[httpx.Response]:
+    return [client.get(url, **kwargs) for _ in range(n)]
+
+
+@pytest.mark.parametrize("failure", ["status", "reset"])
+def test_retry_to_another_host_matches_envoy(flaky: Upstreams, tmp_path: Path,
+                                             failure: str) -> None:
+    """One upstream of three fails every request (503, or a reset connection). With
+    `retry_on: 5xx` and `previous_hosts` every call succeeds, through Envoy and through sail,
+    and the failing upstream sees the same share of attempts. (Round robin makes that half
+    the calls in both: a retry takes the next host of the rotation, so the picks run
+    a, b, c→a, b, c→a...)"""
+    config = routes(retry_policy=RETRY_5XX)
+    n = 150
+    seen: dict[str, tuple[int, int, int]] = {}
+    flaky.mode("c", failure, status=503)
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), {}) as envoy:
+        with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+            replies = sequential(client, "/work", n)
+        assert [r.status_code for r in replies] == [200] * n
+        seen["envoy"] = (flaky.requests("a"), flaky.requests("b"), flaky.requests("c"))
+    flaky.reset_all()
+    flaky.mode("c", failure, status=503)
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), {}) as mesh:
+        with mesh.client() as client:
+            replies = sequential(client, "http://svc/work", n)
+        assert [r.status_code for r in replies] == [200] * n
+        seen["sail"] = (flaky.requests("a"), flaky.requests("b"), flaky.requests("c"))
+        retried = [r for r in replies if r.extensions["sail"].retried]
+        assert all(r.extensions["sail"].attempts[0].endpoint.endswith(
+            f":{flaky.ports['c']}") for r in retried)
+        assert len(retried) == seen["sail"][2]
+    for who, (a, b, c) in seen.items():
+        assert a + b == n, (who, seen)  # every call ended on a healthy upstream, once
+        assert c == pytest.approx(n / 2, abs=n * 0.1), (who, seen)
+    assert seen["sail"][2] == pytest.approx(seen["envoy"][2], abs=n * 0.15), seen
+
+
+def test_retries_exhausted_return_the_last_response(flaky: Upstreams, tmp_path: Path) -> None:
+    """Every upstream answers 503: each call makes 1 + num_retries attempts and returns the
+    last 503, through both."""
+    config = routes(retry_policy={**RETRY_5XX, "num_retries": 2})
+    for name in NAMES:
+        flaky.mode(name, "status", status=503)
+    n = 20
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), {}) as envoy:
+        with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+            statuses = [r.status_code for r in sequential(client, "/x", n)]
+        envoy_total = sum(flaky.requests(x) for x in NAMES)
+    flaky.reset_all()
+    for name in NAMES:
+        flaky.mode(name, "status", status=503)
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), {}) as mesh:
+        with mesh.client() as client:
+            replies = sequential(client, "http://svc/x", n)
+        sail_total = sum(flaky.requests(x) for x in NAMES)
+    assert statuses == [503] * n
+    assert [r.status_code for r in replies] == [503] * n
+    assert envoy_total == sail_total == 3 * n
+    assert {len(r.extensions["sail"].attempts) for r in replies} == {3}
+    # previous_hosts: the three attempts of a call went to three different upstreams
+    assert all(len({a.endpoint for a in r.extensions["sail"].attempts}) == 3 for r in replies)
+
+
+def test_without_a_policy_a_post_that_reached_the_server_is_not_retried(
+    flaky: Upstreams, tmp_path: Path
+) -> None:
+    """No retry policy on the route: a POST answered 503, or cut by a reset after it was
+    sent, is sent once; a connection refused (nothing sent) is retried on another host."""
+    config = routes()
+    flaky.mode("a", "status", status=503)
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints("a"), {}) as mesh:
+        with mesh.client() as client:
+            replies = [client.post("http://svc/order", content=b"{}") for _ in range(10)]
+            assert [r.status_code for r in replies] == [503] * 10
+            assert flaky.stats("a")["methods"] == {"POST": 10}
+            flaky.mode("a", "reset")
+            for _ in range(5):
+                with pytest.raises(httpx.TransportError) as info:
+                    client.post("http://svc/order", content=b"{}")
+                assert not isinstance(info.value, DeadlineExceededError)
+            assert flaky.stats("a")["methods"] == {"POST": 15}
+    dead = ("127.0.0.1", free_port())  # nothing listens there
+    flaky.reset_all()
+    with run_mesh(tmp_path / "sail2", config, [dead, *flaky.endpoints("b")], {}) as mesh:
+        with mesh.client() as client:
+            replies = [client.post("http://svc/order", content=b"{}") for _ in range(10)]
+    assert [r.status_code for r in replies] == [200] * 10
+    assert flaky.requests("b") == 10
+    refused = [r.extensions["sail"].attempts for r in replies if r.extensions["sail"].retried]
+    assert refused, "round robin must have picked the dead endpoint at least once"
+    assert all(a[0].outcome.reason == "connect-failure" for a in refused)
+
+
+# -- deadlines -----------------------------------------------------------------------------------
+
+def test_route_timeout_is_one_deadline_like_envoy(flaky: Upstreams, tmp_path: Path) -> None:
+    """A 0.4 s route timeout against an upstream that takes 3 s: Envoy answers 504 after
+    about 0.4 s; sail raises DeadlineExceededError after about 0.4 s. The upstream is told
+    the time it has in x-envoy-expected-rq-timeout-ms."""
+    config = routes(timeout="0.4s")
+    flaky.mode("a", "slow", delay=3)
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints("a"), {}) as envoy:
+        with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+            began = time.monotonic()
+            assert client.get("/slow").status_code == 504
+            envoy_elapsed = time.monotonic() - began
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints("a"), {}) as mesh:
+        with mesh.client() as client:
+            began = time.monotonic()
+            with pytest.raises(DeadlineExceededError, match="deadline"):
+                client.get("http://svc/slow")
+            sail_elapsed = time.monotonic() - began
+    assert 0.35 < envoy_elapsed < 1.0
+    assert 0.35 < sail_elapsed < 1.0
+    timeouts = [int(t) for t in flaky.stats("a")["timeouts"]]
+    assert timeouts and all(300 <= t <= 400 for t in timeouts), timeouts
+
+
+def test_per_try_timeout_retries_within_the_deadline(flaky: Upstreams, tmp_path: Path) -> None:
+    """per_try_timeout 0.3 s, timeout 2 s, retry_on 5xx: the first attempt hangs, the retry
+    answers; the call succeeds in about 0.3 s through both."""
+    config = routes(timeout="2s", retry_policy={**RETRY_5XX, "per_try_timeout": "0.3s"})
+    results: dict[str, float] = {}
+    for who in ("envoy", "sail"):
+        flaky.reset_all()
+        flaky.mode("a", "slow", delay=3, count=1)
+        if who == "envoy":
+            with run_envoy(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as envoy:
+                with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+                    # warm both connections up so that round robin starts on "a"
+                    began = time.monotonic()
+                    replies = [client.get("/p") for _ in range(4)]
+        else:
+            with run_mesh(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as mesh:
+                with mesh.client() as client:
+                    began = time.monotonic()
+                    replies = [client.get("http://svc/p") for _ in range(4)]
+        results[who] = time.monotonic() - began
+        assert [r.status_code for r in replies] == [200] * 4, who
+        assert flaky.requests("a") + flaky.requests("b") == 5, who  # one retry in all
+    for who, elapsed in results.items():
+        assert 0.28 < elapsed < 1.5, (who, results)
+
+
+def test_inherited_deadline_caps_the_call(flaky: Upstreams, tmp_path: Path) -> None:
+    """Code serving a request whose caller has 0.3 s left (sail's servers set this from
+    x-envoy-expected-rq-timeout-ms) makes a call on a route with the default 15 s: the
+    call gets 0.3 s, and the next hop is told so."""
+    flaky.mode("a", "slow", delay=3)
+    with run_mesh(tmp_path, routes(), flaky.endpoints("a"), {}) as mesh:
+        with mesh.client() as client:
+            token = inherited_deadline.set(time.monotonic() + 0.3)
+            try:
+                began = time.monotonic()
+                with pytest.raises(DeadlineExceededError):
+                    client.get("http://svc/inherit")
+                elapsed = time.monotonic() - began
+            finally:
+                inherited_deadline.reset(token)
+    assert 0.25 < elapsed < 0.9
+    (told,) = [int(t) for t in flaky.stats("a")["timeouts"]]
+    assert 200 <= told <= 300
+
+
+# -- circuit breakers ----------------------------------------------------------------------------
+
+def test_overflow_matches_envoy(flaky: Upstreams, tmp_path: Path) -> None:
+    """max_connections 1 and max_pending_requests 1, ten concurrent calls to an upstream
+    that takes 1 s: two are served (one connected, one pending), eight overflow at once -
+    Envoy answers those 503 with x-envoy-overloaded, sail raises UpstreamOverflowError."""
+    cluster = {"circuit_breakers": {"thresholds": [
+        {"max_connections": 1, "max_pending_requests": 1, "max_requests": 100}
+    ]}}
+    config = routes()
+    flaky.mode("a", "slow", delay=1)
+
+    async def burst(client: httpx.AsyncClient, url: str) -> list[Any]:
+        return await asyncio.gather(
+            *(client.get(url) for _ in range(10)), return_exceptions=True
+        )
+
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints("a"), cluster) as envoy:
+        async def via_envoy() -> list[Any]:
+            async with httpx.AsyncClient(base_url=envoy.url, headers={"host": "svc"},
+                                         timeout=10) as client:
+                return await burst(client, "/cb")
+        envoy_results = asyncio.run(via_envoy())
+        overflow_stat = envoy_stat(envoy, "cluster.svc.upstream_rq_pending_overflow")
+    envoy_overflow = [r for r in envoy_results if r.status_code == 503
+                      and r.headers.get("x-envoy-overloaded") == "true"]
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints("a"), cluster) as mesh:
+        async def via_sail() -> list[Any]:
+            async with mesh.async_client(timeout=10) as client:
+                return await burst(client, "http://svc/cb")
+        sail_results = asyncio.run(via_sail())
+        stats = mesh._dataplane.state.clusters["svc"].limits.stats
+    sail_overflow = [r for r in sail_results if isinstance(r, UpstreamOverflowError)]
+    assert len(envoy_overflow) == overflow_stat == 8
+    assert len(sail_overflow) == stats.rq_overflow == 8
+    assert "max_pending_requests (1)" in str(sail_overflow[0])
+    served = [r for r in sail_results if isinstance(r, httpx.Response)]
+    assert [r.status_code for r in served] == [200, 200]
