@@ -6,12 +6,15 @@ python benchmarks/http_overhead.py --quick         # a smoke run
 python benchmarks/http_overhead.py --json out.json --profile
 ```
 
-One run, one upstream (`upstream.py`, in its own process, on loopback), four clients:
+One run, one upstream (`upstream.py`, in its own process, on loopback), five clients:
 
 * `raw httpx`     - `httpx.Client` straight to the upstream: the floor;
 * `sail`          - `mesh.client()` of a local-mode mesh, one service with one endpoint;
 * `sail 3 ep rr`  - the same with three endpoints (three ports of the same upstream process),
                     round robin;
+* `sail full policy` - three endpoints, least request, and every resilience policy on:
+                    retry policy, retry budget, circuit breakers, outlier detection (no
+                    failures happen, so this is the cost of having them);
 * `envoy sidecar` - `httpx.Client` to a real Envoy on loopback (static listener, HTTP
                     connection manager, static cluster of the upstream): the hop a sidecar
                     mesh adds.
@@ -413,8 +416,39 @@ def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
 # -- sail ------------------------------------------------------------------------------------
 
 
+FULL_POLICY_ROUTE = {
+    "timeout": "10s",
+    "retry_policy": {
+        "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
+        "retriable_status_codes": [429],
+        "num_retries": 2,
+        "per_try_timeout": "5s",
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }],
+    },
+}
+FULL_POLICY_CLUSTER = {
+    "circuit_breakers": {"thresholds": [{
+        "max_connections": 1000, "max_pending_requests": 1000, "max_requests": 1000,
+        "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
+    }]},
+    "outlier_detection": {
+        "consecutive_5xx": 5, "consecutive_gateway_failure": 5, "interval": "10s",
+        "base_ejection_time": "30s", "max_ejection_percent": 50,
+        "success_rate_minimum_hosts": 3, "failure_percentage_threshold": 85,
+    },
+}
+
+
 def sail_mesh(ports: list[int], workdir: Path) -> Any:
-    """A local-mode mesh: service `upstream` (one endpoint) and `upstream-rr` (three)."""
+    """A local-mode mesh: service `upstream` (one endpoint), `upstream-rr` (three), and
+    `upstream-full` (three, least request, with every policy of the resilience work on:
+    retry policy, budget, circuit breakers, outlier detection)."""
     import sail
     from sail import testing
 
@@ -422,6 +456,14 @@ def sail_mesh(ports: list[int], workdir: Path) -> Any:
     resources += testing.service(
         "upstream-rr", {"upstream-rr": [("127.0.0.1", p) for p in ports]}
     )
+    resources += [
+        testing.api_listener("upstream-full"),
+        testing.route_config(
+            "upstream-full", [testing.route("upstream-full", **FULL_POLICY_ROUTE)]
+        ),
+        testing.eds_cluster("upstream-full", lb_policy="LEAST_REQUEST", **FULL_POLICY_CLUSTER),
+        testing.load_assignment("upstream-full", [("127.0.0.1", p) for p in ports]),
+    ]
     path = workdir / "mesh.json"
     path.write_text(json.dumps({"resources": resources}, indent=1))
     return sail.Mesh.local(path)
@@ -649,6 +691,8 @@ def run(args: argparse.Namespace) -> None:
             Contender("raw httpx", direct, httpx.Client, httpx.AsyncClient),
             Contender("sail", "http://upstream/", mesh.client, mesh.async_client),
             Contender("sail 3 ep rr", "http://upstream-rr/", mesh.client, mesh.async_client),
+            Contender("sail full policy", "http://upstream-full/", mesh.client,
+                      mesh.async_client),
             Contender("envoy sidecar", f"http://127.0.0.1:{envoy_port}/", httpx.Client,
                       httpx.AsyncClient, sidecar_pid=envoy.pid),
         ]
@@ -675,7 +719,9 @@ def run(args: argparse.Namespace) -> None:
                 "title": f"{title} (median of {args.rounds} rounds)",
                 "in_flight": in_flight,
                 "clients": clients,
-                "ratios": {n: ratios(clients, n) for n in ("sail", "sail 3 ep rr")},
+                "ratios": {
+                    n: ratios(clients, n) for n in ("sail", "sail 3 ep rr", "sail full policy")
+                },
             }
         progress("")
         results["memory"].update(envoy_rss_kib=rss_kib(envoy.pid), client_rss_kib=rss_kib())

@@ -5,7 +5,8 @@ import sail
 
 mesh = sail.Mesh.from_bootstrap()          # or sail.Mesh.local("mesh.yaml")
 with mesh.client() as http:                # an httpx.Client
-    http.get("http://reviews/reviews/1")   # routed, balanced by the mesh
+    r = http.get("http://reviews/reviews/1")   # routed, balanced, retried by the mesh
+    r.extensions["sail"]                   # a CallInfo: the attempts it took
 ```
 """
 
@@ -15,25 +16,31 @@ from sail.bootstrap import Bootstrap, load_bootstrap, parse_bootstrap
 from sail.errors import (
     BootstrapError,
     ConfigError,
+    DeadlineExceeded,
     NoHealthyUpstream,
     NoRoute,
     RequestError,
     ResourceError,
     SailError,
     UnknownService,
+    UpstreamOverflow,
     XdsError,
 )
 from sail.http.server import RequestContext, current_request, operation
 from sail.mesh import Mesh
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload
+from sail.resilience.call import Attempt, CallInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
     "Bootstrap",
     "BootstrapError",
+    "CallInfo",
     "ConfigError",
+    "DeadlineExceeded",
     "InProcessRegistrar",
     "Mesh",
     "MeshSnapshot",
@@ -45,6 +52,7 @@ __all__ = [
     "ResourceError",
     "SailError",
     "UnknownService",
+    "UpstreamOverflow",
     "Workload",
     "XdsError",
     "current_request",

@@ -24,30 +24,81 @@ from typing import NamedTuple
 import attrs
 
 from sail.balancing import Picker, UnavailablePicker, build_picker
+from sail.balancing.stats import ClusterStats
 from sail.errors import NoHealthyUpstream, UnknownService
 from sail.model import (
     Cluster,
     ClusterLoadAssignment,
     Endpoint,
+    HealthStatus,
     MeshSnapshot,
     RouteAction,
     RouteConfig,
 )
 from sail.resilience.limits import ClusterLimits
+from sail.resilience.outlier import OutlierDetector
 from sail.routing import Headers, Router, RouteResult
 
 __all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state"]
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class ClusterRuntime:
-    """A cluster as the request path sees it: its config, endpoints and picker, and its
-    circuit-breaker state (`limits`, kept across config updates of the cluster)."""
+    """A cluster as the request path sees it: its config, endpoints and picker, and what
+    outlives config updates of the cluster: its circuit-breaker state (`limits`), its
+    endpoints' in-flight counts (`hosts`, read by least request and slow start) and its
+    outlier detector (`outlier`, `None` without `outlier_detection`).
+
+    `picker` is the one field that changes in place: when the outlier detector ejects or
+    returns a host, the picker is rebuilt with the ejected hosts counted as unhealthy
+    (`ejected` is the set it was built with), so Envoy's panic threshold applies to them.
+    """
 
     cluster: Cluster
     assignment: ClusterLoadAssignment | None
     picker: Picker
     limits: ClusterLimits
+    hosts: ClusterStats
+    outlier: OutlierDetector | None = None
+    ejected: frozenset[str] = frozenset()
+    current: _Current | None = attrs.field(default=None, repr=False)
+
+    def rebuild(self, ejected: frozenset[str]) -> None:
+        """Rebuild the picker with `ejected` hosts unhealthy (an ejection, a return)."""
+        if self.assignment is not None:
+            self.picker = _picker(self.cluster, self.assignment, self.hosts, ejected)
+        self.ejected = ejected
+
+
+class _Current:
+    """The live runtime of a cluster, for its outlier detector's callback: a config update
+    replaces the runtime, and the detector, which outlives it, must reach the new one."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self) -> None:
+        self.runtime: ClusterRuntime | None = None
+
+    def on_change(self, ejected: frozenset[str]) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.rebuild(ejected)
+
+
+def _picker(
+    cluster: Cluster, assignment: ClusterLoadAssignment, hosts: ClusterStats,
+    ejected: frozenset[str],
+) -> Picker:
+    if ejected:
+        assignment = attrs.evolve(assignment, localities=tuple(
+            attrs.evolve(loc, endpoints=tuple(
+                attrs.evolve(e, health=HealthStatus.UNHEALTHY)
+                if e.authority in ejected and e.health is not HealthStatus.DRAINING else e
+                for e in loc.endpoints
+            ))
+            for loc in assignment.localities
+        ))
+    return build_picker(cluster, assignment, stats=hosts)
 
 
 @attrs.frozen
@@ -93,22 +144,51 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
         if prior is not None and prior.cluster == cluster and prior.assignment == assignment:
             clusters[name] = prior
             continue
-        picker: Picker
-        if assignment is None:
-            picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
-        else:
-            picker = build_picker(cluster, assignment)
-        if prior is not None:
-            limits = prior.limits
-            if prior.cluster != cluster:
-                limits.configure(cluster)
-        else:
-            limits = ClusterLimits(name, cluster)
-        clusters[name] = ClusterRuntime(cluster, assignment, picker, limits)
+        clusters[name] = _cluster_runtime(name, cluster, assignment, prior)
     authorities = frozenset(
         e.authority for cla in snapshot.endpoints.values() for e in cla.endpoints
     )
     return DataplaneState(snapshot, services, clusters, authorities)
+
+
+def _cluster_runtime(
+    name: str, cluster: Cluster, assignment: ClusterLoadAssignment | None,
+    prior: ClusterRuntime | None,
+) -> ClusterRuntime:
+    """A new runtime for a cluster whose config or endpoints changed, keeping the state
+    that outlives it (limits, host counts, the outlier detector)."""
+    if prior is not None:
+        limits, hosts = prior.limits, prior.hosts
+        outlier, current = prior.outlier, prior.current
+        if prior.cluster != cluster:
+            limits.configure(cluster)
+    else:
+        limits, hosts = ClusterLimits(name, cluster), ClusterStats()
+        outlier = current = None
+    config = cluster.outlier_detection
+    if config is None:
+        outlier = current = None
+    elif outlier is None or current is None:
+        current = _Current()
+        outlier = OutlierDetector(config, on_change=current.on_change)
+    elif outlier.config != config:
+        outlier.configure(config)
+    if outlier is not None and assignment is not None:
+        outlier.update_hosts(e.authority for e in assignment.endpoints)
+    ejected = outlier.ejected if outlier is not None else frozenset()
+    picker: Picker
+    if assignment is None:
+        picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
+    else:
+        picker = _picker(cluster, assignment, hosts, ejected)
+    runtime = ClusterRuntime(
+        cluster, assignment, picker, limits, hosts, outlier, ejected, current
+    )
+    if outlier is not None and current is not None:
+        current.runtime = runtime
+        if outlier.ejected != ejected:  # an ejection landed while this was being built
+            runtime.rebuild(outlier.ejected)
+    return runtime
 
 
 class Dataplane:

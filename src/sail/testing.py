@@ -11,6 +11,17 @@ with testing.XdsServer(testing.service("reviews", {"reviews-v1": [("127.0.0.1", 
 
 Resources are Envoy JSON dicts (each with an `"@type"`) or protobuf messages; the builders
 return dicts, so a test can tweak any field Envoy's API has before serving it.
+
+`set_testing(True)` (as stamina's) makes every mesh call a single attempt with no back-off,
+so a unit test of code that calls through the mesh sees each failure at once:
+
+```python
+@pytest.fixture(autouse=True)
+def no_retries():
+    testing.set_testing(True)
+    yield
+    testing.set_testing(False)
+```
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import grpc.aio
 
 from sail._loop import background_loop
 from sail.bootstrap import Bootstrap, parse_bootstrap
+from sail.resilience.retry import is_testing, set_testing
 from sail.xds.codec.envoy_json import load_resources
 from sail.xds.server import AckRecord, AdsServer, ResourceStore
 
@@ -31,10 +43,12 @@ __all__ = [
     "XdsServer",
     "api_listener",
     "eds_cluster",
+    "is_testing",
     "load_assignment",
     "route",
     "route_config",
     "service",
+    "set_testing",
 ]
 
 T = TypeVar("T")

@@ -345,3 +345,93 @@ def test_overflow_matches_envoy(flaky: Upstreams, tmp_path: Path) -> None:
     assert "max_pending_requests (1)" in str(sail_overflow[0])
     served = [r for r in sail_results if isinstance(r, httpx.Response)]
     assert [r.status_code for r in served] == [200, 200]
+
+
+# -- outlier detection ---------------------------------------------------------------------------
+
+OUTLIER = {"outlier_detection": {
+    "consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "2s",
+    "max_ejection_percent": 100,
+}}
+
+
+def test_consecutive_5xx_ejection_and_return_match_envoy(flaky: Upstreams,
+                                                          tmp_path: Path) -> None:
+    """One upstream of three answers 503. consecutive_5xx 3: its third 503 ejects it, and
+    no request reaches it while it is out - the same three requests in Envoy and sail.
+    After base_ejection_time (2 s) and the next interval tick it takes traffic again.
+
+    Then they differ, on purpose: sail resets a host's counters when it returns, so three
+    more 503s eject it again; Envoy 1.40 keeps counting from 3 and ejects when the count
+    *equals* the threshold, so a host that never succeeded is not ejected again by
+    consecutive_5xx (it got every third request of phase two)."""
+    config = routes()
+    phases: dict[str, tuple[int, int]] = {}
+
+    def drive(send: Any) -> tuple[int, int]:
+        for _ in range(45):
+            send()
+        first = flaky.requests("c")
+        time.sleep(3.6)  # ejection time + up to an interval
+        for _ in range(45):
+            send()
+        return first, flaky.requests("c") - first
+
+    flaky.mode("c", "status", status=503)
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), OUTLIER) as envoy:
+        with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+            phases["envoy"] = drive(lambda: client.get("/o"))
+        assert envoy_stat(envoy, "cluster.svc.outlier_detection.ejections_enforced_total") >= 2
+    flaky.reset_all()
+    flaky.mode("c", "status", status=503)
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), OUTLIER) as mesh:
+        with mesh.client() as client:
+            phases["sail"] = drive(lambda: client.get("http://svc/o"))
+        outlier = mesh._dataplane.state.clusters["svc"].outlier
+        assert outlier is not None and outlier.stats.ejections_enforced_total >= 2
+    assert phases["envoy"][0] == phases["sail"][0] == 3, phases
+    assert phases["sail"][1] == 3, phases
+    assert phases["envoy"][1] == 15, phases
+
+
+# -- least request -------------------------------------------------------------------------------
+
+def test_least_request_avoids_the_slow_host_like_envoy(flaky: Upstreams,
+                                                        tmp_path: Path) -> None:
+    """LEAST_REQUEST (power of two choices) with one upstream slow (0.3 s) and eight calls in
+    flight: the slow one holds requests longer, so both Envoy and sail send it far less
+    than the third that round robin would."""
+    config = routes()
+    cluster = {"lb_policy": "LEAST_REQUEST"}
+    shares: dict[str, float] = {}
+
+    async def drive(client: httpx.AsyncClient, url: str) -> None:
+        async def worker() -> None:
+            for _ in range(15):
+                (await client.get(url)).raise_for_status()
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+    for who in ("envoy", "sail"):
+        flaky.reset_all()
+        flaky.mode("a", "slow", delay=0.3)
+        if who == "envoy":
+            with run_envoy(tmp_path / who, config, flaky.endpoints(), cluster) as envoy:
+                async def via_envoy() -> None:
+                    async with httpx.AsyncClient(base_url=envoy.url, headers={"host": "svc"},
+                                                 timeout=10) as client:
+                        await drive(client, "/lr")
+                asyncio.run(via_envoy())
+        else:
+            with run_mesh(tmp_path / who, config, flaky.endpoints(), cluster) as mesh:
+                async def via_sail() -> None:
+                    async with mesh.async_client(timeout=10) as client:
+                        await drive(client, "http://svc/lr")
+                asyncio.run(via_sail())
+                hosts = mesh._dataplane.state.clusters["svc"].hosts
+                assert all(hosts.host(e).active == 0 for e in
+                           mesh._dataplane.state.clusters["svc"].assignment.endpoints)
+        total = sum(flaky.requests(n) for n in NAMES)
+        assert total == 120, who
+        shares[who] = flaky.requests("a") / total
+    assert shares["envoy"] < 0.2 and shares["sail"] < 0.2, shares
+    assert shares["sail"] == pytest.approx(shares["envoy"], abs=0.1), shares

@@ -7,9 +7,12 @@ import sail.errors
 def test_exported_names() -> None:
     assert sorted(sail.__all__) == sorted(
         [
+            "Attempt",
             "Bootstrap",
             "BootstrapError",
+            "CallInfo",
             "ConfigError",
+            "DeadlineExceeded",
             "InProcessRegistrar",
             "Mesh",
             "MeshSnapshot",
@@ -21,6 +24,7 @@ def test_exported_names() -> None:
             "ResourceError",
             "SailError",
             "UnknownService",
+            "UpstreamOverflow",
             "Workload",
             "XdsError",
             "current_request",

@@ -9,6 +9,11 @@ A pick goes down three steps, as in Envoy (docs "arch_overview/upstream/load_bal
 3. the **endpoint**, by the cluster's policy (`round_robin`, `random`...) over the healthy
    endpoints of that locality.
 
+The cluster's `ClusterStats` (`sail.balancing.stats`), when the caller keeps one, is brought
+up to date with the assignment (`observe`) and handed to the policy, so `least_request` reads
+live request counts and slow start knows when each endpoint joined. Without one, a private
+table is used: every count reads 0 and no endpoint is in slow start.
+
 Everything is decided at build time. Steps 1 and 2 are a random draw and a bisect each, and
 disappear when there is only one choice: a cluster with one priority and one locality gets
 its policy's picker itself. When `pick()` is given a request hash, steps 1 and 2 draw from the
@@ -31,13 +36,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 
 from sail.balancing import registry
 from sail.balancing.locality import effective_locality_weight
 from sail.balancing.priority import LevelHealth, priority_load
+from sail.balancing.stats import ClusterStats
 from sail.balancing.unavailable import UnavailablePicker
 from sail.balancing.weighted_choice import WeightedChoicePicker
 from sail.errors import ConfigError
@@ -46,7 +52,10 @@ from sail.model import Cluster, ClusterLoadAssignment, Endpoint, HealthStatus, L
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from sail.balancing.base import Picker, PolicyFactory
+    from sail.balancing.base import AnyPolicyFactory, LegacyPolicyFactory, Picker, PolicyFactory
+    from sail.model import LbPolicy
+
+    BoundFactory = Callable[[Sequence[Endpoint], LbPolicy], Picker]
 
 __all__ = ["build_picker"]
 
@@ -82,6 +91,7 @@ def build_picker(
     assignment: ClusterLoadAssignment,
     *,
     rand: Callable[[], float] = random.random,
+    stats: ClusterStats | None = None,
 ) -> Picker:
     """Build the picker for `cluster` over the endpoints of `assignment`.
 
@@ -92,6 +102,8 @@ def build_picker(
     * `assignment` - the endpoints by locality and priority, and `overprovisioning_factor`
       (percent, default 140).
     * `rand` - the draws for the priority and locality steps; tests pass a seeded one.
+    * `stats` - the cluster's counters, kept by the caller across rebuilds (one table per
+      cluster); optional. Updated here with the assignment's endpoints.
 
     Never fails for lack of endpoints: the picker then raises `NoHealthyUpstream` on `pick()`,
     naming the cluster and why. Raises `ConfigError` for a policy name nothing registered.
@@ -104,6 +116,12 @@ def build_picker(
             f"{cluster.lb_policy.name!r} (registered: {known})"
         )
     endpoints = assignment.endpoints
+    if stats is None:
+        stats = ClusterStats()
+        stats.observe(endpoints, now=float("-inf"))  # nobody new: no slow start
+    else:
+        stats.observe(endpoints)
+    bound = _bind(factory, stats)
     if not endpoints:
         return UnavailablePicker(f"cluster {cluster.name!r} has no endpoints")
 
@@ -120,9 +138,9 @@ def build_picker(
             continue
         if panic:
             hosts = [e for loc in level.localities for e in _counted(loc)]
-            picker = factory(hosts, cluster.lb_policy)
+            picker = bound(hosts, cluster.lb_policy)
         else:
-            picker = _level_picker(level, factory, cluster, factor, rand)
+            picker = _level_picker(level, bound, cluster, factor, rand)
         children.append((percent, picker, f"P{level.priority}" + (" panic" if panic else "")))
 
     if not children:
@@ -130,6 +148,14 @@ def build_picker(
     if len(children) == 1:
         return children[0][1]
     return WeightedChoicePicker(children, rand, _PRIORITY_SALT)
+
+
+def _bind(factory: AnyPolicyFactory, stats: ClusterStats) -> BoundFactory:
+    """`factory` as `(endpoints, policy) -> Picker`, passing `stats` when it takes them."""
+    if registry.takes_stats(factory):
+        full = cast("PolicyFactory", factory)
+        return lambda hosts, policy: full(hosts, policy, stats)
+    return cast("LegacyPolicyFactory", factory)
 
 
 def _levels(assignment: ClusterLoadAssignment) -> list[_Level]:
@@ -141,7 +167,7 @@ def _levels(assignment: ClusterLoadAssignment) -> list[_Level]:
 
 def _level_picker(
     level: _Level,
-    factory: PolicyFactory,
+    factory: BoundFactory,
     cluster: Cluster,
     factor: int,
     rand: Callable[[], float],

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sail.balancing.base import Picker
+    from sail.balancing.stats import ClusterStats
     from sail.model import Endpoint, LbPolicy
 
 __all__ = ["UniformRandomPicker", "WeightedRandomPicker", "random_picker"]
@@ -62,8 +63,12 @@ class WeightedRandomPicker:
         return f"WeightedRandomPicker({len(self._endpoints)} endpoints, total {self._total:g})"
 
 
-def random_picker(endpoints: Sequence[Endpoint], policy: LbPolicy | None = None) -> Picker:
-    """The `random` policy factory."""
+def random_picker(
+    endpoints: Sequence[Endpoint],
+    policy: LbPolicy | None = None,
+    stats: ClusterStats | None = None,
+) -> Picker:
+    """The `random` policy factory (`stats` unused)."""
     hosts = tuple(endpoints)
     if not hosts:
         return UnavailablePicker("no endpoints")

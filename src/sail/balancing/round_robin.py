@@ -6,6 +6,11 @@ rotation is precomputed into a tuple and a shared `itertools.count()` hands out 
 `next()` on a count is one atomic C call under the GIL, so any number of threads and
 coroutines can pick at once without a lock and without two of them drifting out of turn.
 
+**Slow start** (`slow_start_config`, Envoy's semantics, see `sail.balancing.edf`): while an
+endpoint is within its window the picker is Envoy's EDF with time-scaled weights (O(log N) a
+pick); once the last window has passed it hands over to the plain rotation. Slow start needs
+the cluster's `ClusterStats` to know when each endpoint joined.
+
 (gRPC's own `weighted_round_robin` is a different policy that weights endpoints by the load
 they report through ORCA; here the name is an alias of round robin, which honours the EDS
 `load_balancing_weight` of each endpoint.)
@@ -18,6 +23,7 @@ import random
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
+from sail.balancing.edf import DynamicEdfPicker, SlowStart
 from sail.balancing.schedule import (
     SCHEDULE_LIMIT,
     cumulative_bounds,
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sail.balancing.base import Picker
+    from sail.balancing.stats import ClusterStats
     from sail.model import Endpoint, LbPolicy
 
 __all__ = ["GoldenRatioPicker", "RoundRobinPicker", "round_robin_picker"]
@@ -87,17 +94,44 @@ class GoldenRatioPicker:
         return f"GoldenRatioPicker({len(self._endpoints)} endpoints, total weight {self._total})"
 
 
-def round_robin_picker(endpoints: Sequence[Endpoint], policy: LbPolicy | None = None) -> Picker:
+def round_robin_picker(
+    endpoints: Sequence[Endpoint],
+    policy: LbPolicy | None = None,
+    stats: ClusterStats | None = None,
+) -> Picker:
     """The `round_robin` / `weighted_round_robin` policy factory.
 
     * all weights equal: the endpoints in order, rotated;
     * otherwise weights are divided by their gcd and, when the cycle is at most
-      `SCHEDULE_LIMIT` long, laid out by `edf_schedule`; beyond that `GoldenRatioPicker`.
+      `SCHEDULE_LIMIT` long, laid out by `edf_schedule`; beyond that `GoldenRatioPicker`;
+    * with `slow_start_config` and an endpoint still in its window (known from `stats`):
+      a `DynamicEdfPicker` that becomes the above when the window ends.
     """
     hosts = tuple(endpoints)
     if not hosts:
         return UnavailablePicker("no endpoints")
     weights = host_weights(hosts)
+    steady = _static_picker(hosts, weights)
+    slow_start = SlowStart.from_policy(policy)
+    if slow_start is None or stats is None or len(hosts) < 2:
+        return steady
+    counters = [stats.host(e) for e in hosts]
+    starts, until = slow_start.starts(hosts, counters, stats.clock())
+    if until is None:
+        return steady
+    return DynamicEdfPicker(
+        hosts,
+        weights,
+        counters,
+        slow_start=slow_start,
+        starts=starts,
+        until=until,
+        steady=steady,
+        clock=stats.clock,
+    )
+
+
+def _static_picker(hosts: tuple[Endpoint, ...], weights: list[int]) -> Picker:
     if min(weights) == max(weights):
         return RoundRobinPicker(hosts)
     weights = reduce_weights(weights)

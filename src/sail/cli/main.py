@@ -1,7 +1,9 @@
 """`sail`: run the registry, change its config, inspect what processes run with.
 
-* `sail registry [--config PATH ...] [--address HOST:PORT] [--envoy-listener HOST:PORT]` -
-  run the control plane (token from `--token` or `$SAIL_REGISTRY_TOKEN`).
+* `sail registry [--config PATH ...] [--address HOST:PORT] [--envoy-listener HOST:PORT]
+  [--store memory|etcd://HOST:PORT[/PREFIX]]` - run the control plane (token from `--token`
+  or `$SAIL_REGISTRY_TOKEN`), keeping workloads and applied config in memory (the default)
+  or in etcd.
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
   `127.0.0.1:15010`).
@@ -96,13 +98,20 @@ def _run_registry(args: argparse.Namespace) -> int:
     import signal
 
     from sail.registry.server import Registry
+    from sail.registry.store import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")
 
+    try:
+        store = open_store(args.store)
+    except ValueError as exc:
+        raise SystemExit(f"sail registry: --store: {exc}") from None
+
     async def run() -> None:
         registry = Registry(
-            config_paths=args.config, token=token, envoy_listener=args.envoy_listener
+            config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
+            store=store,
         )
         try:
             port = await registry.start(args.address)
@@ -179,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.add_argument("--token", help="registration/admin API token")
     registry.add_argument("--envoy-listener", type=_address, metavar="HOST:PORT",
                           help="serve a port listener for Envoy clients there")
+    registry.add_argument("--store", default="memory", metavar="URL",
+                          help="where workloads and applied config live: 'memory' (default) "
+                               "or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix /sail/)")
     for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
         cmd = sub.add_parser(name, help=f"{text} in a running registry")
         cmd.add_argument("-f", "--file", required=True)

@@ -127,14 +127,20 @@ def _start_call(request: httpx.Request, target: Target) -> Call:
     deadline = call_deadline(
         action if isinstance(action, RouteAction) else None, request.headers, time.monotonic()
     )
-    return Call(policy, target.cluster.limits, deadline, _replayable(request))
+    cluster = target.cluster
+    return Call(
+        policy, cluster.limits, deadline, _replayable(request), outlier=cluster.outlier
+    )
 
 
-def _begin(call: Call, request: httpx.Request, timeouts: object) -> None:
-    """Start an attempt: circuit breakers, and this attempt's share of the deadline in its
-    timeouts and in `x-envoy-expected-rq-timeout-ms`."""
+def _begin(
+    call: Call, request: httpx.Request, timeouts: object, cluster: ClusterRuntime,
+    endpoint: Endpoint,
+) -> None:
+    """Start an attempt: circuit breakers, the endpoint's in-flight count, and this
+    attempt's share of the deadline in its timeouts and in `x-envoy-expected-rq-timeout-ms`."""
     try:
-        timeout = call.begin(time.monotonic())
+        timeout = call.begin(time.monotonic(), cluster.hosts.host(endpoint))
     except RequestError as exc:
         raise to_httpx(exc, request) from None
     if timeout is not None:
@@ -371,7 +377,7 @@ class MeshTransport(httpx.BaseTransport):
         timeouts = request.extensions.get("timeout")
         try:
             while True:
-                _begin(call, request, timeouts)
+                _begin(call, request, timeouts, target.cluster, endpoint)
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)
@@ -475,7 +481,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout")
         try:
             while True:
-                _begin(call, request, timeouts)
+                _begin(call, request, timeouts, target.cluster, endpoint)
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)

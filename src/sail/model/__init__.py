@@ -13,6 +13,14 @@ from sail.model.endpoint import (
     Locality,
     LocalityEndpoints,
 )
+from sail.model.fault import FaultAbort, FaultDelay, FaultPolicy
+from sail.model.headers import (
+    HeaderAppendAction,
+    HeaderMutations,
+    HeaderValueOption,
+    escape_header_value,
+    literal_header_value,
+)
 from sail.model.listener import HttpConnectionManager, HttpFilter, Listener
 from sail.model.matchers import (
     FractionalPercent,
@@ -26,12 +34,16 @@ from sail.model.policy import (
     CircuitBreakers,
     HashPolicy,
     OutlierDetection,
+    ResetHeader,
+    RetryBudget,
     RetryPolicy,
     Thresholds,
 )
 from sail.model.route import (
     ClusterWeight,
     DirectResponse,
+    FilterConfigs,
+    MirrorPolicy,
     PathMatch,
     PathMatchKind,
     RegexRewrite,
@@ -51,9 +63,16 @@ __all__ = [
     "DirectResponse",
     "DiscoveryType",
     "Endpoint",
+    "FaultAbort",
+    "FaultDelay",
+    "FaultPolicy",
+    "FilterConfigs",
     "FractionalPercent",
     "HashPolicy",
+    "HeaderAppendAction",
     "HeaderMatcher",
+    "HeaderMutations",
+    "HeaderValueOption",
     "HealthStatus",
     "HttpConnectionManager",
     "HttpFilter",
@@ -63,11 +82,14 @@ __all__ = [
     "Locality",
     "LocalityEndpoints",
     "MeshSnapshot",
+    "MirrorPolicy",
     "OutlierDetection",
     "PathMatch",
     "PathMatchKind",
     "QueryParameterMatcher",
     "RegexRewrite",
+    "ResetHeader",
+    "RetryBudget",
     "RetryPolicy",
     "Route",
     "RouteAction",
@@ -77,4 +99,6 @@ __all__ = [
     "StringMatcher",
     "Thresholds",
     "VirtualHost",
+    "escape_header_value",
+    "literal_header_value",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from sail.model.fault import FaultPolicy
 from sail.model.route import RouteConfig
 
 __all__ = ["HttpConnectionManager", "HttpFilter", "Listener"]
@@ -11,11 +12,16 @@ __all__ = ["HttpConnectionManager", "HttpFilter", "Listener"]
 
 @attrs.frozen
 class HttpFilter:
-    """One HTTP filter by name and type URL of its `typed_config`."""
+    """One HTTP filter by name and type URL of its `typed_config`.
+
+    `config` is the filter's own config where sail reads it: a fault filter's
+    `FaultPolicy`, `None` when it injects nothing (routes may still configure faults for it
+    by its `name`)."""
 
     name: str
     type_url: str
     is_optional: bool = False
+    config: FaultPolicy | None = None
 
 
 @attrs.frozen

@@ -7,6 +7,8 @@ import re
 
 import attrs
 
+from sail.model.fault import FaultPolicy
+from sail.model.headers import HeaderMutations
 from sail.model.matchers import (
     FractionalPercent,
     HeaderMatcher,
@@ -17,6 +19,8 @@ from sail.model.policy import HashPolicy, RetryPolicy
 __all__ = [
     "ClusterWeight",
     "DirectResponse",
+    "FilterConfigs",
+    "MirrorPolicy",
     "PathMatch",
     "PathMatchKind",
     "RegexRewrite",
@@ -26,6 +30,12 @@ __all__ = [
     "RouteMatch",
     "VirtualHost",
 ]
+
+
+FilterConfigs = tuple[tuple[str, FaultPolicy | None], ...]
+"""`typed_per_filter_config` entries sail understands, as `(filter name, config)` sorted by
+name: today fault filter configs (`FaultPolicy`), `None` for a `FilterConfig` that disables
+the filter there. Entries for other filter types are not kept."""
 
 
 class PathMatchKind(enum.Enum):
@@ -69,8 +79,23 @@ class RouteMatch:
 
 @attrs.frozen
 class ClusterWeight:
+    """One entry of `weighted_clusters`, with its own header mutations and per-filter
+    configs (the most specific level: they apply when this entry is picked)."""
+
     name: str
     weight: int
+    header_mutations: HeaderMutations | None = None
+    typed_per_filter_config: FilterConfigs = ()
+
+
+@attrs.frozen
+class MirrorPolicy:
+    """One `request_mirror_policies` entry: send a copy of `runtime_fraction` of the
+    requests (all of them when `None`) to `cluster`, fire and forget, with `-shadow`
+    appended to the host (`sail.routing.mirror`)."""
+
+    cluster: str
+    runtime_fraction: FractionalPercent | None = None
 
 
 @attrs.frozen
@@ -94,6 +119,7 @@ class RouteAction:
     * `host_rewrite_literal` - replaces the Host header.
     * `auto_host_rewrite` - replace the Host header with the chosen endpoint's `hostname`
       (Envoy's `auto_host_rewrite`; endpoints without a hostname keep the original Host).
+    * `request_mirror_policies` - where to mirror requests (`sail.routing.mirror.mirrors`).
     """
 
     cluster: str | None = None
@@ -107,6 +133,7 @@ class RouteAction:
     hash_policies: tuple[HashPolicy, ...] = ()
     max_stream_duration: float | None = None
     auto_host_rewrite: bool = False
+    request_mirror_policies: tuple[MirrorPolicy, ...] = ()
 
     def cluster_names(self) -> tuple[str, ...]:
         """The clusters this action may send to (empty for `cluster_header`)."""
@@ -126,11 +153,14 @@ class DirectResponse:
 @attrs.frozen
 class Route:
     """One route. `action` is a `RouteAction` or a `DirectResponse`; `None` stands for
-    Envoy's `non_forwarding_action`, used on server listeners."""
+    Envoy's `non_forwarding_action`, used on server listeners. `header_mutations` and
+    `typed_per_filter_config` are this level's (see `RouteConfig`)."""
 
     match: RouteMatch
     action: RouteAction | DirectResponse | None
     name: str = ""
+    header_mutations: HeaderMutations | None = None
+    typed_per_filter_config: FilterConfigs = ()
 
 
 @attrs.frozen
@@ -141,21 +171,37 @@ class VirtualHost:
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
     retry_policy: RetryPolicy | None = None
+    header_mutations: HeaderMutations | None = None
+    typed_per_filter_config: FilterConfigs = ()
 
 
 @attrs.frozen
 class RouteConfig:
-    """Envoy's `RouteConfiguration`."""
+    """Envoy's `RouteConfiguration`.
+
+    Header mutations exist at four levels: this configuration, a virtual host, a route and
+    a weighted cluster entry. Envoy evaluates the weighted cluster's first, then route,
+    virtual host and configuration (so the least specific wins a conflicting overwrite), or,
+    with `most_specific_header_mutations_wins`, configuration, virtual host, route (the
+    weighted cluster's still first). Per-filter configs: the most specific level wins.
+    """
 
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
+    header_mutations: HeaderMutations | None = None
+    most_specific_header_mutations_wins: bool = False
+    typed_per_filter_config: FilterConfigs = ()
 
     def cluster_names(self) -> frozenset[str]:
-        """Every cluster named by a route action of this configuration."""
+        """Every cluster named by a route action of this configuration, mirror clusters
+        included."""
         return frozenset(
             name
             for vh in self.virtual_hosts
             for route in vh.routes
             if isinstance(route.action, RouteAction)
-            for name in route.action.cluster_names()
+            for name in (
+                *route.action.cluster_names(),
+                *(m.cluster for m in route.action.request_mirror_policies),
+            )
         )

@@ -70,14 +70,21 @@ resulting set of documents is validated first; if it is invalid the call is
 **Delete** `{"source"}` → `{"ok": true}`: remove a document, after validating the set
 without it (`INVALID_ARGUMENT` if that is invalid); `NOT_FOUND` if there is no such source.
 
+Apply and Delete are serialized in a registry. With a store shared by several registries
+(etcd), a config changed at another registry while this one validated is noticed by the
+store, and the call validates again against the new set (up to 3 times, then `ABORTED`).
+
 **Status** `{}` → the registry's status (connected clients and the config versions they
 acknowledged, workloads...), as the server supplies it.
 
+A store that cannot reach its backend (`--store etcd://...` while etcd is down) makes
+every write `UNAVAILABLE`, with a message naming etcd and its address; registrars retry.
 An unexpected failure inside the registry is `INTERNAL` and logged there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -86,7 +93,7 @@ from typing import Any
 import grpc
 
 from sail.errors import ConfigError
-from sail.registry.store import DEFAULT_TTL, Store
+from sail.registry.store import DEFAULT_TTL, Store, StoreConflict, StoreUnavailable
 from sail.registry.wire import (
     MAX_TTL,
     SERVICE,
@@ -104,6 +111,9 @@ __all__ = ["RegistryApi"]
 log = logging.getLogger("sail.registry.api")
 
 Json = dict[str, Any]
+Handler = Callable[[Json], Awaitable[Json]]
+
+_CONFIG_ATTEMPTS = 3
 
 
 class _Reject(Exception):
@@ -144,8 +154,10 @@ class RegistryApi:
     * `status_provider` - returns the JSON-serializable dict that `Status` answers.
     * `default_ttl` - the lease TTL when Register gives none.
 
-    Handlers do their work without awaiting, so each call is atomic on the event loop: two
-    Apply calls cannot validate against the same old set and both be stored.
+    Handlers run on the event loop and await the store's writes. Apply and Delete hold a
+    lock from reading the config set to storing the change, so two of them cannot validate
+    against the same old set and both be stored; a change made meanwhile at another
+    registry sharing the store is `StoreConflict`, and the call validates again.
     """
 
     def __init__(
@@ -168,7 +180,8 @@ class RegistryApi:
         self._validate = validate_config
         self._status = status_provider
         self._default_ttl = default_ttl
-        self._handlers: dict[str, Callable[[Json], Json]] = {
+        self._config_lock = asyncio.Lock()
+        self._handlers: dict[str, Handler] = {
             "Register": self._register,
             "Heartbeat": self._heartbeat,
             "SetHealth": self._set_health,
@@ -192,9 +205,7 @@ class RegistryApi:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def _rpc(
-        self, method: str, handler: Callable[[Json], Json]
-    ) -> Callable[[Any, Any], Awaitable[bytes]]:
+    def _rpc(self, method: str, handler: Handler) -> Callable[[Any, Any], Awaitable[bytes]]:
         async def call(request: Any, context: Any) -> bytes:
             try:
                 self._authenticate(method, context.invocation_metadata() or ())
@@ -202,11 +213,14 @@ class RegistryApi:
                     raise _Reject(_INVALID, f"{method}: body is not JSON: {request.reason}")
                 if not isinstance(request, dict):
                     raise _Reject(_INVALID, f"{method}: body must be a JSON object")
-                return encode(handler(request))
+                return encode(await handler(request))
             except _Reject as exc:
                 rejection = exc
             except BodyError as exc:
                 rejection = _Reject(_INVALID, f"{method}: {exc}")
+            except StoreUnavailable as exc:
+                log.warning("registry API %s: %s", method, exc)
+                rejection = _Reject(grpc.StatusCode.UNAVAILABLE, f"{method}: {exc}")
             except Exception as exc:
                 log.exception("registry API %s failed", method)
                 rejection = _Reject(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc!r}")
@@ -237,59 +251,76 @@ class RegistryApi:
 
     # -- workloads ----------------------------------------------------------------------------
 
-    def _register(self, body: Json) -> Json:
+    async def _register(self, body: Json) -> Json:
         workload, health, ttl = workload_from_json(body, self._default_ttl)
-        lease = self._store.put_workload(workload, health, ttl)
+        lease = await self._store.put_workload(workload, health, ttl)
         log.info("registered %s (%s, lease %s, ttl %gs)", workload.key, health.name, lease.id, ttl)
         return {"lease_id": lease.id, "ttl": lease.ttl}
 
-    def _heartbeat(self, body: Json) -> Json:
+    async def _heartbeat(self, body: Json) -> Json:
         check_fields(body, ("lease_id",))
         lease_id = string_field(body, "lease_id")
-        if not self._store.heartbeat(lease_id):
+        if not await self._store.heartbeat(lease_id):
             raise _unknown_lease("Heartbeat", lease_id)
         return {"ok": True}
 
-    def _set_health(self, body: Json) -> Json:
+    async def _set_health(self, body: Json) -> Json:
         check_fields(body, ("lease_id", "health"))
         lease_id = string_field(body, "lease_id")
         health = health_field(body)
-        if not self._store.set_health(lease_id, health):
+        if not await self._store.set_health(lease_id, health):
             raise _unknown_lease("SetHealth", lease_id)
         log.info("lease %s is now %s", lease_id, health.name)
         return {"ok": True}
 
-    def _deregister(self, body: Json) -> Json:
+    async def _deregister(self, body: Json) -> Json:
         check_fields(body, ("lease_id",))
         lease_id = string_field(body, "lease_id")
-        if not self._store.remove_workload(lease_id):
+        if not await self._store.remove_workload(lease_id):
             raise _unknown_lease("Deregister", lease_id)
         log.info("deregistered lease %s", lease_id)
         return {"ok": True}
 
     # -- config and status --------------------------------------------------------------------
 
-    def _apply(self, body: Json) -> Json:
+    async def _apply(self, body: Json) -> Json:
         check_fields(body, ("source", "yaml"))
         source = string_field(body, "source")
         text = body.get("yaml")
         if not isinstance(text, str):
             raise BodyError(f"'yaml' must be a string of YAML text, got {type(text).__name__}")
-        candidate = self._store.configs()
-        candidate[source] = text
-        self._check("Apply", candidate)
-        self._store.put_config(source, text)
+        async with self._config_lock:
+            for _ in range(_CONFIG_ATTEMPTS):
+                candidate = self._store.configs()
+                candidate[source] = text
+                self._check("Apply", candidate)
+                try:
+                    await self._store.put_config(source, text)
+                    break
+                except StoreConflict as exc:
+                    log.info("Apply %r: %s", source, exc)
+            else:
+                raise _conflict("Apply")
         log.info("applied config source %r (%d bytes)", source, len(text))
         return {"ok": True}
 
-    def _delete(self, body: Json) -> Json:
+    async def _delete(self, body: Json) -> Json:
         check_fields(body, ("source",))
         source = string_field(body, "source")
-        candidate = self._store.configs()
-        if candidate.pop(source, None) is None:
-            raise _Reject(_NOT_FOUND, f"Delete: no config source {source!r}")
-        self._check("Delete", candidate)
-        self._store.delete_config(source)
+        async with self._config_lock:
+            for _ in range(_CONFIG_ATTEMPTS):
+                candidate = self._store.configs()
+                if candidate.pop(source, None) is None:
+                    raise _Reject(_NOT_FOUND, f"Delete: no config source {source!r}")
+                self._check("Delete", candidate)
+                try:
+                    if not await self._store.delete_config(source):
+                        raise _Reject(_NOT_FOUND, f"Delete: no config source {source!r}")
+                    break
+                except StoreConflict as exc:
+                    log.info("Delete %r: %s", source, exc)
+            else:
+                raise _conflict("Delete")
         log.info("deleted config source %r", source)
         return {"ok": True}
 
@@ -299,7 +330,7 @@ class RegistryApi:
         except ConfigError as exc:
             raise _Reject(_INVALID, f"{method}: {exc}") from exc
 
-    def _status_call(self, body: Json) -> Json:
+    async def _status_call(self, body: Json) -> Json:
         check_fields(body, ())
         return dict(self._status())
 
@@ -307,6 +338,14 @@ class RegistryApi:
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+
+
+def _conflict(method: str) -> _Reject:
+    return _Reject(
+        grpc.StatusCode.ABORTED,
+        f"{method}: the config kept changing at other registries while it was validated; "
+        "try again",
+    )
 
 
 def _unknown_lease(method: str, lease_id: str) -> _Reject:

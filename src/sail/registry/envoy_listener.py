@@ -4,22 +4,23 @@ gRPC and sail ask for one API listener per service; Envoy subscribes to every li
 ignores API listeners, so the registry also serves one *port* listener for Envoy sidecars:
 an HCM on `address:port` whose routes (`sail_outbound`, over RDS) hold one virtual host
 per service, chosen by the Host header, as Istio's outbound listener does. Each virtual host
-carries the same routes as that service's own route configuration.
+carries the same routes (and virtual-host level settings) as that service's own route
+configuration, and its HCM the same HTTP filters (fault, then router), so a VirtualService's
+faults, mirrors and headers apply in Envoy too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sail.model import HttpConnectionManager, HttpFilter, Listener, RouteConfig, VirtualHost
+import attrs
+
+from sail.model import HttpConnectionManager, Listener, RouteConfig, VirtualHost
+from sail.registry.translate import HTTP_FILTERS
 
 __all__ = ["OUTBOUND", "outbound_listener", "outbound_routes"]
 
 OUTBOUND = "sail_outbound"
-_ROUTER = HttpFilter(
-    "envoy.filters.http.router",
-    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-)
 
 
 def outbound_routes(route_configs: Sequence[RouteConfig]) -> RouteConfig:
@@ -37,13 +38,13 @@ def outbound_routes(route_configs: Sequence[RouteConfig]) -> RouteConfig:
         if not domains:
             continue
         claimed.update(d.lower() for d in domains)
-        hosts.append(VirtualHost(config.name, domains, vhost.routes, vhost.retry_policy))
+        hosts.append(attrs.evolve(vhost, name=config.name, domains=domains))
     return RouteConfig(OUTBOUND, tuple(hosts))
 
 
 def outbound_listener(address: str, port: int) -> Listener:
     return Listener(
         name=f"{OUTBOUND}_{port}",
-        hcm=HttpConnectionManager(rds_name=OUTBOUND, http_filters=(_ROUTER,)),
+        hcm=HttpConnectionManager(rds_name=OUTBOUND, http_filters=HTTP_FILTERS),
         address=(address, port),
     )

@@ -11,6 +11,10 @@ sweeper.cancel()
 ```
 
 A dead workload is gone at most `ttl + interval` seconds after its last heartbeat.
+
+A store whose leases expire by themselves (`sail.registry.etcd.EtcdStore`: etcd revokes the
+lease and the store's watch tells the watchers) returns nothing from `expire()`, and the
+sweep costs nothing.
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ ClusterLoadAssignment resources, which replace the served set at once under a ne
 registry-wide version. A rebuild that fails keeps the last good resources serving and
 records the error (`sail status` shows it). Config given at start (`--config`) must be
 valid, or the registry does not start.
+
+The store (`sail.registry.store`) is in memory unless one is given, such as
+`sail.registry.etcd.EtcdStore` (`sail registry --store etcd://HOST:PORT`), which several
+registries can share: a change made at any of them reaches every one's watchers, so each
+rebuilds and serves it. The registry starts its store before serving (a store that cannot
+reach its backend stops the start) and closes it when it stops.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ class Registry:
 
     * `config_paths` - files or folders of Istio-style YAML loaded at start (they are not
       changed by `sail apply`, which adds config of its own in the store).
-    * `store` - where workloads and applied config live (default: in memory).
+    * `store` - where workloads and applied config live (default: in memory). The registry
+      starts it and closes it.
     * `token` - the bearer token the registration/admin API requires (`None`: no auth,
       for local development only).
     * `envoy_listener` - `(address, port)` of the port listener served for Envoy clients;
@@ -99,7 +106,9 @@ class Registry:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
-        """Serve on `address` (`host:port`, port 0 picks one); returns the port."""
+        """Serve on `address` (`host:port`, port 0 picks one); returns the port.
+        `StoreUnavailable` if the store cannot reach its backend."""
+        await self.store.start()
         # grpc.aio accepts one new call at a time and refuses calls past
         # `max_pending_requests` (1,000 by default): after a registry restart thousands of
         # clients reconnect at once, and the defaults turned some of them away.
@@ -114,6 +123,7 @@ class Registry:
         self.api.add_to(server)
         self.port = server.add_insecure_port(address)
         if self.port == 0:
+            await self.store.close()
             raise OSError(f"cannot listen on {address} (in use?)")
         await server.start()
         self._server = server
@@ -137,6 +147,7 @@ class Registry:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+        await self.store.close()
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -211,6 +222,7 @@ class Registry:
         return {
             "version": self.resources.version,
             "config_error": self.last_error,
+            "store": self.store.status(),
             "workloads": [
                 {
                     "service": w.service,

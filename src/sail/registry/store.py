@@ -1,30 +1,50 @@
 """What the registry knows: live workloads under leases, and config documents by source.
 
-`Store` is the interface the rest of the registry uses; `MemoryStore` is the default, and an
-etcd-backed store can implement the same protocol (etcd has leases of its own) without
-anything else changing.
+`Store` is the interface the rest of the registry uses. Two implement it:
+
+* `MemoryStore` (the default): state lives in the registry's process and is lost when it
+  stops; workloads re-register on their next heartbeat (answered NOT_FOUND).
+* `sail.registry.etcd.EtcdStore` (`sail registry --store etcd://HOST:PORT`): state lives in
+  etcd, so a restarted registry finds every workload and config document, and several
+  registries sharing one etcd serve the same mesh. `open_store(url)` makes either.
+
+**Writes are async, reads are not.** The write methods (`put_workload`, `heartbeat`,
+`set_health`, `remove_workload`, `put_config`, `delete_config`) are coroutines: an etcd
+store does network I/O there, and it must not block the registry's event loop. The reads
+(`workloads()`, `configs()`) are plain calls on an in-memory view, which the etcd store keeps
+current from an etcd watch. When a write returns, the store's view (and its watchers) have
+seen it, so a read right after a write sees the write. A store that cannot reach its
+backend raises `StoreUnavailable` (the API answers UNAVAILABLE) and keeps its last view.
 
 **Leases.** A workload is registered under a lease with a TTL (10 s by default). Each
 heartbeat renews it for another TTL; a lease not renewed in time has *lapsed*. A lapsed
 workload is never listed by `workloads()` and its lease id is unknown to `heartbeat`,
-`set_health` and `remove_workload`; `expire()` removes lapsed workloads and tells watchers,
-so the server calls it periodically (`sail.registry.leases.run_expiry`). A workload killed
-with `kill -9` is thus gone from EDS at most TTL + one sweep interval after its last
-heartbeat.
+`set_health` and `remove_workload`. In the memory store `expire()` removes lapsed workloads
+and tells watchers, so the server calls it periodically (`sail.registry.leases.run_expiry`);
+etcd expires its leases itself (`expire()` returns `[]`) and the watch removes the workload.
+A workload killed with `kill -9` is thus gone from EDS about a TTL after its last heartbeat.
 
 **One workload, one lease.** Workloads are keyed by `Workload.key` (service, address,
 port). Registering a key that is already registered replaces the old lease: a process that
 restarts on the same address, or a client re-registering after the registry lost its state,
 does not leave a twin behind.
 
-**Watchers** are called with no arguments after every change, expiries included; they
-re-read what they need. They run synchronously inside the call that changed the store, so
-they should be quick: schedule the work (rebuild xDS resources, debounced), don't do it.
+**Config writes are checked.** `put_config` and `delete_config` raise `StoreConflict` when
+the config documents changed (at another registry sharing the store) since `configs()` was
+read on the same turn of the loop; the caller reads them again, validates and retries.
+`MemoryStore` never raises it: one registry, one loop.
 
-**Threads.** `MemoryStore` is not thread-safe and takes no locks: use it from one asyncio
-event loop, the registry's (the gRPC handlers and the expiry task all run there). An
-implementation whose changes arrive on another thread (an etcd watch) must hop onto that
-loop (`loop.call_soon_threadsafe`) before changing its state or calling watchers.
+**Watchers** are called with no arguments after every change that `workloads()` or
+`configs()` can see, expiries and changes made by another registry included; they re-read
+what they need. They run synchronously on the registry's loop, so they should be quick:
+schedule the work (rebuild xDS resources, debounced), don't do it.
+
+**Lifecycle.** `await store.start()` before use (the etcd store loads its view and starts
+watching; it raises `StoreUnavailable` if etcd cannot be reached), `await store.close()`
+after. `status()` describes the store for `sail status`.
+
+**Threads.** Stores are not thread-safe and take no locks: use them from one asyncio event
+loop, the registry's (the gRPC handlers, the expiry task and the etcd watch all run there).
 """
 
 from __future__ import annotations
@@ -34,19 +54,37 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
+from sail.errors import SailError
 from sail.model import HealthStatus
 from sail.registration import Workload
 
-__all__ = ["DEFAULT_TTL", "Lease", "MemoryStore", "Store"]
+__all__ = [
+    "DEFAULT_TTL",
+    "Lease",
+    "MemoryStore",
+    "Store",
+    "StoreConflict",
+    "StoreUnavailable",
+    "open_store",
+]
 
 log = logging.getLogger("sail.registry.store")
 
 DEFAULT_TTL = 10.0
 """Seconds a lease lives without a heartbeat (clients heartbeat every 3 s by default)."""
+
+
+class StoreUnavailable(SailError, ConnectionError):
+    """The store's backend (etcd) cannot be reached; the message names it and its address."""
+
+
+class StoreConflict(SailError):
+    """The config documents changed (at another registry) since they were read: read them
+    again, validate and retry."""
 
 
 @attrs.frozen
@@ -62,24 +100,34 @@ class Lease:
 class Store(Protocol):
     """The registry's state. Every method is called from the registry's event loop."""
 
-    def put_workload(
+    async def start(self) -> None:
+        """Get ready (load state, start watching); `StoreUnavailable` if the backend is
+        unreachable."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+        ...
+
+    async def put_workload(
         self, workload: Workload, health: HealthStatus = HealthStatus.HEALTHY,
         ttl: float = DEFAULT_TTL,
     ) -> Lease:
         """Register `workload` (replacing any lease of the same `workload.key`) under a new
-        lease of `ttl` seconds (> 0, else `ValueError`)."""
+        lease of `ttl` seconds (> 0, else `ValueError`). A store may round the TTL up (etcd
+        counts whole seconds, at least 2): the returned lease says what was granted."""
         ...
 
-    def heartbeat(self, lease_id: str) -> bool:
+    async def heartbeat(self, lease_id: str) -> bool:
         """Renew a lease for another TTL. False if it is unknown or has lapsed: the client
         must register again."""
         ...
 
-    def set_health(self, lease_id: str, health: HealthStatus) -> bool:
+    async def set_health(self, lease_id: str, health: HealthStatus) -> bool:
         """Change a live workload's health (and renew its lease). False if unknown."""
         ...
 
-    def remove_workload(self, lease_id: str) -> bool:
+    async def remove_workload(self, lease_id: str) -> bool:
         """Deregister. False if the lease is unknown or has lapsed."""
         ...
 
@@ -87,12 +135,14 @@ class Store(Protocol):
         """Live workloads with their health, ordered by `Workload.key`."""
         ...
 
-    def put_config(self, source: str, text: str) -> None:
-        """Store a config document (raw YAML) under a source name, replacing it."""
+    async def put_config(self, source: str, text: str) -> None:
+        """Store a config document (raw YAML) under a source name, replacing it.
+        `StoreConflict` if the documents changed since `configs()` (module docstring)."""
         ...
 
-    def delete_config(self, source: str) -> bool:
-        """Remove a config document. False if there was none under `source`."""
+    async def delete_config(self, source: str) -> bool:
+        """Remove a config document. False if there was none under `source`.
+        `StoreConflict` as `put_config`."""
         ...
 
     def configs(self) -> dict[str, str]:
@@ -108,12 +158,60 @@ class Store(Protocol):
         return them. A store whose leases expire by themselves (etcd) returns `[]`."""
         ...
 
+    def status(self) -> dict[str, Any]:
+        """What the store is and how it is doing, JSON-serializable (`{"kind": ...}`)."""
+        ...
+
+
+def open_store(url: str) -> Store:
+    """The store a `--store` URL names: `memory` (the default) or
+    `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (see `sail.registry.etcd`). `ValueError` for
+    anything else."""
+    text = url.strip()
+    if text in ("memory", "memory:", "memory://"):
+        return MemoryStore()
+    if text.startswith("etcd://"):
+        from sail.registry.etcd import EtcdStore
+
+        return EtcdStore.from_url(text)
+    raise ValueError(
+        f"unknown store {url!r}: expected 'memory' or 'etcd://HOST:PORT[/PREFIX]'"
+    )
+
+
+class Watchers:
+    """Callbacks told of every change; one failing does not stop the others."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def stop() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return stop
+
+    def notify(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:  # one broken watcher must not stop the others or the change
+                log.exception("store watcher %r failed", callback)
+
 
 @attrs.define
 class _Entry:
     workload: Workload
     health: HealthStatus
     lease: Lease
+
+
+def check_ttl(ttl: float) -> None:
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
 
 
 class MemoryStore:
@@ -125,7 +223,8 @@ class MemoryStore:
     * `clock` - seconds on a monotonic clock; tests inject a fake one to expire leases
       without waiting.
 
-    Not thread-safe (see the module docstring): one event loop only.
+    Its coroutines never suspend, so each call is atomic on the loop. Not thread-safe (see
+    the module docstring): one event loop only.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -133,16 +232,24 @@ class MemoryStore:
         self._leases: dict[str, _Entry] = {}
         self._by_key: dict[str, str] = {}  # Workload.key -> lease id
         self._configs: dict[str, str] = {}
-        self._watchers: list[Callable[[], None]] = []
+        self._watchers = Watchers()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "memory"}
 
     # -- workloads ----------------------------------------------------------------------------
 
-    def put_workload(
+    async def put_workload(
         self, workload: Workload, health: HealthStatus = HealthStatus.HEALTHY,
         ttl: float = DEFAULT_TTL,
     ) -> Lease:
-        if not (ttl > 0 and math.isfinite(ttl)):
-            raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
+        check_ttl(ttl)
         old = self._by_key.pop(workload.key, None)
         if old is not None:
             del self._leases[old]
@@ -152,14 +259,14 @@ class MemoryStore:
         self._changed()
         return lease
 
-    def heartbeat(self, lease_id: str) -> bool:
+    async def heartbeat(self, lease_id: str) -> bool:
         entry = self._live(lease_id)
         if entry is None:
             return False
         self._renew(entry)
         return True
 
-    def set_health(self, lease_id: str, health: HealthStatus) -> bool:
+    async def set_health(self, lease_id: str, health: HealthStatus) -> bool:
         entry = self._live(lease_id)
         if entry is None:
             return False
@@ -169,7 +276,7 @@ class MemoryStore:
             self._changed()
         return True
 
-    def remove_workload(self, lease_id: str) -> bool:
+    async def remove_workload(self, lease_id: str) -> bool:
         entry = self._live(lease_id)
         if entry is None:
             return False
@@ -207,13 +314,13 @@ class MemoryStore:
 
     # -- config documents ---------------------------------------------------------------------
 
-    def put_config(self, source: str, text: str) -> None:
+    async def put_config(self, source: str, text: str) -> None:
         if self._configs.get(source) == text:
             return
         self._configs[source] = text
         self._changed()
 
-    def delete_config(self, source: str) -> bool:
+    async def delete_config(self, source: str) -> bool:
         if self._configs.pop(source, None) is None:
             return False
         self._changed()
@@ -225,17 +332,7 @@ class MemoryStore:
     # -- watchers -----------------------------------------------------------------------------
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._watchers.append(callback)
-
-        def stop() -> None:
-            if callback in self._watchers:
-                self._watchers.remove(callback)
-
-        return stop
+        return self._watchers.add(callback)
 
     def _changed(self) -> None:
-        for callback in list(self._watchers):
-            try:
-                callback()
-            except Exception:  # one broken watcher must not stop the others or the change
-                log.exception("store watcher %r failed", callback)
+        self._watchers.notify()

@@ -11,7 +11,8 @@ For each service `S` and port `P` the output has:
 
 * an API listener named `S:P` (what gRPC asks for with `xds:///S:P`), and one named `S`
   for the service's first (lowest) port, each an HTTP connection manager taking routes
-  over RDS from the route configuration of the same name, with the router filter;
+  over RDS from the route configuration of the same name, with the fault filter (which the
+  routes configure per route, as Istio does) and the router filter;
 * that route configuration: one virtual host whose domains are `S`, `S:P`, the
   Kubernetes names `S.<ns>.svc.cluster.local[:P]` (namespace of S's VirtualService, else
   `default`) and `*`, so any Host reaches it (clients choose the route configuration by
@@ -62,15 +63,23 @@ from sail.registry.istio.model import (
     ServiceEntry,
     VirtualService,
 )
-from sail.registry.istio.routes import build_routes
+from sail.registry.istio.routes import FAULT_FILTER_NAME, build_routes
 from sail.registry.istio.service_entry import Resolution
 from sail.registry.istio.validate import check_supported
-from sail.xds.codec.extensions import ROUTER, ROUTER_NAME
+from sail.xds.codec.extensions import FAULT, ROUTER, ROUTER_NAME
 
-__all__ = ["ROUTER_FILTER", "Resources", "translate"]
+__all__ = ["FAULT_FILTER", "HTTP_FILTERS", "ROUTER_FILTER", "Resources", "translate"]
 
 ROUTER_FILTER = HttpFilter(ROUTER_NAME, ROUTER)
 """The router filter every HTTP connection manager ends with (peers need it)."""
+
+FAULT_FILTER = HttpFilter(FAULT_FILTER_NAME, FAULT)
+"""The fault filter, with no faults of its own: a VirtualService's `fault` becomes a
+per-route config for it. Listed in every HCM so that turning faults on or off changes routes
+only, never listeners (Istio does the same)."""
+
+HTTP_FILTERS = (FAULT_FILTER, ROUTER_FILTER)
+"""The HTTP filters of every HCM the registry serves, in order."""
 
 
 @attrs.frozen
@@ -133,7 +142,7 @@ def translate(
 
 
 def _listener(name: str) -> Listener:
-    return Listener(name, HttpConnectionManager(rds_name=name, http_filters=(ROUTER_FILTER,)))
+    return Listener(name, HttpConnectionManager(rds_name=name, http_filters=HTTP_FILTERS))
 
 
 def _domains(service: str, port: int, vs: VirtualService | None) -> tuple[str, ...]:

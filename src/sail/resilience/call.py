@@ -13,12 +13,14 @@ while True:
     <sleep wait>                          # (call.finish() if the call is abandoned here)
 ```
 
-`begin` counts the attempt against the cluster's circuit breakers (`sail.resilience.limits`)
-and gives the attempt its timeout: what is left of the deadline, capped by the policy's
-`per_try_timeout`. `end` decides whether to retry (`sail.resilience.retry`,
-`sail.resilience.classify`): the policy's condition must match, attempts must remain, the
-body must be replayable (or never sent), the wait must end before the deadline, and the
-cluster's retry budget must have room. `release` ends the attempt's share of the counters.
+`begin` counts the attempt against the cluster's circuit breakers
+(`sail.resilience.limits`), lets the cluster's outlier detector tick, and gives the attempt
+its timeout: what is left of the deadline, capped by the policy's `per_try_timeout`. `end`
+reports the outcome to the outlier detector (`sail.resilience.outlier`) and decides whether
+to retry (`sail.resilience.retry`, `sail.resilience.classify`): the policy's condition
+must match, attempts must remain, the body must be replayable (or never sent), the wait
+must end before the deadline, and the cluster's retry budget must have room. `release`
+ends the attempt's share of the counters.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from sail.errors import DeadlineExceeded, UpstreamOverflow
 from sail.resilience.classify import Local, Outcome, retry_condition
+from sail.resilience.outlier import Result, grpc_to_http_status
 from sail.resilience.retry import backoff, rate_limited_wait, testing_attempts
 
 if TYPE_CHECKING:
+    from sail.balancing.stats import HostStats
     from sail.model import RetryPolicy
     from sail.resilience.limits import ClusterLimits
+    from sail.resilience.outlier import OutlierDetector
 
 __all__ = ["Attempt", "Call", "CallInfo"]
 
@@ -69,8 +74,10 @@ class Call:
         "attempts",
         "deadline",
         "holds_retry",
+        "host",
         "limits",
         "max_attempts",
+        "outlier",
         "policy",
         "rand",
         "replayable",
@@ -84,8 +91,10 @@ class Call:
         deadline: float | None,
         replayable: bool = True,
         rand: Callable[[], float] = random.random,
+        outlier: OutlierDetector | None = None,
     ) -> None:
         self.policy = policy
+        self.outlier = outlier
         self.limits = limits
         self.deadline = deadline
         self.replayable = replayable
@@ -97,17 +106,21 @@ class Call:
             self.max_attempts = min(self.max_attempts, cap)
         self.holds_retry = False
         self.retry_reason: str | None = None
+        self.host: HostStats | None = None
 
     @property
     def tried(self) -> frozenset[str]:
         """The endpoints already tried (for the `previous_hosts` predicate)."""
         return frozenset(a.endpoint for a in self.attempts)
 
-    def begin(self, now: float) -> float | None:
-        """Start an attempt; returns its timeout in seconds (`None`: no limit). Raises
+    def begin(self, now: float, host: HostStats | None = None) -> float | None:
+        """Start an attempt (to the endpoint whose counters are `host`, for the load-aware
+        balancers); returns its timeout in seconds (`None`: no limit). Raises
         `DeadlineExceeded` past the deadline and `UpstreamOverflow` over a threshold."""
         limits = self.limits
         deadline = self.deadline
+        if self.outlier is not None:
+            self.outlier.maybe_tick(now)
         if deadline is not None and now >= deadline:
             limits.stats.rq_timeout += 1
             raise DeadlineExceeded(self.describe("the deadline passed"))
@@ -117,6 +130,9 @@ class Call:
             raise UpstreamOverflow(self.describe(f"cluster {limits.name!r}: {reason}"))
         limits.active += 1
         limits.stats.rq_total += 1
+        if host is not None:
+            host.active += 1
+        self.host = host
         timeout = self.policy.per_try_timeout
         if deadline is not None:
             left = deadline - now
@@ -129,6 +145,8 @@ class Call:
         or `None` when this outcome is the call's result. Never raises: a local failure
         past the deadline is for the transport to report (`expired`)."""
         self.attempts.append(Attempt(endpoint, outcome))
+        if self.outlier is not None:
+            _report(self.outlier, endpoint, outcome)
         limits = self.limits
         was_retry = self.holds_retry
         if was_retry:  # a retry is counted from the decision until its attempt ends
@@ -170,6 +188,10 @@ class Call:
     def release(self) -> None:
         """The current attempt is over (its response closed or dropped)."""
         self.limits.active -= 1
+        host = self.host
+        if host is not None:
+            host.active -= 1
+            self.host = None
 
     def finish(self) -> None:
         """The call is over before a reserved retry was attempted: give the retry back."""
@@ -183,3 +205,16 @@ class Call:
             return what
         tried = "; ".join(str(a) for a in self.attempts)
         return f"{what} after {len(self.attempts)} attempt(s): {tried}"
+
+
+def _report(outlier: OutlierDetector, host: str, outcome: Outcome) -> None:
+    """Tell the outlier detector how an attempt ended, as Envoy's router does."""
+    local = outcome.local
+    if local is None:
+        outlier.put_result(host, Result.LOCAL_ORIGIN_CONNECT_SUCCESS)
+        grpc = outcome.grpc_status
+        outlier.put_http_status(host, outcome.status if grpc is None else grpc_to_http_status(grpc))
+    elif local is Local.TIMEOUT:
+        outlier.put_result(host, Result.LOCAL_ORIGIN_TIMEOUT)
+    else:
+        outlier.put_result(host, Result.LOCAL_ORIGIN_CONNECT_FAILED)

@@ -38,13 +38,13 @@ from sail.model import RetryBudget, Thresholds
 if TYPE_CHECKING:
     from sail.model import Cluster
 
-__all__ = ["DEFAULT_BUDGET", "ClusterLimits", "ClusterStats"]
+__all__ = ["DEFAULT_BUDGET", "ClusterLimits", "UpstreamStats"]
 
 DEFAULT_BUDGET = RetryBudget(budget_percent=20.0, min_retry_concurrency=3)
 _DEFAULT_THRESHOLDS = Thresholds()
 
 
-class ClusterStats:
+class UpstreamStats:
     """Counters of one cluster, named after Envoy's `cluster.<name>.upstream_rq_*` stats."""
 
     __slots__ = (
@@ -87,7 +87,7 @@ class ClusterLimits:
         self.name = name
         self.active = 0
         self.retries = 0
-        self.stats = ClusterStats()
+        self.stats = UpstreamStats()
         self.max_connections = self.max_pending = self.max_requests = 0
         self.max_retries: int | None = None
         self.budget: RetryBudget | None = None

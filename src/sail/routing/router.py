@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from sail.errors import ConfigError, NoRoute
 from sail.routing.domains import DomainIndex
 from sail.routing.matchers import EXACT, PREFIX
+from sail.routing.policy import EMPTY_POLICY, RoutePolicy, route_policies
 from sail.routing.request import parse_query
 from sail.routing.table import CompiledRoute, RouteTable
 
@@ -51,6 +52,9 @@ class RouteResult(NamedTuple):
     * `path` - the target to forward, path and query, after `prefix_rewrite` or
       `regex_rewrite` (the very string given when there is no rewrite).
     * `host` - `host_rewrite_literal` if set, else `None`: keep the original Host.
+    * `policy` - the route's `RoutePolicy` (for a weighted split, the picked entry's): its
+      compiled header mutations (`policy.headers`) and fault configs (`policy.faults`).
+      Mirrors are read from the action: `sail.routing.mirror.mirrors(route.action)`.
     """
 
     virtual_host: VirtualHost
@@ -58,13 +62,14 @@ class RouteResult(NamedTuple):
     cluster: str | None
     path: str
     host: str | None
+    policy: RoutePolicy = EMPTY_POLICY
 
 
 def _compile_host(config: RouteConfig, vhost: VirtualHost) -> RouteTable:
     routes = []
     for i, route in enumerate(vhost.routes):
         try:
-            routes.append(CompiledRoute(route, i))
+            routes.append(CompiledRoute(route, i, route_policies(config, vhost, route)))
         except ConfigError as exc:
             raise ConfigError(
                 f"route config {config.name!r}, virtual host {vhost.name!r}, "
@@ -166,10 +171,13 @@ class Router:
                     continue
             action = route.action
             if action.fixed:
-                return RouteResult(vhost.model, route.model, action.cluster, path, action.host)
+                return RouteResult(
+                    vhost.model, route.model, action.cluster, path, action.host, action.policy
+                )
             cluster = action.cluster
+            policy = action.policy
             if action.split is not None:
-                cluster = action.split(rand)
+                cluster, policy = action.split(rand)
             elif action.read_header is not None:
                 cluster = action.read_header(headers, authority, method, path, scheme)
                 if cluster is None:
@@ -179,7 +187,7 @@ class Router:
                         f"for authority {authority!r} path {path!r} lacks"
                     )
             forward = path if action.rewrite is None else action.rewrite(path, end)
-            return RouteResult(vhost.model, route.model, cluster, forward, action.host)
+            return RouteResult(vhost.model, route.model, cluster, forward, action.host, policy)
         raise NoRoute(
             f"no route for authority {authority!r} path {path!r} in route config "
             f"{self._config.name!r} (virtual host {vhost.model.name!r})"

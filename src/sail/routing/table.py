@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sail.model import Route, VirtualHost
     from sail.routing.actions import Action
     from sail.routing.matchers import PathTest, QueryTest, RequestTest
+    from sail.routing.policy import PolicyOf
 
 __all__ = ["INDEX_MIN", "CompiledRoute", "RouteTable"]
 
@@ -54,7 +55,8 @@ class CompiledRoute:
     * `query` - the query parameter tests (all must pass).
     * `fraction` - `numerator / denominator` of `runtime_fraction`, `None` when the route has
       none or one of 100% or more.
-    * `action` - the compiled action (`actions.Action`).
+    * `action` - the compiled action (`actions.Action`), with its `RoutePolicy`s from
+      `policy_of` (`policy.route_policies`; none by default).
     * `position` - the route's index in its virtual host.
     """
 
@@ -70,7 +72,7 @@ class CompiledRoute:
         "value",
     )
 
-    def __init__(self, model: Route, position: int) -> None:
+    def __init__(self, model: Route, position: int, policy_of: PolicyOf | None = None) -> None:
         match = model.match
         self.model = model
         self.position = position
@@ -86,7 +88,9 @@ class CompiledRoute:
         self.fraction: float | None = None
         if fraction is not None and fraction.numerator < fraction.denominator:
             self.fraction = max(fraction.numerator, 0) / fraction.denominator
-        self.action: Action = compile_action(model)
+        self.action: Action = (
+            compile_action(model) if policy_of is None else compile_action(model, policy_of)
+        )
 
 
 def _position(route: CompiledRoute) -> int:

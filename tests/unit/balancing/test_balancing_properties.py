@@ -50,14 +50,15 @@ def assignments(draw: st.DrawFn) -> ClusterLoadAssignment:
 @settings(max_examples=300, deadline=None)
 @given(
     a=assignments(),
-    policy=st.sampled_from(["round_robin", "random"]),
+    policy=st.sampled_from(["round_robin", "random", "least_request", "ring_hash", "maglev"]),
     panic=st.sampled_from([0.0, 50.0, 100.0]),
     seed=st.integers(0, 2**32),
 )
 def test_picks_are_healthy_unless_in_panic(
     a: ClusterLoadAssignment, policy: str, panic: float, seed: int
 ) -> None:
-    cluster = Cluster("c", lb_policy=LbPolicy(policy), healthy_panic_threshold=panic)
+    options = (("table_size", 131),) if policy == "maglev" else ()
+    cluster = Cluster("c", lb_policy=LbPolicy(policy, options), healthy_panic_threshold=panic)
     picker = build_picker(cluster, a, rand=random.Random(seed).random)
     levels: dict[int, list[int]] = {}
     for loc in a.localities:
@@ -73,8 +74,9 @@ def test_picks_are_healthy_unless_in_panic(
         except NoHealthyUpstream:
             return
         raise AssertionError("picked from a cluster with nothing to pick")
-    for _ in range(50):
-        e = picker.pick()
+    keys = random.Random(seed)
+    for i in range(50):
+        e = picker.pick(keys.getrandbits(64) if i % 2 else None)
         assert e.health is not HealthStatus.DRAINING
         if not any(load.panic):
             assert e.health.takes_traffic

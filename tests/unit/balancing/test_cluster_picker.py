@@ -305,7 +305,7 @@ def test_unknown_policy() -> None:
     msg = str(err.value)
     assert "'reviews'" in msg
     assert "'maglev_v9'" in msg
-    assert "random, round_robin, weighted_round_robin" in msg
+    assert "least_request, maglev, random, ring_hash, round_robin, weighted_round_robin" in msg
 
 
 # --- concurrency --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -93,10 +94,14 @@ class RegistryServer:
         self.stop()
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the server's loop (the store's thread) and return its result."""
+        """Run `fn` on the server's loop (the store's thread) and return its result,
+        awaited if it is awaitable."""
 
         async def run() -> T:
-            return fn()
+            result = fn()
+            if inspect.isawaitable(result):  # the store's writes are coroutines
+                return await result  # type: ignore[no-any-return]
+            return result
 
         result: T = self._run(run())
         return result

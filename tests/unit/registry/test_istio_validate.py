@@ -145,10 +145,10 @@ def test_two_virtual_services_for_one_host() -> None:
         ("headers: {request: {set: {x-a: b}}, response: {remove: [x-b]}}", "spec.http[0].headers"),
     ],
 )
-def test_virtual_service_features_not_translated_yet(addition: str, field: str) -> None:
+def test_virtual_service_fault_mirror_and_headers_are_accepted(addition: str, field: str) -> None:
+    # once refused as "not supported yet"; translated since (tests/unit/registry/test_vs_*)
     text = BOOKINFO.replace("    timeout: 1.5s\n", f"    timeout: 1.5s\n    {addition}\n")
-    err = problem(text)
-    assert str(err) == f"mesh.yaml: VirtualService default/ratings: {field}: not supported yet"
+    validate(load_documents(text, "mesh.yaml"), SERVICES)
 
 
 @pytest.mark.parametrize(
@@ -172,12 +172,6 @@ def test_virtual_service_features_not_translated_yet(addition: str, field: str) 
             "spec.trafficPolicy.tls.mode",
             "ISTIO_MUTUAL: not supported yet",
         ),
-        (
-            "loadBalancer: {simple: ROUND_ROBIN}",
-            "outlierDetection: {consecutiveGatewayErrors: 3}",
-            "spec.subsets[1].trafficPolicy.outlierDetection.consecutiveGatewayErrors",
-            "not supported yet",
-        ),
     ],
 )
 def test_destination_rule_features_not_translated_yet(
@@ -187,6 +181,38 @@ def test_destination_rule_features_not_translated_yet(
     assert err.object == "DestinationRule default/reviews"
     assert err.field == field
     assert reason in str(err)
+
+
+def test_every_istio_outlier_detection_field_is_accepted() -> None:
+    fields = (
+        "outlierDetection: {consecutiveGatewayErrors: 3, consecutive5xxErrors: 4,"
+        " splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2,"
+        " interval: 1s, baseEjectionTime: 10s, maxEjectionPercent: 20, minHealthPercent: 30}"
+    )
+    text = BOOKINFO.replace("loadBalancer: {simple: ROUND_ROBIN}", fields)
+    validate(load_documents(text, "mesh.yaml"), SERVICES)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "reason"),
+    [
+        ("{minHealthPercent: 101}", "minHealthPercent", "must be between 0 and 100, got 101"),
+        ("{maxEjectionPercent: -1}", "maxEjectionPercent", "must be between 0 and 100, got -1"),
+        (
+            "{consecutiveLocalOriginFailures: -1}",
+            "consecutiveLocalOriginFailures",
+            "must be between 0 and",
+        ),
+        ("{splitExternalLocalOriginErrors: 1}", "splitExternalLocalOriginErrors", "a boolean"),
+        ("{consecutiveErrors: 5}", "consecutiveErrors", "not supported yet"),
+    ],
+)
+def test_invalid_outlier_detection_fields(fields: str, field: str, reason: str) -> None:
+    text = BOOKINFO.replace("loadBalancer: {simple: ROUND_ROBIN}", f"outlierDetection: {fields}")
+    with pytest.raises(IstioConfigError) as info:
+        load_documents(text, "mesh.yaml")
+    assert info.value.field == f"spec.subsets[1].trafficPolicy.outlierDetection.{field}"
+    assert reason in str(info.value)
 
 
 def test_tls_disable_is_accepted() -> None:

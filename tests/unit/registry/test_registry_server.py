@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +32,11 @@ def run(coro: Any) -> Any:
 
 
 def on_loop(fn: Any) -> Any:
+    """Run `fn()` on the registry's loop; awaited if it returns an awaitable."""
+
     async def call() -> Any:
-        return fn()
+        result = fn()
+        return await result if inspect.isawaitable(result) else result
 
     return run(call())
 

@@ -29,9 +29,9 @@ class CountingStore(MemoryStore):
         super().__init__(clock=clock)
         self.beats = 0
 
-    def heartbeat(self, lease_id: str) -> bool:
+    async def heartbeat(self, lease_id: str) -> bool:
         self.beats += 1
-        return super().heartbeat(lease_id)
+        return await super().heartbeat(lease_id)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from sail.model import (
 )
 from sail.registration import Workload
 from sail.registry.istio import IstioConfigError, load_documents, validate
-from sail.registry.translate import ROUTER_FILTER, Resources, translate
+from sail.registry.translate import FAULT_FILTER, ROUTER_FILTER, Resources, translate
 from sail.routing import Router
 from sail.xds.codec.types import (
     CLUSTER,
@@ -149,8 +149,10 @@ def test_listeners_are_api_listeners_over_rds_with_the_router() -> None:
     listener = by_name(bookinfo())["reviews:9080"][0]
     assert listener == Listener(
         "reviews:9080",
-        HttpConnectionManager(rds_name="reviews:9080", http_filters=(ROUTER_FILTER,)),
+        HttpConnectionManager(rds_name="reviews:9080", http_filters=(FAULT_FILTER, ROUTER_FILTER)),
     )
+    assert FAULT_FILTER.name == "envoy.filters.http.fault"
+    assert FAULT_FILTER.type_url.endswith("envoy.extensions.filters.http.fault.v3.HTTPFault")
     assert ROUTER_FILTER.name == "envoy.filters.http.router"
     assert ROUTER_FILTER.type_url.endswith("envoy.extensions.filters.http.router.v3.Router")
 
@@ -321,8 +323,13 @@ def test_cluster_names_and_policies() -> None:
         )
     )
     assert ratings.outlier_detection == OutlierDetection(
-        consecutive_5xx=7, interval=5.0, base_ejection_time=60.0, max_ejection_percent=50
+        consecutive_5xx=7,
+        interval=5.0,
+        base_ejection_time=60.0,
+        max_ejection_percent=50,
+        enforcing_success_rate=0,  # Istio turns success-rate ejection off
     )
+    assert ratings.healthy_panic_threshold == 0.0  # minHealthPercent, 0 unless set
 
 
 def test_least_request_and_5xx_ejection_off() -> None:
@@ -334,7 +341,67 @@ def test_least_request_and_5xx_ejection_off() -> None:
     assert cluster(resources, "outbound|9080||reviews").lb_policy == LbPolicy("least_request")
     od = cluster(resources, "outbound|9080||ratings").outlier_detection
     assert od is not None and od.enforcing_consecutive_5xx == 0
+    assert od.consecutive_5xx == 0
     round_trip(resources)
+
+
+def ratings_outlier(fields: str) -> Cluster:
+    text = BOOKINFO.replace("      maxEjectionPercent: 50\n", fields)
+    resources = translate(objects(text), WORKLOADS)
+    round_trip(resources)
+    return cluster(resources, "outbound|9080||ratings")
+
+
+def test_outlier_detection_every_istio_field() -> None:
+    ratings = ratings_outlier(
+        "      maxEjectionPercent: 30\n"
+        "      consecutiveGatewayErrors: 3\n"
+        "      splitExternalLocalOriginErrors: true\n"
+        "      consecutiveLocalOriginFailures: 2\n"
+        "      minHealthPercent: 40\n"
+    )
+    assert ratings.outlier_detection == OutlierDetection(
+        consecutive_5xx=7,
+        enforcing_consecutive_5xx=100,
+        consecutive_gateway_failure=3,
+        enforcing_consecutive_gateway_failure=100,
+        interval=5.0,
+        base_ejection_time=60.0,
+        max_ejection_percent=30,
+        enforcing_success_rate=0,
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=2,
+        enforcing_consecutive_local_origin_failure=100,
+        enforcing_local_origin_success_rate=0,
+    )
+    assert ratings.healthy_panic_threshold == 40.0
+
+
+def test_outlier_detection_zeroes_and_unsplit_local_failures_as_istio_reads_them() -> None:
+    ratings = ratings_outlier(
+        "      maxEjectionPercent: 0\n"  # Istio cannot tell 0 from unset: Envoy's 10 %
+        "      consecutiveGatewayErrors: 0\n"  # off
+        "      consecutiveLocalOriginFailures: 2\n"  # ignored without the split
+    )
+    od = ratings.outlier_detection
+    assert od is not None
+    assert od.max_ejection_percent == 10
+    assert (od.consecutive_gateway_failure, od.enforcing_consecutive_gateway_failure) == (0, 0)
+    assert not od.split_external_local_origin_errors
+    assert od.consecutive_local_origin_failure == 5
+    assert od.enforcing_local_origin_success_rate == 100
+
+
+def test_outlier_detection_long_base_ejection_time_raises_the_cap() -> None:
+    ratings = ratings_outlier("      maxEjectionPercent: 50\n").outlier_detection
+    assert ratings is not None and ratings.max_ejection_time == 300.0
+    text = BOOKINFO.replace("baseEjectionTime: 1m", "baseEjectionTime: 10m")
+    od = cluster(translate(objects(text), WORKLOADS), "outbound|9080||ratings").outlier_detection
+    assert od is not None and od.max_ejection_time == 600.0
+
+
+def test_clusters_without_outlier_detection_keep_the_panic_threshold() -> None:
+    assert cluster(bookinfo(), "outbound|9080||reviews").healthy_panic_threshold == 50.0
 
 
 # -- endpoints --------------------------------------------------------------------------
@@ -436,10 +503,13 @@ def test_validated_bookinfo_translates() -> None:
 
 def test_what_cannot_be_translated_is_refused() -> None:
     text = BOOKINFO.replace(
-        "    timeout: 1.5s\n", "    timeout: 1.5s\n    mirror: {host: ratings}\n"
+        "    - destination: {host: productpage}\n",
+        "    - destination: {host: productpage}\n    rewrite: {uri: /p}\n",
     )
     with pytest.raises(IstioConfigError) as info:
         translate(objects(text), WORKLOADS)
     assert str(info.value) == (
-        "mesh.yaml: VirtualService default/ratings: spec.http[0].mirror: not supported yet"
+        "mesh.yaml: VirtualService default/productpage: spec.http[0].rewrite.uri: cannot "
+        "rewrite a regex uri match (spec.http[0].match[2].uri); Istio rewrites a matched "
+        "prefix or exact path"
     )

@@ -286,7 +286,7 @@ def http_filter_lists(draw: st.DrawFn) -> tuple[HttpFilter, ...]:
             ),
             max_size=3,
             unique_by=lambda f: f.name,
-        )
+        ).filter(lambda fs: sum(f.type_url == FAULT for f in fs) <= 1)  # one fault filter
     )
     return (*optional, HttpFilter(ROUTER_NAME, ROUTER))
 
@@ -412,14 +412,37 @@ def circuit_breakers(draw: st.DrawFn) -> CircuitBreakers:
     return CircuitBreakers(tuple(attrs.evolve(draw(thresholds), priority=p) for p in priorities))
 
 
-outlier_detections = st.builds(
-    OutlierDetection,
-    consecutive_5xx=uint32,
-    interval=positive_durations,
-    base_ejection_time=positive_durations,
-    max_ejection_percent=st.integers(0, 100),
-    enforcing_consecutive_5xx=st.integers(0, 100),
-)
+@st.composite
+def outlier_detections(draw: st.DrawFn) -> OutlierDetection:
+    """Every field; `max_ejection_time` is never below `base_ejection_time` (a NACK)."""
+    percent = st.integers(0, 100)
+    base = draw(positive_durations)
+    longest = draw(st.none() | seconds(min_nanos=round(base * 1e9)))
+    return OutlierDetection(
+        consecutive_5xx=draw(uint32),
+        interval=draw(positive_durations),
+        base_ejection_time=base,
+        max_ejection_percent=draw(percent),
+        enforcing_consecutive_5xx=draw(percent),
+        enforcing_success_rate=draw(percent),
+        success_rate_minimum_hosts=draw(uint32),
+        success_rate_request_volume=draw(uint32),
+        success_rate_stdev_factor=draw(uint32),
+        consecutive_gateway_failure=draw(uint32),
+        enforcing_consecutive_gateway_failure=draw(percent),
+        split_external_local_origin_errors=draw(st.booleans()),
+        consecutive_local_origin_failure=draw(uint32),
+        enforcing_consecutive_local_origin_failure=draw(percent),
+        enforcing_local_origin_success_rate=draw(percent),
+        failure_percentage_threshold=draw(percent),
+        enforcing_failure_percentage=draw(percent),
+        enforcing_failure_percentage_local_origin=draw(percent),
+        failure_percentage_minimum_hosts=draw(uint32),
+        failure_percentage_request_volume=draw(uint32),
+        max_ejection_time=max(300.0, base) if longest is None else longest,
+        max_ejection_time_jitter=draw(durations),
+        always_eject_one_host=draw(st.booleans()),
+    )
 
 
 @st.composite
@@ -445,5 +468,5 @@ def clusters(draw: st.DrawFn) -> Cluster:
         connect_timeout=draw(positive_durations),
         healthy_panic_threshold=draw(st.floats(0, 100)),
         circuit_breakers=draw(st.none() | circuit_breakers()),
-        outlier_detection=draw(st.none() | outlier_detections),
+        outlier_detection=draw(st.none() | outlier_detections()),
     )

@@ -293,6 +293,160 @@ def test_outlier_max_ejection_percent_above_100_is_rejected() -> None:
     assert nack(data) == "outlier_detection.max_ejection_percent: 101 is more than 100"
 
 
+OUTLIER_ALL = {
+    "consecutive_5xx": 7,
+    "interval": "2.5s",
+    "base_ejection_time": "20s",
+    "max_ejection_percent": 40,
+    "enforcing_consecutive_5xx": 90,
+    "enforcing_success_rate": 80,
+    "success_rate_minimum_hosts": 3,
+    "success_rate_request_volume": 20,
+    "success_rate_stdev_factor": 1500,
+    "consecutive_gateway_failure": 4,
+    "enforcing_consecutive_gateway_failure": 70,
+    "split_external_local_origin_errors": True,
+    "consecutive_local_origin_failure": 2,
+    "enforcing_consecutive_local_origin_failure": 60,
+    "enforcing_local_origin_success_rate": 50,
+    "failure_percentage_threshold": 75,
+    "enforcing_failure_percentage": 40,
+    "enforcing_failure_percentage_local_origin": 30,
+    "failure_percentage_minimum_hosts": 6,
+    "failure_percentage_request_volume": 25,
+    "max_ejection_time": "60s",
+    "max_ejection_time_jitter": "0.5s",
+    "always_eject_one_host": True,
+    "successful_active_health_check_uneject_host": False,  # accepted, not carried
+}
+
+
+def test_outlier_detection_every_field() -> None:
+    assert decode(eds(outlier_detection=OUTLIER_ALL)).outlier_detection == OutlierDetection(
+        consecutive_5xx=7,
+        interval=2.5,
+        base_ejection_time=20.0,
+        max_ejection_percent=40,
+        enforcing_consecutive_5xx=90,
+        enforcing_success_rate=80,
+        success_rate_minimum_hosts=3,
+        success_rate_request_volume=20,
+        success_rate_stdev_factor=1500,
+        consecutive_gateway_failure=4,
+        enforcing_consecutive_gateway_failure=70,
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=2,
+        enforcing_consecutive_local_origin_failure=60,
+        enforcing_local_origin_success_rate=50,
+        failure_percentage_threshold=75,
+        enforcing_failure_percentage=40,
+        enforcing_failure_percentage_local_origin=30,
+        failure_percentage_minimum_hosts=6,
+        failure_percentage_request_volume=25,
+        max_ejection_time=60.0,
+        max_ejection_time_jitter=0.5,
+        always_eject_one_host=True,
+    )
+
+
+def test_outlier_envoy_defaults_for_the_newer_fields() -> None:
+    od = decode(eds(outlier_detection={})).outlier_detection
+    assert od is not None
+    assert (od.enforcing_success_rate, od.success_rate_minimum_hosts) == (100, 5)
+    assert (od.success_rate_request_volume, od.success_rate_stdev_factor) == (100, 1900)
+    assert (od.consecutive_gateway_failure, od.enforcing_consecutive_gateway_failure) == (5, 0)
+    assert not od.split_external_local_origin_errors
+    assert (od.consecutive_local_origin_failure, od.enforcing_local_origin_success_rate) == (5, 100)
+    assert od.enforcing_consecutive_local_origin_failure == 100
+    assert (od.failure_percentage_threshold, od.enforcing_failure_percentage) == (85, 0)
+    assert od.enforcing_failure_percentage_local_origin == 0
+    assert (od.failure_percentage_minimum_hosts, od.failure_percentage_request_volume) == (5, 50)
+    assert (od.max_ejection_time, od.max_ejection_time_jitter) == (300.0, 0.0)
+    assert not od.always_eject_one_host
+
+
+def test_outlier_max_ejection_time_defaults_to_at_least_the_base() -> None:
+    od = decode(eds(outlier_detection={"base_ejection_time": "400s"})).outlier_detection
+    assert od is not None and od.max_ejection_time == 400.0
+    assert od == OutlierDetection(base_ejection_time=400.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (
+            {"enforcing_success_rate": 101},
+            "outlier_detection.enforcing_success_rate: 101 is more than 100",
+        ),
+        (
+            {"enforcing_consecutive_gateway_failure": 200},
+            "outlier_detection.enforcing_consecutive_gateway_failure: 200 is more than 100",
+        ),
+        (
+            {"enforcing_consecutive_local_origin_failure": 101},
+            "outlier_detection.enforcing_consecutive_local_origin_failure: 101 is more than 100",
+        ),
+        (
+            {"enforcing_local_origin_success_rate": 101},
+            "outlier_detection.enforcing_local_origin_success_rate: 101 is more than 100",
+        ),
+        (
+            {"failure_percentage_threshold": 101},
+            "outlier_detection.failure_percentage_threshold: 101 is more than 100",
+        ),
+        (
+            {"enforcing_failure_percentage": 101},
+            "outlier_detection.enforcing_failure_percentage: 101 is more than 100",
+        ),
+        (
+            {"enforcing_failure_percentage_local_origin": 101},
+            "outlier_detection.enforcing_failure_percentage_local_origin: 101 is more than 100",
+        ),
+        (
+            {"enforcing_consecutive_5xx": 101},
+            "outlier_detection.enforcing_consecutive_5xx: 101 is more than 100",
+        ),
+        ({"interval": "0s"}, "outlier_detection.interval: must be greater than 0"),
+        (
+            {"base_ejection_time": "0s"},
+            "outlier_detection.base_ejection_time: must be greater than 0",
+        ),
+        (
+            {"max_ejection_time": "0s"},
+            "outlier_detection.max_ejection_time: must be greater than 0",
+        ),
+        (
+            {"base_ejection_time": "30s", "max_ejection_time": "10s"},
+            "outlier_detection.max_ejection_time: 10.0s is less than base_ejection_time (30.0s),"
+            " which Envoy refuses",
+        ),
+        (
+            {"max_ejection_time_jitter": "-1s"},
+            "outlier_detection.max_ejection_time_jitter: invalid duration -1s 0ns",
+        ),
+        (
+            {"monitors": [{"name": "m"}]},
+            "outlier_detection.monitors: outlier detection extension monitors are not supported",
+        ),
+    ],
+)
+def test_outlier_detection_invalid(fields: dict[str, Any], reason: str) -> None:
+    assert nack(eds(outlier_detection=fields)) == reason
+
+
+def test_outlier_detection_round_trips_through_the_encoder() -> None:
+    from sail.xds.codec import encode_cluster
+
+    cluster = decode(eds(outlier_detection=OUTLIER_ALL))
+    assert decode_cluster(encode_cluster(cluster)) == cluster
+    plain = Cluster("reviews", outlier_detection=OutlierDetection())
+    message = encode_cluster(plain)
+    assert not message.outlier_detection.HasField("always_eject_one_host")
+    assert not message.outlier_detection.HasField("max_ejection_time_jitter")
+    assert message.outlier_detection.max_ejection_time.seconds == 300
+    assert decode_cluster(message) == plain
+
+
 def test_connect_timeout_and_panic_threshold() -> None:
     cluster = decode(
         eds(connect_timeout="0.25s", common_lb_config={"healthy_panic_threshold": {"value": 0}})

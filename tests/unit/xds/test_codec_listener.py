@@ -10,7 +10,7 @@ import pytest
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 
 from sail.errors import ResourceError
-from sail.model import HttpFilter, RouteConfig, VirtualHost
+from sail.model import FaultAbort, FaultPolicy, HttpFilter, RouteConfig, VirtualHost
 from sail.xds.codec import decode_listener, parse_resource
 
 T = "type.googleapis.com/"
@@ -212,7 +212,10 @@ def test_typed_struct_filter_config_is_looked_through() -> None:
         },
     }
     filters = decode(api_listener(http_filters=[fault, ROUTER_FILTER])).hcm.http_filters
-    assert filters[0] == HttpFilter("fault", FAULT)
+    # the struct is read as the fault filter's own config
+    assert filters[0] == HttpFilter(
+        "fault", FAULT, config=FaultPolicy(abort=FaultAbort(http_status=503))
+    )
 
 
 def test_duplicate_filter_names_are_rejected() -> None:

@@ -8,9 +8,16 @@ Traffic policy:
   `max_connections`, `http.http1MaxPendingRequests` → `max_pending_requests`,
   `http.http2MaxRequests` → `max_requests`, `http.maxRetries` → `max_retries`; the limits
   left out keep Envoy's defaults. `tcp.connectTimeout` → `connect_timeout`.
-* `outlierDetection` → `outlier_detection`: `consecutive5xxErrors` (0 sets
-  `enforcing_consecutive_5xx` to 0, turning 5xx ejection off), `interval`,
-  `baseEjectionTime`, `maxEjectionPercent`; the rest keep Envoy's defaults.
+* `outlierDetection` → `outlier_detection`, as Istio's `applyOutlierDetection` does:
+  success-rate ejection is turned off (`enforcing_success_rate` 0);
+  `consecutive5xxErrors` → `consecutive_5xx` and `consecutiveGatewayErrors` →
+  `consecutive_gateway_failure`, each enforced at 100 % when above 0 and at 0 % when 0 (off);
+  `interval`, `baseEjectionTime`; `maxEjectionPercent` when above 0 (0 keeps Envoy's 10 %,
+  as in Istio); `splitExternalLocalOriginErrors: true` sets the split, turns local-origin
+  success-rate ejection off, and takes `consecutiveLocalOriginFailures` when above 0
+  (ignored without the split, as in Istio). The rest keep Envoy's defaults. And
+  `minHealthPercent` (default 0) becomes the cluster's `healthy_panic_threshold`: with
+  outlier detection on, Istio turns the panic threshold off unless it is set.
 
 Load assignments group endpoints by locality, sorted. A locality's weight is the sum of the
 weights of its endpoints that take traffic, and at least 1: a gRPC client drops a locality
@@ -67,6 +74,7 @@ def with_policy(cluster: Cluster, policy: dr.TrafficPolicy | None) -> Cluster:
             changes["circuit_breakers"] = CircuitBreakers((thresholds,))
     if policy.outlier_detection is not None:
         changes["outlier_detection"] = _outlier_detection(policy.outlier_detection)
+        changes["healthy_panic_threshold"] = float(policy.outlier_detection.min_health_percent or 0)
     return attrs.evolve(cluster, **changes)
 
 
@@ -79,26 +87,33 @@ def _thresholds(pool: dr.ConnectionPoolSettings) -> Thresholds | None:
         "max_requests": http.http2_max_requests,
         "max_retries": http.max_retries,
     }
-    given = {k: v for k, v in limits.items() if v is not None}
-    return Thresholds(priority=0, **given) if given else None
+    given: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+    return Thresholds(**given) if given else None
 
 
 def _outlier_detection(od: dr.OutlierDetection) -> OutlierDetection:
-    d = OutlierDetection()
-    errors = od.consecutive_5xx_errors
-    return OutlierDetection(
-        consecutive_5xx=errors or d.consecutive_5xx,
-        interval=od.interval if od.interval is not None else d.interval,
-        base_ejection_time=(
-            od.base_ejection_time if od.base_ejection_time is not None else d.base_ejection_time
-        ),
-        max_ejection_percent=(
-            od.max_ejection_percent
-            if od.max_ejection_percent is not None
-            else d.max_ejection_percent
-        ),
-        enforcing_consecutive_5xx=0 if errors == 0 else d.enforcing_consecutive_5xx,
-    )
+    changes: dict[str, Any] = {"enforcing_success_rate": 0}
+    if od.consecutive_5xx_errors is not None:
+        changes["consecutive_5xx"] = od.consecutive_5xx_errors
+        changes["enforcing_consecutive_5xx"] = 100 if od.consecutive_5xx_errors else 0
+    if od.consecutive_gateway_errors is not None:
+        changes["consecutive_gateway_failure"] = od.consecutive_gateway_errors
+        changes["enforcing_consecutive_gateway_failure"] = (
+            100 if od.consecutive_gateway_errors else 0
+        )
+    if od.interval is not None:
+        changes["interval"] = od.interval
+    if od.base_ejection_time is not None:
+        changes["base_ejection_time"] = od.base_ejection_time
+    if od.max_ejection_percent:
+        changes["max_ejection_percent"] = od.max_ejection_percent
+    if od.split_external_local_origin_errors:
+        changes["split_external_local_origin_errors"] = True
+        changes["enforcing_local_origin_success_rate"] = 0
+        if od.consecutive_local_origin_failures:
+            changes["consecutive_local_origin_failure"] = od.consecutive_local_origin_failures
+            changes["enforcing_consecutive_local_origin_failure"] = 100
+    return OutlierDetection(**changes)
 
 
 def load_assignment(

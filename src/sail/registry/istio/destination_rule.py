@@ -10,14 +10,16 @@ Supported, and translated to cluster settings:
   `http.http1MaxPendingRequests`, `http.http2MaxRequests`, `http.maxRetries` (Envoy's
   circuit breakers; limits left out take Envoy's defaults 1024/1024/1024/3 - note that
   Istio's own defaults are unlimited);
-* `trafficPolicy.outlierDetection`: `consecutive5xxErrors` (0 turns 5xx ejection off),
-  `interval`, `baseEjectionTime`, `maxEjectionPercent`;
+* `trafficPolicy.outlierDetection`: `consecutive5xxErrors`, `consecutiveGatewayErrors`
+  (0 turns either off), `splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures`,
+  `interval`, `baseEjectionTime`, `maxEjectionPercent`, `minHealthPercent` (the cluster's
+  panic threshold), translated as Istio does (`clusters.py`);
 * `trafficPolicy.tls.mode: DISABLE` (plaintext, what sail does today).
 
 Parsed and validated but refused by `validate` as "not supported yet":
-`loadBalancer.simple: PASSTHROUGH`, `loadBalancer.consistentHash`, other `tls` modes,
-`outlierDetection.consecutiveGatewayErrors`. A subset's `trafficPolicy` replaces the
-rule's, section by section (`loadBalancer`, `connectionPool`, ...), as in Istio.
+`loadBalancer.simple: PASSTHROUGH`, `loadBalancer.consistentHash`, other `tls` modes.
+A subset's `trafficPolicy` replaces the rule's, section by section (`loadBalancer`,
+`connectionPool`, ...), as in Istio.
 """
 
 from __future__ import annotations
@@ -146,12 +148,10 @@ class ConnectionPoolSettings:
 
 @attrs.frozen
 class OutlierDetection:
-    UNSUPPORTED: ClassVar = (
-        "consecutiveErrors",
-        "consecutiveLocalOriginFailures",
-        "splitExternalLocalOriginErrors",
-        "minHealthPercent",
-    )
+    """Istio's `OutlierDetection`; `clusters.with_policy` says how it maps onto Envoy's.
+    `consecutiveErrors` (deprecated, gone from Istio's translation) is refused."""
+
+    UNSUPPORTED: ClassVar = ("consecutiveErrors",)
 
     consecutive_5xx_errors: int | None = attrs.field(
         default=None, validator=in_range(0, _INT32_MAX)
@@ -159,9 +159,14 @@ class OutlierDetection:
     consecutive_gateway_errors: int | None = attrs.field(
         default=None, validator=in_range(0, _INT32_MAX)
     )
+    split_external_local_origin_errors: bool | None = None
+    consecutive_local_origin_failures: int | None = attrs.field(
+        default=None, validator=in_range(0, _INT32_MAX)
+    )
     interval: float | None = duration(positive=True)
     base_ejection_time: float | None = duration(positive=True)
     max_ejection_percent: int | None = attrs.field(default=None, validator=in_range(0, 100))
+    min_health_percent: int | None = attrs.field(default=None, validator=in_range(0, 100))
 
 
 class TLSMode(enum.Enum):

@@ -13,7 +13,20 @@ How each part becomes Envoy's (sail's model's) route:
   dropped, entries naming the same cluster merged);
 * `timeout` → `timeout`; `retries` → `retry_policy` (`retryOn` status codes go to
   `retriable_status_codes` with the `retriable-status-codes` condition);
-  `rewrite.uri` → `prefix_rewrite`, `rewrite.authority` → `host_rewrite_literal`.
+  `rewrite.uri` → `prefix_rewrite`, `rewrite.authority` → `host_rewrite_literal`;
+* `fault` → an `HTTPFault` per-filter config on the route, keyed by the fault filter's name
+  (`FAULT_FILTER_NAME`, which every listener's HCM lists before the router, as Istio does):
+  `delay.fixedDelay` → `fixed_delay`, `abort.httpStatus` / `abort.grpcStatus` →
+  `http_status` / `grpc_status`, each `percentage.value` → a fraction of a million (unset
+  stays Envoy's 0 %);
+* `mirror` (+ `mirrorPercentage`) and `mirrors[]` → `request_mirror_policies`, in that order,
+  each to its destination's cluster (ports chosen as for `route`), with a `runtime_fraction`
+  of a million when a percentage is given (else every request is mirrored);
+* `headers` → the route's header mutations: `set` → `OVERWRITE_IF_EXISTS_OR_ADD`, `add` →
+  `APPEND_IF_EXISTS_OR_ADD` (each sorted by name), `remove` → `*_headers_to_remove`. A
+  destination's `headers` go on its weighted cluster entry, or, when it is the rule's only
+  destination, after the rule's own on the route (as Istio does); destinations naming the
+  same cluster are merged only when their headers are equal.
 
 When no rule applies to a port (or there is no VirtualService), the one route is the
 default: prefix `/` to the service's own cluster on that port. No Istio-style implicit
@@ -27,7 +40,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 from sail.model import (
     ClusterWeight,
+    FaultAbort,
+    FaultDelay,
+    FaultPolicy,
+    FractionalPercent,
+    HeaderAppendAction,
     HeaderMatcher,
+    HeaderMutations,
+    HeaderValueOption,
+    MirrorPolicy,
     PathMatch,
     PathMatchKind,
     QueryParameterMatcher,
@@ -37,19 +58,37 @@ from sail.model import (
     RouteMatch,
     StringMatcher,
     StringMatchKind,
+    literal_header_value,
 )
 from sail.registry.istio.errors import IstioConfigError
 from sail.registry.istio.hosts import short_host
 from sail.registry.istio.model import VirtualService
 from sail.registry.istio.virtual_service import (
+    GRPC_STATUS_CODES,
     Destination,
+    HeaderOperations,
+    Headers,
+    HTTPFaultInjection,
     HTTPMatchRequest,
     HTTPRetry,
     HTTPRoute,
+    Percent,
     StringMatch,
 )
 
-__all__ = ["ISTIO_DEFAULT_RETRY_ON", "ClusterUse", "build_routes", "retry_policy"]
+__all__ = [
+    "FAULT_FILTER_NAME",
+    "ISTIO_DEFAULT_RETRY_ON",
+    "ClusterUse",
+    "build_routes",
+    "fault_policy",
+    "header_mutations",
+    "retry_policy",
+]
+
+FAULT_FILTER_NAME = "envoy.filters.http.fault"
+"""The fault filter's name in every HCM the registry serves, and the key of the routes'
+per-filter fault configs (Istio's name too)."""
 
 ClusterUse = Callable[[str, int, str], str]
 """`(host, port, subset) -> cluster name`; records that the cluster is needed."""
@@ -77,8 +116,22 @@ def build_routes(
         for i, rule in enumerate(vs.spec.http):
             applies = [m for m in rule.match or (None,) if m is None or m.port in (None, port)]
             if applies:
-                action = _action(vs, f"spec.http[{i}]", rule, port, ports, use)
-                routes.extend(Route(_match(m), action, name=rule.name or "") for m in applies)
+                action, mutations = _action(vs, f"spec.http[{i}]", rule, port, ports, use)
+                faults = (
+                    ((FAULT_FILTER_NAME, fault_policy(rule.fault)),)
+                    if rule.fault is not None
+                    else ()
+                )
+                routes.extend(
+                    Route(
+                        _match(m),
+                        action,
+                        name=rule.name or "",
+                        header_mutations=mutations,
+                        typed_per_filter_config=faults,
+                    )
+                    for m in applies
+                )
     if not routes:
         routes.append(Route(_EVERYTHING, RouteAction(cluster=use(service, port, "")), "default"))
     return tuple(routes)
@@ -91,26 +144,114 @@ def _action(
     port: int,
     ports: Mapping[str, Sequence[int]],
     use: ClusterUse,
-) -> RouteAction:
-    weights: dict[str, int] = {}
+) -> tuple[RouteAction, HeaderMutations | None]:
+    """The rule's action, and the route's header mutations (the rule's, and its single
+    destination's)."""
+    weights: dict[tuple[str, HeaderMutations | None], int] = {}
     for target in rule.route:
         name = _cluster(target.destination, port, ports, use)
         weight = 100 if len(rule.route) == 1 else target.weight or 0
-        weights[name] = weights.get(name, 0) + weight
-    kept = {name: w for name, w in weights.items() if w > 0}
+        key = (name, header_mutations(target.headers))
+        weights[key] = weights.get(key, 0) + weight
+    kept = {key: w for key, w in weights.items() if w > 0}
     if not kept:
         raise IstioConfigError(
             "every destination has weight 0", source=vs.source, object=vs.ref, field=f"{path}.route"
         )
-    single = next(iter(kept)) if len(kept) == 1 else None
+    own = header_mutations(rule.headers)
+    single: str | None = None
+    weighted: tuple[ClusterWeight, ...] = ()
+    if len(kept) == 1:
+        ((single, destination_mutations),) = kept
+        own = _concat(own, destination_mutations)
+    else:
+        weighted = tuple(ClusterWeight(n, w, m) for (n, m), w in kept.items())
     rewrite = rule.rewrite
-    return RouteAction(
+    action = RouteAction(
         cluster=single,
-        weighted_clusters=() if single else tuple(ClusterWeight(n, w) for n, w in kept.items()),
+        weighted_clusters=weighted,
         prefix_rewrite=rewrite.uri if rewrite is not None else None,
         host_rewrite_literal=rewrite.authority if rewrite is not None else None,
         timeout=rule.timeout,
         retry_policy=retry_policy(rule.retries) if rule.retries is not None else None,
+        request_mirror_policies=_mirrors(rule, port, ports, use),
+    )
+    return action, own
+
+
+def _fraction(percent: Percent) -> FractionalPercent:
+    """Istio's percentage (0-100, a float) as a fraction of a million, as Istio writes it."""
+    return FractionalPercent(round(percent.value * 10_000), 1_000_000)
+
+
+def _mirrors(
+    rule: HTTPRoute, port: int, ports: Mapping[str, Sequence[int]], use: ClusterUse
+) -> tuple[MirrorPolicy, ...]:
+    targets = [(rule.mirror, rule.mirror_percentage)] if rule.mirror is not None else []
+    targets.extend((m.destination, m.percentage) for m in rule.mirrors)
+    return tuple(
+        MirrorPolicy(
+            _cluster(destination, port, ports, use),
+            None if percent is None else _fraction(percent),
+        )
+        for destination, percent in targets
+    )
+
+
+def fault_policy(fault: HTTPFaultInjection) -> FaultPolicy:
+    """Istio's `fault` as the fault filter's config."""
+    none = FractionalPercent(0)
+    delay = None
+    if fault.delay is not None:
+        d = fault.delay
+        delay = FaultDelay(
+            fixed_delay=d.fixed_delay,
+            percentage=none if d.percentage is None else _fraction(d.percentage),
+        )
+    abort = None
+    if fault.abort is not None:
+        a = fault.abort
+        abort = FaultAbort(
+            http_status=a.http_status,
+            grpc_status=GRPC_STATUS_CODES[a.grpc_status] if a.grpc_status is not None else None,
+            percentage=none if a.percentage is None else _fraction(a.percentage),
+        )
+    return FaultPolicy(delay=delay, abort=abort)
+
+
+def header_mutations(headers: Headers | None) -> HeaderMutations | None:
+    """Istio's `headers` as one level of header mutations; `None` when it changes nothing."""
+    if headers is None:
+        return None
+    request, request_remove = _operations(headers.request)
+    response, response_remove = _operations(headers.response)
+    return HeaderMutations(request, request_remove, response, response_remove) or None
+
+
+def _operations(
+    ops: HeaderOperations | None,
+) -> tuple[tuple[HeaderValueOption, ...], tuple[str, ...]]:
+    if ops is None:
+        return (), ()
+    to_add = [
+        HeaderValueOption(name.lower(), literal_header_value(value), action)
+        for values, action in (
+            (ops.set_, HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD),
+            (ops.add, HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD),
+        )
+        for name, value in sorted(values.items(), key=lambda item: item[0].lower())
+    ]
+    return tuple(to_add), tuple(name.lower() for name in ops.remove)
+
+
+def _concat(a: HeaderMutations | None, b: HeaderMutations | None) -> HeaderMutations | None:
+    if a is None or b is None:
+        return a or b
+    return HeaderMutations(
+        a.request_headers_to_add + b.request_headers_to_add,
+        a.request_headers_to_remove + b.request_headers_to_remove,
+        a.response_headers_to_add + b.response_headers_to_add,
+        a.response_headers_to_remove + b.response_headers_to_remove,
     )
 
 

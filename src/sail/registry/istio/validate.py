@@ -5,15 +5,15 @@ file, the object and the field:
 
 * the same kind/namespace/name twice;
 * what parses but cannot be translated (`check_supported`, which `translate` runs too): a
-  VirtualService's `fault`, `mirror` or `headers`, or `rewrite.uri` on a rule with a
-  `regex` uri match (Istio rewrites a matched prefix); a DestinationRule's
-  `loadBalancer.consistentHash`, `loadBalancer.simple: PASSTHROUGH`, `tls` other than
-  `mode: DISABLE`, or `outlierDetection.consecutiveGatewayErrors`. The registry refuses
-  these rather than serve config that quietly does less than it says;
+  VirtualService's `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a
+  matched prefix); a DestinationRule's
+  `loadBalancer.consistentHash`, `loadBalancer.simple: PASSTHROUGH`, or `tls` other than
+  `mode: DISABLE`. The registry refuses these rather than serve config that quietly does
+  less than it says;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
-* a route destination (or its `subset`) that does not exist: the host must be a known
-  service or a ServiceEntry host, the subset defined by the host's DestinationRule;
+* a route or mirror destination (or its `subset`) that does not exist: the host must be a
+  known service or a ServiceEntry host, the subset defined by the host's DestinationRule;
 * destination weights of one rule that do not sum to 100 (a single destination may leave
   `weight` out, or say 100).
 
@@ -33,7 +33,7 @@ from sail.registry.istio.model import (
     ServiceEntry,
     VirtualService,
 )
-from sail.registry.istio.virtual_service import HTTPRoute
+from sail.registry.istio.virtual_service import Destination, HTTPRoute
 
 __all__ = ["check_supported", "validate"]
 
@@ -70,9 +70,6 @@ def check_supported(objects: Sequence[IstioObject]) -> None:
 def _unsupported(obj: IstioObject) -> Iterator[tuple[str, str]]:
     if isinstance(obj, VirtualService):
         for i, rule in enumerate(obj.spec.http):
-            for name in ("fault", "mirror", "headers"):
-                if getattr(rule, name) is not None:
-                    yield f"spec.http[{i}].{name}", _NOT_YET
             if rule.rewrite is not None and rule.rewrite.uri is not None:
                 for j, match in enumerate(rule.match):
                     if match.uri is not None and match.uri.regex is not None:
@@ -97,9 +94,6 @@ def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tup
         yield f"{path}.loadBalancer.simple", f"PASSTHROUGH: {_NOT_YET}"
     if lb is not None and lb.consistent_hash is not None:
         yield f"{path}.loadBalancer.consistentHash", _NOT_YET
-    od = policy.outlier_detection
-    if od is not None and od.consecutive_gateway_errors is not None:
-        yield f"{path}.outlierDetection.consecutiveGatewayErrors", _NOT_YET
     if policy.tls is not None and policy.tls.mode is not TLSMode.DISABLE:
         yield f"{path}.tls.mode", f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE)"
 
@@ -146,27 +140,45 @@ def _check_rule(
     known: set[str] | None,
     rules: dict[str, IstioObject],
 ) -> None:
-    for j, target in enumerate(rule.route):
-        where = f"{path}.route[{j}].destination"
-        host = short_host(target.destination.host)
-        if known is not None and host not in known:
-            raise _error(vs, f"{where}.host", f"unknown host {host!r} ({_listed(known)})")
-        subset = target.destination.subset
-        if subset is None:
-            continue
-        dr = rules.get(host)
-        if not isinstance(dr, DestinationRule):
-            raise _error(
-                vs, f"{where}.subset", f"subset {subset!r}: no DestinationRule for host {host!r}"
-            )
-        if dr.spec.subset(subset) is None:
-            defined = ", ".join(s.name for s in dr.spec.subsets) or "none"
-            raise _error(
-                vs,
-                f"{where}.subset",
-                f"subset {subset!r} is not defined by {dr.ref} (defined: {defined})",
-            )
+    destinations = [
+        (f"{path}.route[{j}].destination", target.destination)
+        for j, target in enumerate(rule.route)
+    ]
+    if rule.mirror is not None:
+        destinations.append((f"{path}.mirror", rule.mirror))
+    destinations.extend(
+        (f"{path}.mirrors[{j}].destination", m.destination) for j, m in enumerate(rule.mirrors)
+    )
+    for where, destination in destinations:
+        _check_destination(vs, where, destination, known, rules)
     _check_weights(vs, path, rule)
+
+
+def _check_destination(
+    vs: VirtualService,
+    where: str,
+    destination: Destination,
+    known: set[str] | None,
+    rules: dict[str, IstioObject],
+) -> None:
+    host = short_host(destination.host)
+    if known is not None and host not in known:
+        raise _error(vs, f"{where}.host", f"unknown host {host!r} ({_listed(known)})")
+    subset = destination.subset
+    if subset is None:
+        return
+    dr = rules.get(host)
+    if not isinstance(dr, DestinationRule):
+        raise _error(
+            vs, f"{where}.subset", f"subset {subset!r}: no DestinationRule for host {host!r}"
+        )
+    if dr.spec.subset(subset) is None:
+        defined = ", ".join(s.name for s in dr.spec.subsets) or "none"
+        raise _error(
+            vs,
+            f"{where}.subset",
+            f"subset {subset!r} is not defined by {dr.ref} (defined: {defined})",
+        )
 
 
 def _check_weights(vs: VirtualService, path: str, rule: HTTPRoute) -> None:

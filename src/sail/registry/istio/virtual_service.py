@@ -3,21 +3,30 @@
 Supported, and translated to routes:
 
 * `hosts`; `http[]` rules, tried in order, each with `name`, `match[]` (OR'ed), `route[]`,
-  `timeout`, `retries` and `rewrite`;
+  `timeout`, `retries`, `rewrite`, `fault`, `mirror` / `mirrorPercentage` / `mirrors` and
+  `headers`;
 * `match[]`: `uri` / `headers` / `queryParams` (each `exact`, `prefix` or `regex`),
   `method` (a string match too) and `port`; all parts of one match must hold;
-* `route[]`: `destination.host`, `destination.subset`, `destination.port.number`, `weight`;
+* `route[]`: `destination.host`, `destination.subset`, `destination.port.number`, `weight`,
+  `headers`;
 * `retries`: `attempts`, `perTryTimeout`, `retryOn` (Envoy's conditions, comma-separated;
   HTTP status codes such as `503` allowed);
 * `rewrite`: `uri` (replaces the matched prefix, or the whole path of an exact match) and
-  `authority` (the Host header).
+  `authority` (the Host header);
+* `fault`: `delay` (`fixedDelay`, `percentage`) and `abort` (`httpStatus` or `grpcStatus`,
+  a gRPC status name such as `UNAVAILABLE`, and `percentage`). A `percentage` left out is
+  0 %, as in Istio: nothing is injected;
+* `mirror` (a destination) with `mirrorPercentage` (100 % when left out), or `mirrors[]`
+  (`destination`, `percentage`), not both;
+* `headers` (on the rule and on each `route[]` destination): `request` / `response`, each
+  with `set`, `add` and `remove`. Names are header names (not `host` or `:authority`: use
+  `rewrite.authority`); values are literal, `%%` standing for `%` as in Envoy (Envoy's
+  `%VARIABLE%` formatters are refused).
 
-Parsed and validated but refused by `validate` as "not supported yet" (the registry must not
-pretend to apply them): `fault` (`delay.fixedDelay`, `abort.httpStatus`, `percentage`),
-`mirror` and `headers` (`request`/`response` `set`/`add`/`remove`).
-
-Every other Istio field (`gateways`, `tcp`, `tls`, `corsPolicy`, `redirect`, ...) is refused
-when parsed. Regexes are matched against the whole value, as RE2's `FullMatch` in Envoy.
+Every other Istio field (`gateways`, `tcp`, `tls`, `corsPolicy`, `redirect`,
+`fault.delay.exponentialDelay`, `fault.abort.http2Error`, the deprecated `percent`,
+`mirrorPercent`, ...) is refused when parsed. Regexes are matched against the whole value,
+as RE2's `FullMatch` in Envoy.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import ClassVar
 
 import attrs
 
+from sail.model import literal_header_value
 from sail.registry.istio.errors import FieldError
 from sail.registry.istio.schema import (
     check_header_name,
@@ -40,10 +50,12 @@ from sail.registry.istio.schema import (
 )
 
 __all__ = [
+    "GRPC_STATUS_CODES",
     "RETRY_CONDITIONS",
     "Destination",
     "HTTPFaultInjection",
     "HTTPMatchRequest",
+    "HTTPMirrorPolicy",
     "HTTPRetry",
     "HTTPRewrite",
     "HTTPRoute",
@@ -82,6 +94,32 @@ RETRY_CONDITIONS = frozenset(
 )
 """The `retryOn` conditions sail accepts, besides HTTP status codes."""
 
+GRPC_STATUS_CODES = {
+    name: code
+    for code, name in enumerate(
+        (
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        )
+    )
+}
+"""gRPC status names (what Istio's `fault.abort.grpcStatus` takes) and their codes."""
+
 
 @attrs.frozen
 class StringMatch:
@@ -114,14 +152,50 @@ class Destination:
 
 
 @attrs.frozen
+class HeaderOperations:
+    """Headers to `set` (replace every value), `add` (one more value) and `remove`."""
+
+    set_: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    add: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    remove: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        for key, values in (("set", self.set_), ("add", self.add)):
+            for name, value in values.items():
+                _check_mutable(f"{key}[{name}]", name)
+                if any(c in value for c in "\x00\r\n"):
+                    raise FieldError(f"{key}[{name}]", "values must not contain NUL, CR or LF")
+                try:
+                    literal_header_value(value)
+                except ValueError as exc:
+                    raise FieldError(f"{key}[{name}]", str(exc)) from None
+        for i, name in enumerate(self.remove):
+            _check_mutable(f"remove[{i}]", name)
+
+
+def _check_mutable(field: str, name: str) -> None:
+    if name.lower() in ("host", ":authority"):
+        raise FieldError(field, f"{name!r}: not supported (use rewrite.authority)")
+    check_header_name(field, name)
+
+
+@attrs.frozen
+class Headers:
+    """Header operations on the `request` (sent upstream) and the `response`."""
+
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+@attrs.frozen
 class HTTPRouteDestination:
     """A destination and its share of the rule's traffic (`weight`, 0-100; the weights of
-    a rule with several destinations must sum to 100, a single one may leave it out)."""
-
-    UNSUPPORTED: ClassVar = ("headers",)
+    a rule with several destinations must sum to 100, a single one may leave it out), and
+    header operations for the requests sent to it."""
 
     destination: Destination
     weight: int | None = attrs.field(default=None, validator=in_range(0, 100))
+    headers: Headers | None = None
 
 
 @attrs.frozen
@@ -190,18 +264,35 @@ class Percent:
 
 @attrs.frozen
 class InjectDelay:
+    """Delay `percentage` of the requests by `fixedDelay` (a positive duration)."""
+
     UNSUPPORTED: ClassVar = ("exponentialDelay", "percent")
 
-    fixed_delay: float = duration(required=True)
+    fixed_delay: float = duration(required=True, positive=True)
     percentage: Percent | None = None
+
+
+def _grpc_status(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and value not in GRPC_STATUS_CODES:
+        raise FieldError(
+            "grpcStatus",
+            f"unknown gRPC status {value!r} (known: {', '.join(GRPC_STATUS_CODES)})",
+        )
 
 
 @attrs.frozen
 class InjectAbort:
-    UNSUPPORTED: ClassVar = ("grpcStatus", "http2Error")
+    """Answer `percentage` of the requests with `httpStatus`, or with gRPC status
+    `grpcStatus` (a name, HTTP status 200), without sending them."""
 
-    http_status: int = attrs.field(validator=in_range(200, 599))
+    UNSUPPORTED: ClassVar = ("http2Error",)
+
+    http_status: int | None = attrs.field(default=None, validator=in_range(200, 599))
+    grpc_status: str | None = attrs.field(default=None, validator=_grpc_status)
     percentage: Percent | None = None
+
+    def __attrs_post_init__(self) -> None:
+        exactly_one(self, "http_status", "grpc_status")
 
 
 @attrs.frozen
@@ -223,16 +314,12 @@ class HTTPRewrite:
 
 
 @attrs.frozen
-class HeaderOperations:
-    set_: Mapping[str, str] = attrs.field(factory=dict, hash=False)
-    add: Mapping[str, str] = attrs.field(factory=dict, hash=False)
-    remove: tuple[str, ...] = ()
+class HTTPMirrorPolicy:
+    """One of `mirrors`: send a copy of `percentage` of the requests (all when left out) to
+    `destination`."""
 
-
-@attrs.frozen
-class Headers:
-    request: HeaderOperations | None = None
-    response: HeaderOperations | None = None
+    destination: Destination
+    percentage: Percent | None = None
 
 
 @attrs.frozen
@@ -243,8 +330,6 @@ class HTTPRoute:
         "redirect",
         "directResponse",
         "delegate",
-        "mirrors",
-        "mirrorPercentage",
         "mirrorPercent",
         "mirror_percent",
         "corsPolicy",
@@ -258,7 +343,15 @@ class HTTPRoute:
     rewrite: HTTPRewrite | None = None
     fault: HTTPFaultInjection | None = None
     mirror: Destination | None = None
+    mirror_percentage: Percent | None = None
+    mirrors: tuple[HTTPMirrorPolicy, ...] = ()
     headers: Headers | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.mirror is not None and self.mirrors:
+            raise FieldError("mirrors", "only one of mirror, mirrors may be set")
+        if self.mirror_percentage is not None and self.mirror is None:
+            raise FieldError("mirrorPercentage", "applies to mirror, which is not set")
 
 
 @attrs.frozen

@@ -7,8 +7,11 @@
   a `LOGICAL_DNS` cluster has exactly one endpoint (Envoy's rules). `ORIGINAL_DST` and
   custom `cluster_type`s (aggregate clusters included) are not supported.
 * Unset values take Envoy's defaults: `connect_timeout` 5 s, `healthy_panic_threshold` 50 %,
-  circuit breaker limits 1024/1024/1024/3, outlier detection 5 consecutive 5xx, 10 s
-  interval, 30 s base ejection, 10 % max ejected, enforcing 100 %.
+  circuit breaker limits 1024/1024/1024 (retries: see `Thresholds`), and Envoy's outlier
+  detection defaults (see `model.OutlierDetection`): 5 consecutive 5xx enforced at 100 %,
+  5 gateway failures enforced at 0 %, success rate enforced at 100 % (5 hosts of 100
+  requests), failure percentage enforced at 0 %, 10 s interval, 30 s base ejection up to
+  300 s, 10 % max ejected.
 * `transport_socket` is not read yet: TLS comes from sail's own security settings.
 """
 
@@ -25,12 +28,13 @@ from sail.model import (
     ClusterLoadAssignment,
     DiscoveryType,
     OutlierDetection,
+    RetryBudget,
     Thresholds,
 )
 from sail.xds.codec.decode_endpoint import decode_load_assignment
 from sail.xds.codec.decode_lb_policy import decode_lb_policy
 from sail.xds.codec.validation import Invalid, at, resource
-from sail.xds.codec.wellknown import duration_seconds, enum_name, uint32_value
+from sail.xds.codec.wellknown import bool_value, duration_seconds, enum_name, uint32_value
 
 __all__ = ["decode_cluster"]
 
@@ -140,32 +144,88 @@ def _circuit_breakers(msg: Any) -> CircuitBreakers | None:
                     t, "max_pending_requests", d.max_pending_requests
                 ),
                 max_requests=uint32_value(t, "max_requests", d.max_requests),
-                max_retries=uint32_value(t, "max_retries", d.max_retries),
+                max_retries=(
+                    uint32_value(t, "max_retries", 0) if t.HasField("max_retries") else None
+                ),
+                retry_budget=_retry_budget(t),
             )
         )
     return CircuitBreakers(tuple(out))
 
 
+def _retry_budget(t: Any) -> RetryBudget | None:
+    if not t.HasField("retry_budget"):
+        return None
+    b = t.retry_budget
+    with at("retry_budget"):
+        percent = 20.0
+        if b.HasField("budget_percent"):
+            percent = float(b.budget_percent.value)
+            if not 0.0 <= percent <= 100.0:
+                raise Invalid("budget_percent.value", f"{percent} is not in 0-100")
+        return RetryBudget(
+            budget_percent=percent,
+            min_retry_concurrency=uint32_value(b, "min_retry_concurrency", 3),
+        )
+
+
+_OUTLIER_PERCENTS = (
+    "max_ejection_percent",
+    "enforcing_consecutive_5xx",
+    "enforcing_success_rate",
+    "enforcing_consecutive_gateway_failure",
+    "enforcing_consecutive_local_origin_failure",
+    "enforcing_local_origin_success_rate",
+    "failure_percentage_threshold",
+    "enforcing_failure_percentage",
+    "enforcing_failure_percentage_local_origin",
+)
+_OUTLIER_COUNTS = (
+    "consecutive_5xx",
+    "success_rate_minimum_hosts",
+    "success_rate_request_volume",
+    "success_rate_stdev_factor",
+    "consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+    "failure_percentage_minimum_hosts",
+    "failure_percentage_request_volume",
+)
+
+
 def _outlier_detection(msg: Any) -> OutlierDetection | None:
+    """Every field but `successful_active_health_check_uneject_host` (sail has no active
+    health checks); `monitors` (extension monitors) are refused. As in Envoy, an unset
+    `max_ejection_time` is 300 s or `base_ejection_time`, whichever is larger, and a set one
+    may not be smaller than `base_ejection_time`."""
     if not msg.HasField("outlier_detection"):
         return None
     od = msg.outlier_detection
     d = _OUTLIER_DEFAULTS
+    values: dict[str, Any] = {}
     with at("outlier_detection"):
-        interval = duration_seconds(od, "interval", positive=True)
-        base = duration_seconds(od, "base_ejection_time", positive=True)
-        percents = {}
-        for key, default in (
-            ("max_ejection_percent", d.max_ejection_percent),
-            ("enforcing_consecutive_5xx", d.enforcing_consecutive_5xx),
-        ):
-            percents[key] = uint32_value(od, key, default)
-            if percents[key] > 100:
-                raise Invalid(key, f"{percents[key]} is more than 100")
-    return OutlierDetection(
-        consecutive_5xx=uint32_value(od, "consecutive_5xx", d.consecutive_5xx),
-        interval=d.interval if interval is None else interval,
-        base_ejection_time=d.base_ejection_time if base is None else base,
-        max_ejection_percent=percents["max_ejection_percent"],
-        enforcing_consecutive_5xx=percents["enforcing_consecutive_5xx"],
+        if len(od.monitors):
+            raise Invalid("monitors", "outlier detection extension monitors are not supported")
+        for key in _OUTLIER_PERCENTS:
+            values[key] = uint32_value(od, key, getattr(d, key))
+            if values[key] > 100:
+                raise Invalid(key, f"{values[key]} is more than 100")
+        for key in _OUTLIER_COUNTS:
+            values[key] = uint32_value(od, key, getattr(d, key))
+        for key in ("interval", "base_ejection_time"):
+            value = duration_seconds(od, key, positive=True)
+            values[key] = getattr(d, key) if value is None else value
+        jitter = duration_seconds(od, "max_ejection_time_jitter")
+        values["max_ejection_time_jitter"] = 0.0 if jitter is None else jitter
+        longest = duration_seconds(od, "max_ejection_time", positive=True)
+        base = values["base_ejection_time"]
+        if longest is not None and longest < base:
+            raise Invalid(
+                "max_ejection_time",
+                f"{longest}s is less than base_ejection_time ({base}s), which Envoy refuses",
+            )
+        values["max_ejection_time"] = max(300.0, base) if longest is None else longest
+    values["split_external_local_origin_errors"] = bool(od.split_external_local_origin_errors)
+    values["always_eject_one_host"] = bool_value(
+        od, "always_eject_one_host", d.always_eject_one_host
     )
+    return OutlierDetection(**values)

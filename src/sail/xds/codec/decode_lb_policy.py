@@ -10,13 +10,16 @@ Two places in a `Cluster` name the policy:
   A `TypedStruct` whose type sail does not know names a custom policy by the last path
   segment of its type URL (`type.googleapis.com/my_policy` → `my_policy`), its struct
   becoming the options, so users can register their own policies as in gRPC.
-* the `lb_policy` enum, with its options in `least_request_lb_config`,
-  `ring_hash_lb_config` or `maglev_lb_config`.
+* the `lb_policy` enum, with its options in `round_robin_lb_config`,
+  `least_request_lb_config`, `ring_hash_lb_config` or `maglev_lb_config` (and, for the
+  hashing policies, `common_lb_config.consistent_hashing_lb_config`).
 
 Options are recorded only when the config sets them; policies apply their own defaults
-(`policy.option("choice_count", 2)`). Envoy's limits are checked here: `choice_count >= 2`,
-ring sizes at most 8M with the minimum not above the maximum, a prime Maglev table size of
-at most 5000011.
+(`policy.option("choice_count", 2)`); `sail.xds.codec.lb_options` lists them. Envoy's limits
+are checked here: `choice_count >= 2`, ring sizes at most 8M with the minimum not above the
+maximum, a prime Maglev table size of at most 5000011, a slow-start `min_weight_percent` in
+0-100. Every policy Envoy's enum names except `CLUSTER_PROVIDED` is registered in
+`sail.balancing`: `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST`, `RING_HASH`, `MAGLEV`.
 """
 
 from __future__ import annotations

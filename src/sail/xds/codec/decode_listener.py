@@ -12,7 +12,10 @@ The HCM takes its routes from RDS (`rds`, whose `config_source` must be `ads` or
 sail has a single ADS stream) or inline (`route_config`). Its HTTP filters follow gRFC A39:
 the router filter must be present and last; a filter type sail does not know is a NACK
 unless the filter is `is_optional`, in which case it is skipped. Filters that are
-`disabled` are skipped too (nothing in sail turns them on per route).
+`disabled` are skipped too (nothing in sail turns them on per route), except the fault
+filter, which routes can configure by name: a disabled one is NACKed, as is a second one.
+The fault filter's own `HTTPFault` config is decoded into `HttpFilter.config`
+(`decode_fault`; `None` when it injects nothing).
 """
 
 from __future__ import annotations
@@ -23,14 +26,24 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from sail.model import HttpConnectionManager, HttpFilter, Listener
+from sail.model import FaultPolicy, HttpConnectionManager, HttpFilter, Listener
 from sail.xds.codec.decode_address import decode_socket_address
+from sail.xds.codec.decode_fault import decode_fault_config
 from sail.xds.codec.decode_route import decode_route_config
-from sail.xds.codec.extensions import HCM, HTTP_FILTERS, ROUTER, configured_type, unpack_into
+from sail.xds.codec.extensions import (
+    FAULT,
+    HCM,
+    HTTP_FILTERS,
+    ROUTER,
+    configured_type,
+    unpack_into,
+)
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import duration_seconds
 
 __all__ = ["decode_http_connection_manager", "decode_listener"]
+
+_NO_FAULT = FaultPolicy()
 
 
 def decode_listener(msg: Any) -> Listener:
@@ -121,6 +134,7 @@ def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
     out: list[HttpFilter] = []
     names: set[str] = set()
     router_index: int | None = None
+    fault_index: int | None = None
     for i, f in enumerate(filters):
         with at("http_filters", i):
             if router_index is not None:
@@ -137,13 +151,25 @@ def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
             type_url = _filter_type(f)
             if type_url is None:
                 continue
+            config = None
             if type_url == ROUTER:
                 if f.disabled:
                     raise Invalid("disabled", "the router filter cannot be disabled")
                 router_index = i
+            elif type_url == FAULT:
+                if f.disabled:
+                    raise Invalid("disabled", "a disabled fault filter is not supported")
+                if fault_index is not None:
+                    raise Invalid(
+                        "", f"only one fault filter is supported (also http_filters[{fault_index}])"
+                    )
+                fault_index = i
+                with at("typed_config"):
+                    policy = decode_fault_config(f.typed_config)
+                config = None if policy == _NO_FAULT else policy
             elif f.disabled:
                 continue
-            out.append(HttpFilter(f.name, type_url, f.is_optional))
+            out.append(HttpFilter(f.name, type_url, f.is_optional, config))
     if router_index is None:
         raise Invalid("http_filters", f"the router filter ({ROUTER}) is required, and must be last")
     return tuple(out)

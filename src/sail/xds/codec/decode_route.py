@@ -9,7 +9,13 @@ The route actions themselves (clusters, rewrites, retries, hashing) are in
 * a route match sail cannot evaluate (`connect_matcher`, `path_match_policy`, `grpc`,
   `tls_context`, `dynamic_metadata`, `filter_state`): ignoring it would match more requests
   than the configuration says;
-* `redirect` and `filter_action`: sail sends requests, it does not answer them with redirects.
+* `redirect` and `filter_action`: sail sends requests, it does not answer them with redirects;
+* `request_mirror_policies` on the configuration or a virtual host (mirror on the route
+  action instead).
+
+Each level (configuration, virtual host, route) keeps its header mutations
+(`decode_header_mutations`) and its fault filter configs from `typed_per_filter_config`
+(`decode_fault`); the configuration keeps `most_specific_header_mutations_wins`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from sail.model import (
     RouteMatch,
     VirtualHost,
 )
+from sail.xds.codec.decode_fault import decode_per_filter_configs
+from sail.xds.codec.decode_header_mutations import decode_header_mutations
 from sail.xds.codec.decode_matchers import (
     compile_regex,
     decode_fraction,
@@ -68,6 +76,7 @@ def decode_route_config(msg: Any) -> RouteConfig:
     which may have no name."""
     if msg.HasField("vhds"):
         raise Invalid("vhds", "on-demand virtual hosts (VHDS) are not supported")
+    _no_mirrors(msg)
     seen: dict[str, int] = {}
     hosts = []
     for i, vh in enumerate(msg.virtual_hosts):
@@ -81,7 +90,20 @@ def decode_route_config(msg: Any) -> RouteConfig:
                         f"duplicate domain {domain!r} (also in virtual_hosts[{seen[key]}])",
                     )
                 seen[key] = i
-    return RouteConfig(name=msg.name, virtual_hosts=tuple(hosts))
+    return RouteConfig(
+        name=msg.name,
+        virtual_hosts=tuple(hosts),
+        header_mutations=decode_header_mutations(msg),
+        most_specific_header_mutations_wins=msg.most_specific_header_mutations_wins,
+        typed_per_filter_config=decode_per_filter_configs(msg.typed_per_filter_config),
+    )
+
+
+def _no_mirrors(msg: Any) -> None:
+    if len(msg.request_mirror_policies):
+        raise Invalid(
+            "request_mirror_policies", "is not supported here; set it on the route action"
+        )
 
 
 def _virtual_host(vh: Any) -> VirtualHost:
@@ -92,6 +114,7 @@ def _virtual_host(vh: Any) -> VirtualHost:
             _check_domain(domain)
     if vh.HasField("matcher"):
         raise Invalid("matcher", "matcher trees are not supported; use routes")
+    _no_mirrors(vh)
     routes = []
     for k, route in enumerate(vh.routes):
         with at("routes", k):
@@ -101,7 +124,12 @@ def _virtual_host(vh: Any) -> VirtualHost:
         with at("retry_policy"):
             retry = decode_retry_policy(vh.retry_policy)
     return VirtualHost(
-        name=vh.name, domains=tuple(vh.domains), routes=tuple(routes), retry_policy=retry
+        name=vh.name,
+        domains=tuple(vh.domains),
+        routes=tuple(routes),
+        retry_policy=retry,
+        header_mutations=decode_header_mutations(vh),
+        typed_per_filter_config=decode_per_filter_configs(vh.typed_per_filter_config),
     )
 
 
@@ -136,7 +164,13 @@ def _route(route: Any) -> Route:
         raise Invalid(which, f"{which} is not supported")
     else:
         raise Invalid("", "an action is required (route, direct_response or non_forwarding_action)")
-    return Route(match=match, action=action, name=route.name)
+    return Route(
+        match=match,
+        action=action,
+        name=route.name,
+        header_mutations=decode_header_mutations(route),
+        typed_per_filter_config=decode_per_filter_configs(route.typed_per_filter_config),
+    )
 
 
 def _route_match(m: Any) -> RouteMatch:

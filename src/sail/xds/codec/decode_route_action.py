@@ -11,9 +11,18 @@ Semantics worth knowing, each following Envoy or gRPC (gRFC A28, A31, A42, A44):
 * `retry_policy.num_retries`: unset is 1. An explicit 0 is kept and means "do not retry",
   as in Envoy (gRPC NACKs it instead).
 * `retry_back_off.max_interval` must not be below `base_interval`.
+* `retry_host_predicate`: only `previous_hosts` is supported; `retry_priority`,
+  `retriable_request_headers` and `retry_options_predicates` are NACKed rather than ignored.
 * `regex_rewrite.substitution` keeps RE2's syntax: `\\1`..`\\9` are groups and `\\0` is the
   whole match (Python's `re.sub` spells that `\\g<0>`). References to groups the pattern
   does not have are rejected here, not at request time.
+* `request_mirror_policies`: `cluster` and `runtime_fraction` (its `default_value`; the
+  runtime key is not read); `trace_sampled` is ignored. `cluster_header`,
+  `disable_shadow_host_suffix_append`, `host_rewrite_literal` and
+  `request_headers_mutations` are refused (the data plane always mirrors to a named cluster
+  with `-shadow` appended to the host, as Envoy does by default).
+* weighted cluster entries carry their own header mutations and per-filter (fault)
+  configs (`decode_header_mutations`, `decode_fault`).
 * `hash_policy`: `filter_state` entries are skipped, as gRPC skips hash policies it cannot
   compute; `connection_properties` without `source_ip` hashes nothing and is skipped too.
   A header policy's `regex_rewrite` is not applied.
@@ -23,15 +32,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+
 from sail.model import (
     ClusterWeight,
     DirectResponse,
     HashPolicy,
+    MirrorPolicy,
     RegexRewrite,
+    ResetHeader,
     RetryPolicy,
     RouteAction,
 )
-from sail.xds.codec.decode_matchers import compile_regex
+from sail.xds.codec.decode_fault import decode_per_filter_configs
+from sail.xds.codec.decode_header_mutations import decode_header_mutations
+from sail.xds.codec.decode_matchers import compile_regex, decode_fraction, decode_header_matcher
+from sail.xds.codec.extensions import type_url_of
 from sail.xds.codec.validation import Invalid, at, header_safe
 from sail.xds.codec.wellknown import bool_value, duration_seconds, uint32_value
 
@@ -39,6 +55,8 @@ __all__ = ["decode_direct_response", "decode_retry_policy", "decode_route_action
 
 _UINT32_MAX = 2**32 - 1
 _UNSUPPORTED_REWRITES = ("path_rewrite_policy",)
+_PREVIOUS_HOSTS = type_url_of(previous_hosts_pb2.PreviousHostsPredicate)
+PREVIOUS_HOSTS_NAME = "envoy.retry_host_predicates.previous_hosts"
 
 
 def decode_route_action(a: Any) -> RouteAction:
@@ -89,6 +107,7 @@ def decode_route_action(a: Any) -> RouteAction:
         hash_policies=tuple(hashes),
         max_stream_duration=max_stream,
         auto_host_rewrite=auto_host,
+        request_mirror_policies=_mirror_policies(a.request_mirror_policies),
     )
 
 
@@ -103,10 +122,12 @@ def _weighted_clusters(wc: Any) -> tuple[ClusterWeight, ...]:
                 raise Invalid("cluster_header", "is not supported")
             if not c.name:
                 raise Invalid("name", "must not be empty")
+            mutations = decode_header_mutations(c)
+            filter_configs = decode_per_filter_configs(c.typed_per_filter_config)
         weight = uint32_value(c, "weight", 0)
         total += weight
         if weight:
-            out.append(ClusterWeight(c.name, weight))
+            out.append(ClusterWeight(c.name, weight, mutations, filter_configs))
     if total == 0:
         raise Invalid("clusters", "the weights must sum to more than 0")
     if total > _UINT32_MAX:
@@ -116,6 +137,35 @@ def _weighted_clusters(wc: Any) -> tuple[ClusterWeight, ...]:
             "total_weight", f"is {wc.total_weight.value} but the cluster weights sum to {total}"
         )
     return tuple(out)
+
+
+def _mirror_policies(policies: Any) -> tuple[MirrorPolicy, ...]:
+    out = []
+    for i, p in enumerate(policies):
+        with at("request_mirror_policies", i):
+            out.append(_mirror_policy(p))
+    return tuple(out)
+
+
+def _mirror_policy(p: Any) -> MirrorPolicy:
+    if p.cluster_header:
+        raise Invalid("cluster_header", "is not supported; name the cluster")
+    if not p.cluster:
+        raise Invalid("cluster", "must not be empty")
+    if p.disable_shadow_host_suffix_append:
+        raise Invalid("disable_shadow_host_suffix_append", "is not supported")
+    if p.host_rewrite_literal:
+        raise Invalid("host_rewrite_literal", "is not supported")
+    if len(p.request_headers_mutations):
+        raise Invalid("request_headers_mutations", "is not supported")
+    fraction = None
+    if p.HasField("runtime_fraction"):
+        with at("runtime_fraction"):
+            if not p.runtime_fraction.HasField("default_value"):
+                raise Invalid("default_value", "is required")
+            with at("default_value"):
+                fraction = decode_fraction(p.runtime_fraction.default_value)
+    return MirrorPolicy(cluster=p.cluster, runtime_fraction=fraction)
 
 
 def _regex_rewrite(a: Any) -> RegexRewrite | None:
@@ -178,6 +228,45 @@ def decode_retry_policy(rp: Any) -> RetryPolicy:
             max_interval = duration_seconds(b, "max_interval", positive=True)
             if max_interval is not None and max_interval < base:
                 raise Invalid("max_interval", "must not be less than base_interval")
+    if rp.HasField("retry_priority"):
+        raise Invalid("retry_priority", "is not supported")
+    for field in ("retriable_request_headers", "retry_options_predicates"):
+        if len(getattr(rp, field)):
+            raise Invalid(field, "is not supported")
+    headers = []
+    for i, m in enumerate(rp.retriable_headers):
+        with at("retriable_headers", i):
+            headers.append(decode_header_matcher(m))
+    reset_headers: list[ResetHeader] = []
+    rate_limited_max = 300.0
+    if rp.HasField("rate_limited_retry_back_off"):
+        with at("rate_limited_retry_back_off"):
+            rl = rp.rate_limited_retry_back_off
+            if not rl.reset_headers:
+                raise Invalid("reset_headers", "must name at least one header")
+            for i, h in enumerate(rl.reset_headers):
+                with at("reset_headers", i):
+                    if not h.name:
+                        raise Invalid("name", "must not be empty")
+                    reset_headers.append(
+                        ResetHeader(
+                            header_safe("name", h.name).lower(),
+                            "unix_timestamp" if h.format == 1 else "seconds",
+                        )
+                    )
+            value = duration_seconds(rl, "max_interval", positive=True)
+            rate_limited_max = rate_limited_max if value is None else value
+    previous_hosts = False
+    for i, predicate in enumerate(rp.retry_host_predicate):
+        with at("retry_host_predicate", i):
+            type_url = predicate.typed_config.type_url
+            if type_url != _PREVIOUS_HOSTS and predicate.name != PREVIOUS_HOSTS_NAME:
+                raise Invalid(
+                    "typed_config",
+                    f"retry host predicate {predicate.name or type_url!r} is not supported "
+                    "(only previous_hosts)",
+                )
+            previous_hosts = True
     return RetryPolicy(
         retry_on=frozenset(s.strip() for s in rp.retry_on.split(",") if s.strip()),
         num_retries=uint32_value(rp, "num_retries", 1),
@@ -185,6 +274,11 @@ def decode_retry_policy(rp: Any) -> RetryPolicy:
         base_interval=base,
         max_interval=max_interval,
         retriable_status_codes=frozenset(rp.retriable_status_codes),
+        retriable_headers=tuple(headers),
+        reset_headers=tuple(reset_headers),
+        rate_limited_max_interval=rate_limited_max,
+        previous_hosts=previous_hosts,
+        host_selection_retry_max_attempts=max(1, int(rp.host_selection_retry_max_attempts)),
     )
 
 
@@ -196,9 +290,29 @@ def _hash_policy(hp: Any) -> HashPolicy | None:
             raise Invalid("header.header_name", "must not be empty")
         return HashPolicy("header", header_safe("header.header_name", name).lower(), hp.terminal)
     if which == "cookie":
-        if not hp.cookie.name:
+        # `ttl` (whole seconds in Envoy), `path` and `attributes` describe the cookie sail
+        # generates when the request has none; without a `ttl` none is generated.
+        cookie = hp.cookie
+        if not cookie.name:
             raise Invalid("cookie.name", "must not be empty")
-        return HashPolicy("cookie", hp.cookie.name, hp.terminal)
+        with at("cookie"):
+            ttl = duration_seconds(cookie, "ttl")
+            attributes = []
+            for i, attribute in enumerate(cookie.attributes):
+                with at("attributes", i):
+                    if not attribute.name:
+                        raise Invalid("name", "must not be empty")
+                    attributes.append(
+                        (header_safe("name", attribute.name), header_safe("value", attribute.value))
+                    )
+            return HashPolicy(
+                "cookie",
+                header_safe("name", cookie.name),
+                hp.terminal,
+                ttl=ttl,
+                path=header_safe("path", cookie.path),
+                attributes=tuple(attributes),
+            )
     if which == "query_parameter":
         if not hp.query_parameter.name:
             raise Invalid("query_parameter.name", "must not be empty")

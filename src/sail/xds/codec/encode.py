@@ -37,11 +37,13 @@ from sail.model import (
     LbPolicy,
     Listener,
     LocalityEndpoints,
+    OutlierDetection,
+    Thresholds,
 )
-from sail.xds.codec.encode_route import encode_route_configuration
+from sail.xds.codec.encode_route import encode_http_fault, encode_route_configuration
 from sail.xds.codec.extensions import HCM_FILTER_NAME, ROUTER, ROUTER_NAME, TYPE_PREFIX
 from sail.xds.codec.lb_options import TYPED_CLASSES, encode_options
-from sail.xds.codec.wellknown import seconds_to_duration, wrap_uint32
+from sail.xds.codec.wellknown import seconds_to_duration, wrap_bool, wrap_uint32
 
 __all__ = [
     "encode_cluster",
@@ -100,11 +102,7 @@ def encode_http_connection_manager(hcm: HttpConnectionManager, stat_prefix: str)
     if not filters or filters[-1].type_url != ROUTER:
         filters.append(HttpFilter(ROUTER_NAME, ROUTER))
     msg.http_filters.extend(
-        hcm_pb2.HttpFilter(
-            name=f.name,
-            typed_config=any_pb2.Any(type_url=f.type_url),
-            is_optional=f.is_optional,
-        )
+        hcm_pb2.HttpFilter(name=f.name, typed_config=_filter_config(f), is_optional=f.is_optional)
         for f in filters
     )
     if hcm.max_stream_duration is not None:
@@ -112,6 +110,14 @@ def encode_http_connection_manager(hcm: HttpConnectionManager, stat_prefix: str)
             seconds_to_duration(hcm.max_stream_duration)
         )
     return msg
+
+
+def _filter_config(f: HttpFilter) -> Any:
+    """The filter's `typed_config`: its config where the model has one (a fault filter's
+    `HTTPFault`), else an empty message of its type."""
+    if f.config is None:
+        return any_pb2.Any(type_url=f.type_url)
+    return _pack(encode_http_fault(f.config))
 
 
 # -- Cluster ----------------------------------------------------------------------------
@@ -148,26 +154,49 @@ def encode_cluster(cluster: Cluster) -> Any:
     if cluster.circuit_breakers is not None:
         msg.circuit_breakers.SetInParent()
         msg.circuit_breakers.thresholds.extend(
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                priority=t.priority,
-                max_connections=wrap_uint32(t.max_connections),
-                max_pending_requests=wrap_uint32(t.max_pending_requests),
-                max_requests=wrap_uint32(t.max_requests),
-                max_retries=wrap_uint32(t.max_retries),
-            )
-            for t in cluster.circuit_breakers.thresholds
+            _thresholds(t) for t in cluster.circuit_breakers.thresholds
         )
-    od = cluster.outlier_detection
-    if od is not None:
-        msg.outlier_detection.CopyFrom(
-            outlier_detection_pb2.OutlierDetection(
-                consecutive_5xx=wrap_uint32(od.consecutive_5xx),
-                interval=seconds_to_duration(od.interval),
-                base_ejection_time=seconds_to_duration(od.base_ejection_time),
-                max_ejection_percent=wrap_uint32(od.max_ejection_percent),
-                enforcing_consecutive_5xx=wrap_uint32(od.enforcing_consecutive_5xx),
-            )
-        )
+    if cluster.outlier_detection is not None:
+        msg.outlier_detection.CopyFrom(_outlier_detection(cluster.outlier_detection))
+    return msg
+
+
+_OUTLIER_UINT32 = (
+    "consecutive_5xx",
+    "max_ejection_percent",
+    "enforcing_consecutive_5xx",
+    "enforcing_success_rate",
+    "success_rate_minimum_hosts",
+    "success_rate_request_volume",
+    "success_rate_stdev_factor",
+    "consecutive_gateway_failure",
+    "enforcing_consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+    "enforcing_consecutive_local_origin_failure",
+    "enforcing_local_origin_success_rate",
+    "failure_percentage_threshold",
+    "enforcing_failure_percentage",
+    "enforcing_failure_percentage_local_origin",
+    "failure_percentage_minimum_hosts",
+    "failure_percentage_request_volume",
+)
+_OUTLIER_DURATIONS = ("interval", "base_ejection_time", "max_ejection_time")
+
+
+def _outlier_detection(od: OutlierDetection) -> Any:
+    """Every field written out, defaults included, so that no peer's own defaults apply;
+    `always_eject_one_host` (Envoy 1.29) and the jitter only when set, for older peers."""
+    msg = outlier_detection_pb2.OutlierDetection(
+        split_external_local_origin_errors=od.split_external_local_origin_errors
+    )
+    if od.always_eject_one_host:
+        msg.always_eject_one_host.CopyFrom(wrap_bool(True))
+    for key in _OUTLIER_UINT32:
+        getattr(msg, key).CopyFrom(wrap_uint32(getattr(od, key)))
+    for key in _OUTLIER_DURATIONS:
+        getattr(msg, key).CopyFrom(seconds_to_duration(getattr(od, key)))
+    if od.max_ejection_time_jitter:
+        msg.max_ejection_time_jitter.CopyFrom(seconds_to_duration(od.max_ejection_time_jitter))
     return msg
 
 
@@ -238,3 +267,18 @@ def _locality(group: LocalityEndpoints) -> Any:
             for e in group.endpoints
         ],
     )
+
+
+def _thresholds(t: Thresholds) -> Any:
+    msg = circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        priority=t.priority,
+        max_connections=wrap_uint32(t.max_connections),
+        max_pending_requests=wrap_uint32(t.max_pending_requests),
+        max_requests=wrap_uint32(t.max_requests),
+    )
+    if t.max_retries is not None:
+        msg.max_retries.value = t.max_retries
+    if t.retry_budget is not None:
+        msg.retry_budget.budget_percent.value = t.retry_budget.budget_percent
+        msg.retry_budget.min_retry_concurrency.value = t.retry_budget.min_retry_concurrency
+    return msg

@@ -2,7 +2,21 @@
 
 Option keys are the proto field names (`choice_count`, `minimum_ring_size`, ...); durations
 are float seconds. Only fields the config sets become options, and `encode_options` writes
-back exactly those, so a policy round-trips unchanged.
+back exactly those, so a policy round-trips unchanged. Nested and special fields:
+
+* `slow_start_config` (round_robin, least_request) becomes sorted pairs of what it sets:
+  `(("aggression", 2.0), ("min_weight_percent", 5.0), ("slow_start_window", 30.0))`;
+  `aggression` and `active_request_bias` are `RuntimeDouble`s: sail has no runtime and keeps
+  their `default_value`.
+* `hash_function` (ring_hash) and `selection_method` (least_request) are recorded by name,
+  only when not the default (`MURMUR_HASH_2`, `FULL_SCAN`): the legacy and typed ring-hash
+  enums number their values differently, the names agree.
+* `use_hostname_for_hashing` (ring_hash, maglev) is read from `consistent_hashing_lb_config`
+  (or, for ring_hash, the deprecated field of the same name; for the `lb_policy` enum, from
+  the cluster's `common_lb_config.consistent_hashing_lb_config`).
+* Fields sail does not implement are not recorded and have no effect: `locality_lb_config`
+  (locality weights are always on), `hash_balance_factor` (bounded load),
+  `enable_full_scan` (deprecated; Envoy reads `selection_method`).
 """
 
 from __future__ import annotations
@@ -49,11 +63,24 @@ TYPED_CLASSES: Mapping[str, Any] = {
 _BY_TYPE_URL = {type_url_of(cls): cls for cls in TYPED_CLASSES.values()}
 
 # Per policy: option key → kind ("wrapper" for UInt32/UInt64/Float/BoolValue, "duration",
-# "bool" for a plain bool field).
+# "bool" for a plain bool field, "runtime" for a RuntimeDouble, "slow_start" for a
+# SlowStartConfig, "enum" for an enum recorded by name when not its 0 value, "hostname" for
+# use_hostname_for_hashing and its consistent_hashing_lb_config).
 _FIELDS: Mapping[str, Mapping[str, str]] = {
-    "least_request": {"choice_count": "wrapper"},
-    "ring_hash": {"minimum_ring_size": "wrapper", "maximum_ring_size": "wrapper"},
-    "maglev": {"table_size": "wrapper"},
+    "round_robin": {"slow_start_config": "slow_start"},
+    "least_request": {
+        "choice_count": "wrapper",
+        "active_request_bias": "runtime",
+        "slow_start_config": "slow_start",
+        "selection_method": "enum",
+    },
+    "ring_hash": {
+        "minimum_ring_size": "wrapper",
+        "maximum_ring_size": "wrapper",
+        "hash_function": "enum",
+        "use_hostname_for_hashing": "hostname",
+    },
+    "maglev": {"table_size": "wrapper", "use_hostname_for_hashing": "hostname"},
     "weighted_round_robin": {
         "enable_oob_load_report": "wrapper",
         "oob_reporting_period": "duration",
@@ -67,6 +94,8 @@ _FIELDS: Mapping[str, Mapping[str, str]] = {
 
 _MAX_RING = 8_388_608
 _MAX_MAGLEV = 5_000_011
+_DEFAULT_ENUM_NAMES = frozenset({"DEFAULT_HASH", "XX_HASH", "N_CHOICES"})
+_SLOW_START_FIELDS = ("slow_start_window", "aggression", "min_weight_percent")
 
 
 def message_class_for(type_url: str) -> Any | None:
@@ -75,8 +104,58 @@ def message_class_for(type_url: str) -> Any | None:
 
 def typed_options(name: str, config: Any) -> tuple[tuple[str, object], ...]:
     """Options of a typed policy config (`RingHash`, `LeastRequest`, ...), validated."""
-    options: dict[str, object] = {}
+    options = _read(name, config, None)
+    _check(name, options)
+    return tuple(sorted(options.items()))
+
+
+_LEGACY_FIELDS = {
+    "round_robin": "round_robin_lb_config",
+    "least_request": "least_request_lb_config",
+    "ring_hash": "ring_hash_lb_config",
+    "maglev": "maglev_lb_config",
+}
+
+
+def legacy_options(cluster: Any, name: str) -> tuple[tuple[str, object], ...]:
+    """Options from the `Cluster`'s own `*_lb_config` field for the enum policy `name` (and,
+    for the hashing policies, `common_lb_config.consistent_hashing_lb_config`)."""
+    field = _LEGACY_FIELDS.get(name)
+    options: dict[str, Any] = {}
+    common = cluster.common_lb_config
+    consistent = (
+        common.consistent_hashing_lb_config
+        if common.HasField("consistent_hashing_lb_config")
+        else None
+    )
+    if (
+        consistent is not None
+        and name in ("ring_hash", "maglev")
+        and consistent.use_hostname_for_hashing
+    ):
+        options["use_hostname_for_hashing"] = True
+    if field is None or not cluster.HasField(field):
+        if options:
+            with at("common_lb_config"):
+                _check(name, options)
+        return tuple(sorted(options.items()))
+    with at(field):
+        options.update(_read(name, getattr(cluster, field), consistent))
+        _check(name, options)
+    return tuple(sorted(options.items()))
+
+
+def _read(name: str, config: Any, consistent: Any) -> dict[str, Any]:
+    """The options `config` (typed or legacy) sets among those of policy `name`."""
+    options: dict[str, Any] = {}
+    present = config.DESCRIPTOR.fields_by_name
     for key, kind in _FIELDS.get(name, {}).items():
+        if kind == "hostname":
+            if _use_hostname(config, consistent):
+                options[key] = True
+            continue
+        if key not in present:
+            continue
         if kind == "bool":
             if getattr(config, key):
                 options[key] = True
@@ -84,26 +163,48 @@ def typed_options(name: str, config: Any) -> tuple[tuple[str, object], ...]:
             value = duration_seconds(config, key)
             if value is not None:
                 options[key] = value
-        elif config.HasField(key):
+        elif kind == "enum":
+            number = getattr(config, key)
+            label = present[key].enum_type.values_by_number.get(number)
+            if label is None:
+                raise Invalid(key, f"{number} is not a defined value")
+            if label.name not in _DEFAULT_ENUM_NAMES:
+                options[key] = label.name
+        elif not config.HasField(key):
+            continue
+        elif kind == "runtime":
+            options[key] = getattr(config, key).default_value
+        elif kind == "slow_start":
+            with at(key):
+                options[key] = _slow_start(getattr(config, key))
+        else:
             options[key] = getattr(config, key).value
-    _check(name, options)
-    return tuple(sorted(options.items()))
+    return options
 
 
-def legacy_options(cluster: Any, name: str) -> tuple[tuple[str, object], ...]:
-    """Options from the `Cluster`'s own `*_lb_config` field for the enum policy `name`."""
-    field = {
-        "least_request": "least_request_lb_config",
-        "ring_hash": "ring_hash_lb_config",
-        "maglev": "maglev_lb_config",
-    }.get(name)
-    if field is None or not cluster.HasField(field):
-        return ()
-    config = getattr(cluster, field)
-    options = {k: getattr(config, k).value for k in _FIELDS[name] if config.HasField(k)}
-    with at(field):
-        _check(name, options)
-    return tuple(sorted(options.items()))
+def _use_hostname(config: Any, consistent: Any) -> bool:
+    """Envoy: `consistent_hashing_lb_config` when set, else the deprecated field."""
+    fields = config.DESCRIPTOR.fields_by_name
+    if "consistent_hashing_lb_config" in fields and config.HasField("consistent_hashing_lb_config"):
+        return bool(config.consistent_hashing_lb_config.use_hostname_for_hashing)
+    if "use_hostname_for_hashing" in fields:
+        return bool(config.use_hostname_for_hashing)
+    return consistent is not None and bool(consistent.use_hostname_for_hashing)
+
+
+def _slow_start(config: Any) -> tuple[tuple[str, object], ...]:
+    values: dict[str, object] = {}
+    window = duration_seconds(config, "slow_start_window")
+    if window is not None:
+        values["slow_start_window"] = window
+    if config.HasField("aggression"):
+        values["aggression"] = config.aggression.default_value
+    if config.HasField("min_weight_percent"):
+        percent = config.min_weight_percent.value
+        if not 0.0 <= percent <= 100.0:
+            raise Invalid("min_weight_percent.value", f"{percent} is not in 0-100")
+        values["min_weight_percent"] = percent
+    return tuple(sorted(values.items()))
 
 
 def _check(name: str, options: dict[str, Any]) -> None:
@@ -130,20 +231,52 @@ def _is_prime(n: int) -> bool:
 
 
 def encode_options(name: str, options: tuple[tuple[str, object], ...], config: Any) -> Any:
-    """Write `options` into the typed config message `config` of policy `name`."""
+    """Write `options` into the config message `config` of policy `name` (typed, or the
+    `Cluster`'s legacy `*_lb_config`; an option the message has no field for is a
+    `ValueError`)."""
     fields = _FIELDS.get(name, {})
-    for key, option in options:
+    present = config.DESCRIPTOR.fields_by_name
+    for option_key, option in options:
+        key = option_key
         value: Any = option
         kind = fields.get(key)
         if kind is None:
             raise ValueError(f"policy {name!r} has no option {key!r} that xDS can carry")
-        if kind == "bool":
+        if kind == "hostname":
+            if "consistent_hashing_lb_config" in present:
+                config.consistent_hashing_lb_config.use_hostname_for_hashing = bool(value)
+                continue
+            key = "use_hostname_for_hashing"
+        if key not in present:
+            raise ValueError(
+                f"{config.DESCRIPTOR.full_name} has no field {key!r} for policy {name!r}"
+            )
+        if kind in ("bool", "hostname"):
             setattr(config, key, bool(value))
         elif kind == "duration":
             getattr(config, key).CopyFrom(seconds_to_duration(float(value)))
+        elif kind == "enum":
+            setattr(config, key, present[key].enum_type.values_by_name[value].number)
+        elif kind == "runtime":
+            runtime = getattr(config, key)
+            runtime.default_value = float(value)
+            runtime.runtime_key = f"{name}.{key}"  # required by Envoy's validation
+        elif kind == "slow_start":
+            _encode_slow_start(name, dict(value), getattr(config, key))
         else:
             getattr(config, key).value = value
     return config
+
+
+def _encode_slow_start(name: str, values: dict[str, Any], config: Any) -> None:
+    config.SetInParent()
+    if "slow_start_window" in values:
+        config.slow_start_window.CopyFrom(seconds_to_duration(float(values["slow_start_window"])))
+    if "aggression" in values:
+        config.aggression.default_value = float(values["aggression"])
+        config.aggression.runtime_key = f"{name}.slow_start_config.aggression"
+    if "min_weight_percent" in values:
+        config.min_weight_percent.value = float(values["min_weight_percent"])
 
 
 def freeze(value: Any) -> Any:

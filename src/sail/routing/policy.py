@@ -1,0 +1,95 @@
+"""What a matched route carries for the data plane beyond where to send: `RoutePolicy`.
+
+Built once per route (and per weighted cluster entry) when the router is built, and handed
+out with every `RouteResult` (`result.policy`), so a request pays nothing to find them:
+
+* `headers` - the compiled header mutations (`sail.routing.headers.HeaderMutation`), `None`
+  when the route changes no header;
+* `faults` - fault filter configs by filter name, each the most specific of weighted cluster
+  entry, route, virtual host and route configuration (Envoy's
+  `resolveMostSpecificPerFilterConfig`: the most specific level that has one wins whole).
+  `None` for a filter disabled there. `sail.resilience.fault.FaultFilter` looks itself up
+  here by name and falls back to its own config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from sail.routing.headers import HeaderMutation, compile_header_mutation
+
+if TYPE_CHECKING:
+    from sail.model import (
+        ClusterWeight,
+        FaultPolicy,
+        FilterConfigs,
+        Route,
+        RouteConfig,
+        VirtualHost,
+    )
+
+__all__ = ["EMPTY_POLICY", "PolicyOf", "RoutePolicy", "route_policies"]
+
+
+class RoutePolicy:
+    """The per-route extras of one route (or weighted cluster entry). Immutable."""
+
+    __slots__ = ("faults", "headers")
+
+    def __init__(
+        self,
+        headers: HeaderMutation | None = None,
+        faults: Mapping[str, FaultPolicy | None] | None = None,
+    ) -> None:
+        self.headers = headers
+        self.faults: Mapping[str, FaultPolicy | None] = MappingProxyType(dict(faults or {}))
+
+    def __repr__(self) -> str:
+        return f"RoutePolicy(headers={self.headers!r}, faults={dict(self.faults)!r})"
+
+
+EMPTY_POLICY = RoutePolicy()
+"""The policy of a route that has none (shared)."""
+
+PolicyOf = Callable[["ClusterWeight | None"], RoutePolicy]
+"""`policy_of(entry)`: the policy for a request routed through weighted cluster `entry`, or
+through the route itself (`None`)."""
+
+
+def _merged(*levels: FilterConfigs) -> dict[str, FaultPolicy | None]:
+    """Least specific first; a later level's entry replaces an earlier one's."""
+    out: dict[str, FaultPolicy | None] = {}
+    for level in levels:
+        out.update(level)
+    return out
+
+
+def route_policies(config: RouteConfig | None, vhost: VirtualHost | None, route: Route) -> PolicyOf:
+    """The policies of `route` in `vhost` of `config` (either may be `None`, standing for an
+    empty level): the route's own, computed here, and one per weighted cluster entry,
+    computed when asked (entries with no extras of their own share the route's)."""
+    mutations_wins = config.most_specific_header_mutations_wins if config is not None else False
+    levels = [
+        route.header_mutations,
+        vhost.header_mutations if vhost is not None else None,
+        config.header_mutations if config is not None else None,
+    ]
+    if mutations_wins:
+        levels.reverse()
+    faults = _merged(
+        config.typed_per_filter_config if config is not None else (),
+        vhost.typed_per_filter_config if vhost is not None else (),
+        route.typed_per_filter_config,
+    )
+    headers = compile_header_mutation(levels)
+    base = RoutePolicy(headers, faults) if headers is not None or faults else EMPTY_POLICY
+
+    def policy_of(entry: ClusterWeight | None) -> RoutePolicy:
+        if entry is None or (entry.header_mutations is None and not entry.typed_per_filter_config):
+            return base
+        entry_headers = compile_header_mutation(levels, entry.header_mutations)
+        return RoutePolicy(entry_headers, {**faults, **dict(entry.typed_per_filter_config)})
+
+    return policy_of
