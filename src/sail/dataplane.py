@@ -24,6 +24,8 @@ from typing import NamedTuple
 import attrs
 
 from sail.balancing import Picker, UnavailablePicker, build_picker
+from sail.balancing.hashing import NO_HASH, RequestHash
+from sail.balancing.hashing import request_hash as hash_request
 from sail.balancing.stats import ClusterStats
 from sail.errors import NoHealthyUpstream, UnknownService
 from sail.model import (
@@ -125,6 +127,7 @@ class Target(NamedTuple):
     endpoint: Endpoint | None
     host: str | None = None
     cluster: ClusterRuntime | None = None
+    hash: RequestHash = NO_HASH
 
 
 def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
@@ -209,9 +212,12 @@ class Dataplane:
         headers: Headers,
         method: str = "GET",
         state: DataplaneState | None = None,
+        source_ip: str | None = None,
     ) -> Target:
-        """Route and balance one request. Raises `UnknownService`, `NoRoute` or
-        `NoHealthyUpstream`, each naming the service and route."""
+        """Route and balance one request (hashing it by the route's `hash_policy` for the
+        hashing policies; `source_ip` is for `connection_properties`). Raises
+        `UnknownService`, `NoRoute` or `NoHealthyUpstream`, each naming the service and
+        route."""
         state = state or self.state
         runtime = state.services.get(service)
         if runtime is None:
@@ -225,18 +231,28 @@ class Dataplane:
                 f"service {service!r} route {_route_name(result)}: cluster "
                 f"{result.cluster!r} is not in the mesh config"
             )
+        action = result.route.action
+        request_hash = NO_HASH
+        if isinstance(action, RouteAction) and action.hash_policies:
+            request_hash = hash_request(
+                action.hash_policies, headers, path, source_ip,
+                authority=authority, method=method,
+            )
         try:
-            endpoint = cluster.picker.pick()
+            endpoint = cluster.picker.pick(request_hash.value)
         except NoHealthyUpstream as exc:
             raise NoHealthyUpstream(
                 f"service {service!r} route {_route_name(result)}: {exc}"
             ) from None
         host = result.host
-        if host is None and endpoint.hostname:
-            action = result.route.action
-            if isinstance(action, RouteAction) and action.auto_host_rewrite:
-                host = endpoint.hostname
-        return Target(service, result, endpoint, host, cluster)
+        if (
+            host is None
+            and endpoint.hostname
+            and isinstance(action, RouteAction)
+            and action.auto_host_rewrite
+        ):
+            host = endpoint.hostname
+        return Target(service, result, endpoint, host, cluster, request_hash)
 
 
 def _route_name(result: RouteResult) -> str:

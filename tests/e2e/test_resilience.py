@@ -435,3 +435,48 @@ def test_least_request_avoids_the_slow_host_like_envoy(flaky: Upstreams,
         shares[who] = flaky.requests("a") / total
     assert shares["envoy"] < 0.2 and shares["sail"] < 0.2, shares
     assert shares["sail"] == pytest.approx(shares["envoy"], abs=0.1), shares
+
+
+# -- hashing policies ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
+def test_hash_policy_maps_keys_to_the_same_upstream_as_envoy(flaky: Upstreams, tmp_path: Path,
+                                                             policy: str) -> None:
+    """hash_policy on the `x-user` header over three upstreams: each user sticks to one
+    upstream, and - since sail builds Envoy's ring and Maglev table, with xxHash - to the
+    very upstream Envoy picks for that user."""
+    config = routes(hash_policy=[{"header": {"header_name": "x-user"}}])
+    cluster = {"lb_policy": policy}
+    users = [f"user-{i}" for i in range(40)]
+    chosen: dict[str, dict[str, set[str]]] = {}
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), cluster) as envoy:
+        with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+            chosen["envoy"] = {u: {client.get("/h", headers={"x-user": u}).json()["name"]
+                                   for _ in range(3)} for u in users}
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), cluster) as mesh:
+        with mesh.client() as client:
+            chosen["sail"] = {u: {client.get("http://svc/h", headers={"x-user": u}).json()["name"]
+                                  for _ in range(3)} for u in users}
+    for who, by_user in chosen.items():
+        assert all(len(names) == 1 for names in by_user.values()), (who, by_user)
+        assert len(set().union(*by_user.values())) == 3, who  # the keys spread over all three
+    assert chosen["sail"] == chosen["envoy"]
+
+
+def test_generated_cookie_makes_a_client_sticky(flaky: Upstreams, tmp_path: Path) -> None:
+    """A cookie hash policy with a ttl: the first response sets the cookie (as Envoy does),
+    httpx's cookie jar sends it back, and the client stays on one upstream; a client without
+    the cookie jar's memory spreads."""
+    config = routes(hash_policy=[{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}])
+    cluster = {"lb_policy": "RING_HASH"}
+    with run_mesh(tmp_path, config, flaky.endpoints(), cluster) as mesh:
+        with mesh.client() as client:
+            first = client.get("http://svc/c")
+            assert "sticky=" in first.headers["set-cookie"]
+            names = {client.get("http://svc/c").json()["name"] for _ in range(20)}
+        assert len(names) == 1
+        spread = set()
+        for _ in range(30):
+            with mesh.client() as fresh:
+                spread.add(fresh.get("http://svc/c").json()["name"])
+        assert len(spread) > 1

@@ -179,21 +179,33 @@ def _failed(call: Call, exc: httpx.TransportError, request: httpx.Request) -> Ex
     return exc
 
 
-def _repick(cluster: ClusterRuntime, policy: RetryPolicy, call: Call) -> Endpoint:
-    """The endpoint of the next attempt: a fresh pick, avoiding the endpoints already
-    tried when the policy has the `previous_hosts` predicate."""
-    endpoint = cluster.picker.pick()
+def _repick(target: Target, policy: RetryPolicy, call: Call) -> Endpoint:
+    """The endpoint of the next attempt: a fresh pick (by the request's hash, for hashing
+    policies), then, when the policy has the `previous_hosts` predicate and that endpoint
+    was tried already, up to `host_selection_retry_max_attempts` picks without the hash."""
+    assert target.cluster is not None
+    picker = target.cluster.picker
+    endpoint = picker.pick(target.hash.value)
     if policy.previous_hosts:
         tried = call.tried
         for _ in range(policy.host_selection_retry_max_attempts):
             if endpoint.authority not in tried:
                 break
-            endpoint = cluster.picker.pick()
+            endpoint = picker.pick()
     return endpoint
 
 
-def _call_info(target: Target, call: Call) -> CallInfo:
-    return CallInfo(target.service, target.route.cluster or "", tuple(call.attempts))
+def _finish(response: httpx.Response, target: Target, call: Call) -> None:
+    """What the returned response carries: the call's attempts, and the cookie a hash
+    policy generated (Envoy sets it on the response, so the caller's jar sends it back)."""
+    response.extensions["sail"] = CallInfo(
+        target.service, target.route.cluster or "", tuple(call.attempts)
+    )
+    cookies = target.hash.set_cookies
+    if cookies:
+        response.headers = httpx.Headers(
+            [*response.headers.multi_items(), *(("set-cookie", c) for c in cookies)]
+        )
 
 
 class _Releasing(httpx.SyncByteStream):
@@ -398,7 +410,7 @@ class MeshTransport(httpx.BaseTransport):
                             response.stream,  # type: ignore[arg-type]
                             call.release,
                         )
-                        response.extensions["sail"] = _call_info(target, call)
+                        _finish(response, target, call)
                         return response
                     response.close()
                     call.release()
@@ -407,7 +419,7 @@ class MeshTransport(httpx.BaseTransport):
                 if wait > 0:
                     time.sleep(wait)
                 try:
-                    endpoint = _repick(target.cluster, call.policy, call)
+                    endpoint = _repick(target, call.policy, call)
                 except NoHealthyUpstream as exc:
                     raise to_httpx(exc, request) from None
         finally:
@@ -502,7 +514,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                             response.stream,  # type: ignore[arg-type]
                             call.release,
                         )
-                        response.extensions["sail"] = _call_info(target, call)
+                        _finish(response, target, call)
                         return response
                     await response.aclose()
                     call.release()
@@ -511,7 +523,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 if wait > 0:
                     await anyio.sleep(wait)
                 try:
-                    endpoint = _repick(target.cluster, call.policy, call)
+                    endpoint = _repick(target, call.policy, call)
                 except NoHealthyUpstream as exc:
                     raise to_httpx(exc, request) from None
         finally:

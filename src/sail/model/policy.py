@@ -1,6 +1,7 @@
-"""Per-route and per-cluster policies carried by the config (retries, hashing, limits).
+"""Per-route and per-cluster policies (retries, hashing, limits, outlier detection).
 
-The core issue only carries them; the resilience work gives them behaviour.
+Plain data; `sail.resilience` and `sail.balancing` give them behaviour
+(`docs/resilience.md`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 import sail
 from sail._loop import background_loop
+from sail.balancing import registry as balancing_registry
 from sail.bootstrap import parse_bootstrap
 from sail.model import HealthStatus
 from sail.registration import Workload
@@ -101,7 +102,12 @@ def test_nothing_is_served_during_the_registration_grace() -> None:
         run(r.registry.stop(0))
 
 
-def test_status_and_csds_report_acks_and_nacks(running: Running) -> None:
+def test_status_and_csds_report_acks_and_nacks(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client without a least_request policy (as sail before the resilience work): it
+    # NACKs a cluster that asks for one, which Envoy and gRPC accept.
+    monkeypatch.delitem(balancing_registry._POLICIES, "least_request")
     with sail.Mesh.from_bootstrap(running.bootstrap("unit-client")) as mesh:
         assert mesh.is_mesh_host("reviews", "reviews")
 
@@ -111,8 +117,7 @@ def test_status_and_csds_report_acks_and_nacks(running: Running) -> None:
             return rows[0] if rows else None
 
         wait_until(lambda: (r := row()) is not None and r["state"] == "SYNCED")
-        # LEAST_REQUEST is served to Envoy and gRPC, but sail has no such policy yet: the
-        # sail client NACKs the cluster, and both status and CSDS say so.
+        # LEAST_REQUEST is served; this client NACKs the cluster, and status and CSDS say so.
         on_loop(
             lambda: running.registry.store.put_config(
                 "lb.yaml",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 T = "type.googleapis.com/envoy.extensions.load_balancing_policies."
 ROUND_ROBIN = T + "round_robin.v3.RoundRobin"
 MAGLEV = T + "maglev.v3.Maglev"
+PICK_FIRST = T + "pick_first.v3.PickFirst"  # known to xDS, not registered in sail
 LEAST_REQUEST = T + "least_request.v3.LeastRequest"
 WRR_LOCALITY = T + "wrr_locality.v3.WrrLocality"
 
@@ -215,7 +216,7 @@ def test_load_balancing_policy_takes_the_first_registered() -> None:
     data = eds(
         lb_policy="RANDOM",
         load_balancing_policy=typed(
-            {"@type": MAGLEV},
+            {"@type": PICK_FIRST},
             {"@type": LEAST_REQUEST, "choice_count": 4},
             {"@type": ROUND_ROBIN},
         ),
@@ -224,7 +225,7 @@ def test_load_balancing_policy_takes_the_first_registered() -> None:
 
 
 def test_wrr_locality_uses_its_endpoint_picking_policy() -> None:
-    inner = typed({"@type": MAGLEV}, {"@type": ROUND_ROBIN})
+    inner = typed({"@type": PICK_FIRST}, {"@type": ROUND_ROBIN})
     data = eds(
         load_balancing_policy=typed({"@type": WRR_LOCALITY, "endpoint_picking_policy": inner})
     )
