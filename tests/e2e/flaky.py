@@ -10,7 +10,8 @@ to the current *mode*, set by a request to the control path:
 * any of them with `&count=N` - only for the next N requests, then back to `ok`.
 
 `GET /__stats` answers JSON: requests served (control requests excluded) in total and by
-method, and the `x-envoy-expected-rq-timeout-ms` values seen; `GET /__clear` zeroes them.
+method, the `x-envoy-expected-rq-timeout-ms` values seen and the wall-clock arrival times;
+`GET /__clear` zeroes them.
 Ordinary responses are JSON `{"name": NAME, "n": <request number>}` with `x-backend: NAME`.
 A raw asyncio server rather than uvicorn, so that a reset is a real reset.
 """
@@ -22,6 +23,7 @@ import json
 import socket
 import struct
 import sys
+import time
 import urllib.parse
 from typing import Any
 
@@ -34,6 +36,7 @@ class Upstream:
         self.requests = 0
         self.methods: dict[str, int] = {}
         self.timeouts: list[str] = []
+        self.arrivals: list[float] = []
 
     def control(self, path: str, query: dict[str, str]) -> tuple[int, bytes]:
         if path == "/__mode":
@@ -46,10 +49,11 @@ class Upstream:
                 "requests": self.requests,
                 "methods": self.methods,
                 "timeouts": self.timeouts[-50:],
+                "arrivals": self.arrivals[-50:],
             }
             return 200, json.dumps(stats).encode()
         if path == "/__clear":
-            self.requests, self.methods, self.timeouts = 0, {}, []
+            self.requests, self.methods, self.timeouts, self.arrivals = 0, {}, [], []
             return 200, b"{}"
         return 404, b"{}"
 
@@ -86,6 +90,7 @@ class Upstream:
                     status, body = self.control(url.path, query)
                 else:
                     self.requests += 1
+                    self.arrivals.append(time.time())
                     self.methods[method] = self.methods.get(method, 0) + 1
                     if "x-envoy-expected-rq-timeout-ms" in headers:
                         self.timeouts.append(headers["x-envoy-expected-rq-timeout-ms"])

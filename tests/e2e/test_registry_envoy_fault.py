@@ -32,11 +32,12 @@ TEAPOT = 418  # never answered by the echo servers: only Envoy's fault filter se
 
 
 class Echo:
-    """An HTTP/1.1 server on 127.0.0.1 answering 200 with the request's Host and headers as
-    JSON, and recording each request's Host."""
+    """An HTTP/1.1 server on 127.0.0.1 answering 200 with the request's headers as JSON (and
+    `response_headers`), recording each request's Host."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, response_headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.name = name
+        self.response_headers = response_headers
         self.hosts: list[str] = []
         echo = self
 
@@ -45,10 +46,13 @@ class Echo:
 
             def do_GET(self) -> None:
                 echo.hosts.append(self.headers.get("host", ""))
+                pairs = [(k.lower(), v) for k, v in self.headers.items()]
                 body = json.dumps(
-                    {"name": echo.name, "headers": {k.lower(): v for k, v in self.headers.items()}}
+                    {"name": echo.name, "headers": dict(pairs), "header_list": pairs}
                 ).encode()
                 self.send_response(200)
+                for name, value in echo.response_headers:
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()

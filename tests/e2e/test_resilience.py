@@ -480,3 +480,59 @@ def test_generated_cookie_makes_a_client_sticky(flaky: Upstreams, tmp_path: Path
             with mesh.client() as fresh:
                 spread.add(fresh.get("http://svc/c").json()["name"])
         assert len(spread) > 1
+
+
+# -- hedging -------------------------------------------------------------------------------------
+
+HEDGED = {
+    "timeout": "5s",
+    "retry_policy": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"},
+    "hedge_policy": {"hedge_on_per_try_timeout": True},
+}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_hedge_on_per_try_timeout_like_envoy(flaky: Upstreams, tmp_path: Path,
+                                             mode: str) -> None:
+    """Both upstreams take 1 s for their next request. per_try_timeout 0.3 s with
+    hedge_on_per_try_timeout: the first attempt is not cut at 0.3 s, a second one starts
+    beside it, and the first answer - the first attempt's, at about 1 s - wins. (A plain
+    retry would cut the first attempt and answer from the second, at about 1.3 s.) Envoy
+    and sail alike."""
+    config = routes(**HEDGED)
+    winners: dict[str, tuple[str, str, float]] = {}
+    for who in ("envoy", "sail"):
+        flaky.reset_all()
+        for name in ("a", "b"):
+            flaky.mode(name, "slow", delay=1.0, count=1)
+        if who == "envoy":
+            with run_envoy(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as envoy:
+                began = time.monotonic()
+                reply = httpx.get(f"{envoy.url}/hedge", headers={"host": "svc"}, timeout=10)
+                elapsed = time.monotonic() - began
+        else:
+            with run_mesh(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as mesh:
+                began = time.monotonic()
+                if mode == "sync":
+                    with mesh.client(timeout=10) as client:
+                        reply = client.get("http://svc/hedge")
+                else:
+                    async def fetch() -> httpx.Response:
+                        async with mesh.async_client(timeout=10) as client:
+                            return await client.get("http://svc/hedge")
+                    reply = asyncio.run(fetch())
+                elapsed = time.monotonic() - began
+                info = reply.extensions["sail"]
+                assert len(info.attempts) == 1  # the winner; the loser was dropped unread
+                cluster = mesh._dataplane.state.clusters["svc"]
+                time.sleep(0.5)  # the loser finishes (sync) or was cancelled (async)
+                assert cluster.limits.active == 0 and cluster.limits.retries == 0
+        assert reply.status_code == 200, who
+        first = min(("a", "b"), key=lambda n: flaky.stats(n)["arrivals"][0])
+        second = "b" if first == "a" else "a"
+        gap = flaky.stats(second)["arrivals"][0] - flaky.stats(first)["arrivals"][0]
+        winners[who] = (reply.json()["name"], first, elapsed)
+        assert 0.25 < gap < 0.6, (who, gap)  # the hedge started at the per-try timeout
+    for who, (name, first, elapsed) in winners.items():
+        assert name == first, (who, winners)
+        assert 0.9 < elapsed < 1.25, (who, winners)

@@ -19,6 +19,8 @@ against the cluster's circuit breakers until its response is closed.
 
 from __future__ import annotations
 
+import math
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +38,7 @@ from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
 from sail.resilience.retry import effective_policy
 
 if TYPE_CHECKING:
+    from sail.balancing.stats import HostStats
     from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
     from sail.mesh import Mesh
     from sail.model import Endpoint, RetryPolicy
@@ -136,11 +139,13 @@ def _start_call(request: httpx.Request, target: Target) -> Call:
 def _begin(
     call: Call, request: httpx.Request, timeouts: object, cluster: ClusterRuntime,
     endpoint: Endpoint,
-) -> None:
+) -> HostStats:
     """Start an attempt: circuit breakers, the endpoint's in-flight count, and this
-    attempt's share of the deadline in its timeouts and in `x-envoy-expected-rq-timeout-ms`."""
+    attempt's share of the deadline in its timeouts and in `x-envoy-expected-rq-timeout-ms`.
+    Returns the endpoint's counters, for `call.release`."""
+    host = cluster.hosts.host(endpoint)
     try:
-        timeout = call.begin(time.monotonic(), cluster.hosts.host(endpoint))
+        timeout = call.begin(time.monotonic(), host)
     except RequestError as exc:
         raise to_httpx(exc, request) from None
     if timeout is not None:
@@ -149,6 +154,38 @@ def _begin(
                 k: timeout if v is None or v > timeout else v for k, v in timeouts.items()
             }
         request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
+    return host
+
+
+def _hedged_request(
+    request: httpx.Request, target: Target, endpoint: Endpoint, timeouts: object
+) -> httpx.Request:
+    """A request of its own for one attempt of a hedged call (attempts overlap, so they
+    cannot share the caller's request object as sequential attempts do)."""
+    headers = request.headers.copy()
+    if target.host is not None:
+        headers["host"] = target.host
+    extensions = dict(request.extensions)
+    if isinstance(timeouts, dict):
+        extensions["timeout"] = request.extensions.get("timeout", timeouts)
+    return httpx.Request(
+        request.method,
+        httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+                  raw_path=target.route.path.encode("ascii")),
+        headers=headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
+
+
+def _hedges(target: Target, call: Call) -> bool:
+    """Whether this call hedges: `hedge_on_per_try_timeout` on the route's action (else its
+    virtual host's), with a per-try timeout in the retry policy."""
+    action = target.route.route.action
+    hedge = action.hedge_on_per_try_timeout if isinstance(action, RouteAction) else None
+    if hedge is None:
+        hedge = target.route.virtual_host.hedge_on_per_try_timeout
+    return hedge and call.policy.per_try_timeout is not None
 
 
 def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
@@ -208,14 +245,133 @@ def _finish(response: httpx.Response, target: Target, call: Call) -> None:
         )
 
 
+def _next_endpoint(target: Target, call: Call, request: httpx.Request) -> Endpoint:
+    try:
+        return _repick(target, call.policy, call)
+    except NoHealthyUpstream as exc:
+        raise to_httpx(exc, request) from None
+
+
+_Result = tuple["Endpoint", "HostStats", httpx.Response | None, httpx.TransportError | None]
+"""How one attempt of a hedged call ended: endpoint, its counters, response or error."""
+
+
+class _Hedge:
+    """The bookkeeping of a hedged call (Envoy's `hedge_on_per_try_timeout`), shared by
+    the sync transport (attempts in threads) and the async one (attempts as tasks).
+
+    When the latest attempt's per-try timeout fires, that attempt goes on and another
+    starts (if `Call.hedge` allows). The first response that is not a retriable failure
+    wins; a retriable one starts a retry if the call allows, else is kept to be returned if
+    nothing better comes; when every attempt has ended without a winner, the last kept
+    response is returned, or the last error raised. Attempts left over when a winner is
+    chosen are closed and released (`drain`, `finished`).
+    """
+
+    def __init__(self, call: Call, target: Target, request: httpx.Request) -> None:
+        assert target.endpoint is not None and target.cluster is not None
+        self.call = call
+        self.target = target
+        self.cluster = target.cluster
+        self.request = request
+        self.timeouts = request.extensions.get("timeout")
+        self.first: Endpoint = target.endpoint
+        self.pending = 0
+        self.hedge_at = math.inf
+        self.kept: _Result | None = None
+        self.discard: list[_Result] = []
+        self.lock = threading.Lock()  # sync only: a late thread vs. the call's end
+        self.done = False
+
+    def begin(self, endpoint: Endpoint) -> tuple[HostStats, httpx.Request]:
+        host = self.cluster.hosts.host(endpoint)
+        now = time.monotonic()
+        try:
+            self.call.begin(now, host)
+        except RequestError as exc:
+            raise to_httpx(exc, self.request) from None
+        request = _hedged_request(self.request, self.target, endpoint, self.timeouts)
+        deadline = self.call.deadline
+        if deadline is not None:  # the per-try timeout starts a hedge; it cuts nothing
+            left = max(deadline - now, 0.001)
+            if isinstance(self.timeouts, dict):
+                request.extensions["timeout"] = {
+                    k: left if v is None or v > left else v for k, v in self.timeouts.items()
+                }
+            request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(left * 1000)))
+        per_try = self.call.policy.per_try_timeout
+        self.hedge_at = now + per_try if per_try is not None else math.inf
+        self.pending += 1
+        return host, request
+
+    def until_hedge(self) -> float | None:
+        """Seconds until the latest attempt's per-try timeout (`None`: none pending)."""
+        if self.hedge_at == math.inf:
+            return None
+        return max(0.0, self.hedge_at - time.monotonic())
+
+    def should_hedge(self) -> bool:
+        self.hedge_at = math.inf
+        return self.call.hedge(time.monotonic())
+
+    def next_endpoint(self) -> Endpoint:
+        return _next_endpoint(self.target, self.call, self.request)
+
+    def settle(self, item: _Result) -> _Result | float | None:
+        """An attempt ended: the winning result, a wait before a retry, or `None` (keep
+        waiting for the attempts still out)."""
+        self.pending -= 1
+        endpoint, host, response, error = item
+        call = self.call
+        if response is None:
+            assert error is not None
+            outcome = _local_outcome(error)
+            if outcome is None:
+                call.release(host)
+                raise error
+        else:
+            outcome = _response_outcome(response)
+        wait = call.end(endpoint.authority, outcome, time.monotonic())
+        good = outcome.local is None and outcome.status < 500 and outcome.grpc_status is None
+        if response is not None and (good or wait is None):
+            if self.kept is not None:
+                self.discard.append(self.kept)
+            self.kept = None
+            if good:
+                return item
+            self.kept = item
+        elif response is not None:
+            self.discard.append(item)
+        else:
+            call.release(host)
+        if wait is not None:
+            return wait
+        if self.pending:
+            return None
+        if self.kept is not None:
+            kept, self.kept = self.kept, None
+            return kept
+        assert error is not None
+        raise _failed(call, error, self.request) from error
+
+    def take_discarded(self, final: bool = False) -> list[_Result]:
+        """Responses that lost, for the transport to close and then `call.release` (with
+        the one kept, when the call is over)."""
+        out, self.discard = self.discard, []
+        if final and self.kept is not None:
+            out.append(self.kept)
+            self.kept = None
+        return out
+
+
 class _Releasing(httpx.SyncByteStream):
     """A response body that ends its attempt's share of the circuit counters on close."""
 
     __slots__ = ("_release", "_stream")
 
-    def __init__(self, stream: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+    def __init__(self, stream: httpx.SyncByteStream, call: Call, host: HostStats) -> None:
         self._stream = stream
-        self._release: Callable[[], None] | None = release
+        self._release: Callable[[], None] | None = lambda: call.release(host)
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._stream
@@ -234,9 +390,9 @@ class _AsyncReleasing(httpx.AsyncByteStream):
 
     __slots__ = ("_release", "_stream")
 
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+    def __init__(self, stream: httpx.AsyncByteStream, call: Call, host: HostStats) -> None:
         self._stream = stream
-        self._release: Callable[[], None] | None = release
+        self._release: Callable[[], None] | None = lambda: call.release(host)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
@@ -384,12 +540,14 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, target: Target, url: httpx.URL) -> httpx.Response:
         call = _start_call(request, target)
+        if _hedges(target, call):
+            return self._send_hedged(request, target, call)
         endpoint = target.endpoint
         assert endpoint is not None and target.cluster is not None
         timeouts = request.extensions.get("timeout")
         try:
             while True:
-                _begin(call, request, timeouts, target.cluster, endpoint)
+                host = _begin(call, request, timeouts, target.cluster, endpoint)
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)
@@ -397,7 +555,7 @@ class MeshTransport(httpx.BaseTransport):
                     response = pool.handle_request(request)
                 except httpx.TransportError as exc:
                     outcome = _local_outcome(exc)
-                    call.release()
+                    call.release(host)
                     if outcome is None:
                         raise
                     wait = call.end(authority, outcome, time.monotonic())
@@ -408,22 +566,85 @@ class MeshTransport(httpx.BaseTransport):
                     if wait is None:
                         response.stream = _Releasing(
                             response.stream,  # type: ignore[arg-type]
-                            call.release,
+                            call,
+                            host,
                         )
                         _finish(response, target, call)
                         return response
                     response.close()
-                    call.release()
+                    call.release(host)
                 finally:
                     request.url = url
                 if wait > 0:
                     time.sleep(wait)
-                try:
-                    endpoint = _repick(target, call.policy, call)
-                except NoHealthyUpstream as exc:
-                    raise to_httpx(exc, request) from None
+                endpoint = _next_endpoint(target, call, request)
         finally:
             call.finish()
+
+    def _send_hedged(self, request: httpx.Request, target: Target, call: Call) -> httpx.Response:
+        """Attempts in threads, so that one whose per-try timeout fired goes on while the
+        next starts; the first good response wins (see `_Hedge`)."""
+        hedge = _Hedge(call, target, request)
+        done: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+
+        def close(results: list[_Result]) -> None:
+            for _, host, response, _ in results:
+                if response is not None:
+                    response.close()
+                call.release(host)
+
+        def attempt(endpoint: Endpoint, host: HostStats, req: httpx.Request) -> None:
+            pool = self._pools.get(endpoint.authority)
+            try:
+                item: _Result = (endpoint, host, pool.handle_request(req), None)
+            except httpx.TransportError as exc:
+                item = (endpoint, host, None, exc)
+            except BaseException:
+                call.release(host)
+                raise
+            with hedge.lock:
+                if not hedge.done:
+                    done.put(item)
+                    return
+            close([item])  # the call is over: a late loser
+
+        def launch(endpoint: Endpoint) -> None:
+            host, req = hedge.begin(endpoint)
+            threading.Thread(target=attempt, args=(endpoint, host, req), daemon=True).start()
+
+        try:
+            launch(hedge.first)
+            while True:
+                try:
+                    item = done.get(timeout=hedge.until_hedge())
+                except queue.Empty:
+                    if hedge.should_hedge():
+                        launch(hedge.next_endpoint())
+                    continue
+                verdict = hedge.settle(item)
+                close(hedge.take_discarded())
+                if isinstance(verdict, tuple):
+                    _, host, response, _ = verdict
+                    assert response is not None
+                    response.stream = _Releasing(
+                        response.stream,  # type: ignore[arg-type]
+                        call,
+                        host,
+                    )
+                    _finish(response, target, call)
+                    return response
+                if verdict is not None:
+                    if verdict > 0:
+                        time.sleep(verdict)
+                    launch(hedge.next_endpoint())
+        finally:
+            call.finish()
+            with hedge.lock:
+                hedge.done = True
+            leftovers = hedge.take_discarded(final=True)
+            while not done.empty():
+                leftovers.append(done.get_nowait())
+            close(leftovers)
 
     def retire(self, live: frozenset[str]) -> None:
         if self._pools.retire(live) and self._reaper is None:
@@ -488,12 +709,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self, request: httpx.Request, target: Target, url: httpx.URL
     ) -> httpx.Response:
         call = _start_call(request, target)
+        if _hedges(target, call):
+            return await self._send_hedged(request, target, call)
         endpoint = target.endpoint
         assert endpoint is not None and target.cluster is not None
         timeouts = request.extensions.get("timeout")
         try:
             while True:
-                _begin(call, request, timeouts, target.cluster, endpoint)
+                host = _begin(call, request, timeouts, target.cluster, endpoint)
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)
@@ -501,33 +724,107 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     response = await pool.handle_async_request(request)
                 except httpx.TransportError as exc:
                     outcome = _local_outcome(exc)
-                    call.release()
+                    call.release(host)
                     if outcome is None:
                         raise
                     wait = call.end(authority, outcome, time.monotonic())
                     if wait is None:
                         raise _failed(call, exc, request) from exc
+                except BaseException:
+                    call.release(host)  # cancelled
+                    raise
                 else:
                     wait = call.end(authority, _response_outcome(response), time.monotonic())
                     if wait is None:
                         response.stream = _AsyncReleasing(
                             response.stream,  # type: ignore[arg-type]
-                            call.release,
+                            call,
+                            host,
                         )
                         _finish(response, target, call)
                         return response
                     await response.aclose()
-                    call.release()
+                    call.release(host)
                 finally:
                     request.url = url
                 if wait > 0:
                     await anyio.sleep(wait)
-                try:
-                    endpoint = _repick(target, call.policy, call)
-                except NoHealthyUpstream as exc:
-                    raise to_httpx(exc, request) from None
+                endpoint = _next_endpoint(target, call, request)
         finally:
             call.finish()
+
+    async def _send_hedged(
+        self, request: httpx.Request, target: Target, call: Call
+    ) -> httpx.Response:
+        """Attempts as tasks, so that one whose per-try timeout fired goes on while the
+        next starts; the first good response wins (see `_Hedge`)."""
+        hedge = _Hedge(call, target, request)
+        send, receive = anyio.create_memory_object_stream[_Result](max_buffer_size=64)
+
+        async def close(results: list[_Result]) -> None:
+            for _, host, response, _ in results:
+                if response is not None:
+                    await response.aclose()
+                call.release(host)
+
+        try:
+            async with anyio.create_task_group() as tasks:
+
+                async def attempt(endpoint: Endpoint, host: HostStats, req: httpx.Request) -> None:
+                    pool = self._pools.get(endpoint.authority)
+                    try:
+                        item: _Result = (
+                            endpoint, host, await pool.handle_async_request(req), None
+                        )
+                    except httpx.TransportError as exc:
+                        item = (endpoint, host, None, exc)
+                    except BaseException:
+                        call.release(host)  # cancelled: a losing attempt
+                        raise
+                    send.send_nowait(item)
+
+                def launch(endpoint: Endpoint) -> None:
+                    host, req = hedge.begin(endpoint)
+                    tasks.start_soon(attempt, endpoint, host, req)
+
+                launch(hedge.first)
+                while True:
+                    item = None
+                    with anyio.move_on_after(hedge.until_hedge()):
+                        item = await receive.receive()
+                    if item is None:
+                        if hedge.should_hedge():
+                            launch(hedge.next_endpoint())
+                        continue
+                    verdict = hedge.settle(item)
+                    await close(hedge.take_discarded())
+                    if isinstance(verdict, tuple):
+                        tasks.cancel_scope.cancel()
+                        _, host, response, _ = verdict
+                        assert response is not None
+                        response.stream = _AsyncReleasing(
+                            response.stream,  # type: ignore[arg-type]
+                            call,
+                            host,
+                        )
+                        _finish(response, target, call)
+                        return response
+                    if verdict is not None:
+                        if verdict > 0:
+                            await anyio.sleep(verdict)
+                        launch(hedge.next_endpoint())
+            raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+        finally:
+            call.finish()
+            leftovers = hedge.take_discarded(final=True)
+            while True:
+                try:
+                    leftovers.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            await close(leftovers)
+            send.close()
+            receive.close()
 
     def retire(self, live: frozenset[str]) -> None:
         self._pools.retire(live)

@@ -134,6 +134,7 @@ class RouteAction:
     max_stream_duration: float | None = None
     auto_host_rewrite: bool = False
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
+    hedge_on_per_try_timeout: bool | None = None
 
     def cluster_names(self) -> tuple[str, ...]:
         """The clusters this action may send to (empty for `cluster_header`)."""
@@ -173,6 +174,7 @@ class VirtualHost:
     retry_policy: RetryPolicy | None = None
     header_mutations: HeaderMutations | None = None
     typed_per_filter_config: FilterConfigs = ()
+    hedge_on_per_try_timeout: bool = False
 
 
 @attrs.frozen

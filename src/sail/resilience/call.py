@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempt", "Call", "CallInfo"]
 
+_TIMED_OUT = Outcome(local=Local.TIMEOUT)
+
 
 class Attempt(NamedTuple):
     """One attempt of a call: the endpoint (`host:port`) and how it ended."""
@@ -73,15 +75,15 @@ class Call:
     __slots__ = (
         "attempts",
         "deadline",
-        "holds_retry",
-        "host",
         "limits",
         "max_attempts",
         "outlier",
         "policy",
         "rand",
         "replayable",
+        "retries_held",
         "retry_reason",
+        "started",
     )
 
     def __init__(
@@ -104,9 +106,9 @@ class Call:
         cap = testing_attempts()
         if cap is not None:
             self.max_attempts = min(self.max_attempts, cap)
-        self.holds_retry = False
+        self.started = 0
+        self.retries_held = 0
         self.retry_reason: str | None = None
-        self.host: HostStats | None = None
 
     @property
     def tried(self) -> frozenset[str]:
@@ -132,7 +134,7 @@ class Call:
         limits.stats.rq_total += 1
         if host is not None:
             host.active += 1
-        self.host = host
+        self.started += 1
         timeout = self.policy.per_try_timeout
         if deadline is not None:
             left = deadline - now
@@ -148,16 +150,16 @@ class Call:
         if self.outlier is not None:
             _report(self.outlier, endpoint, outcome)
         limits = self.limits
-        was_retry = self.holds_retry
+        was_retry = self.retries_held > 0
         if was_retry:  # a retry is counted from the decision until its attempt ends
             limits.end_retry()
-            self.holds_retry = False
+            self.retries_held -= 1
         if outcome.local is None and outcome.status < 500 and outcome.grpc_status is None:
             if was_retry:
                 limits.stats.rq_retry_success += 1
             return None  # the fast path: a success
         deadline = self.deadline
-        if len(self.attempts) >= self.max_attempts:
+        if self.started >= self.max_attempts:
             return None
         if deadline is not None and now >= deadline:
             return None
@@ -174,9 +176,25 @@ class Call:
             return None
         if not limits.try_retry():
             return None
-        self.holds_retry = True
+        self.retries_held += 1
         self.retry_reason = condition
         return wait
+
+    def hedge(self, now: float) -> bool:
+        """The latest attempt's per-try timeout fired and the route hedges
+        (`hedge_on_per_try_timeout`): whether to send another attempt now while that one
+        goes on. As Envoy: only if a timeout is a retry condition of the policy, attempts
+        remain, the deadline has not passed and the retry budget has room."""
+        if self.started >= self.max_attempts:
+            return False
+        if self.deadline is not None and now >= self.deadline:
+            return False
+        condition = retry_condition(_TIMED_OUT, self.policy)
+        if condition is None or not self.limits.try_retry():
+            return False
+        self.retries_held += 1
+        self.retry_reason = condition
+        return True
 
     def expired(self, now: float) -> bool:
         """Whether the deadline has passed (counted as a timeout when it has)."""
@@ -185,19 +203,19 @@ class Call:
             return True
         return False
 
-    def release(self) -> None:
-        """The current attempt is over (its response closed or dropped)."""
+    def release(self, host: HostStats | None = None) -> None:
+        """An attempt is over (its response closed or dropped); `host` as given to
+        `begin`."""
         self.limits.active -= 1
-        host = self.host
         if host is not None:
             host.active -= 1
-            self.host = None
 
     def finish(self) -> None:
-        """The call is over before a reserved retry was attempted: give the retry back."""
-        if self.holds_retry:
+        """The call is over: give back the retries it still holds (reserved for attempts
+        that never ended, or never started)."""
+        while self.retries_held:
             self.limits.end_retry()
-            self.holds_retry = False
+            self.retries_held -= 1
 
     def describe(self, what: str) -> str:
         """`what`, followed by the attempts made so far, for error messages."""

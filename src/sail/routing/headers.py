@@ -125,10 +125,13 @@ def compile_header_mutation(
     levels: Sequence[HeaderMutations | None],
     weighted: HeaderMutations | None = None,
 ) -> HeaderMutation | None:
-    """Compile the levels of one route, most specific first (`route, virtual host, route
-    configuration`), and the picked weighted cluster entry's, into one `HeaderMutation`;
-    `None` when nothing is changed. Put the levels in evaluation order before calling
-    (reverse them for `most_specific_header_mutations_wins`)."""
+    """Compile the levels of one route into one `HeaderMutation`; `None` when nothing is
+    changed.
+
+    `levels` are given in evaluation order: `(route, virtual host, route configuration)` by
+    default, reversed for `most_specific_header_mutations_wins`; `weighted` (the picked
+    weighted cluster entry's) is evaluated before all of them, in either mode. `None` stands
+    for a level without mutations."""
     request: list[_Step] = []
     response: list[_Step] = []
     for level in (weighted, *levels):

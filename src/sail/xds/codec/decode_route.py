@@ -44,6 +44,7 @@ from sail.xds.codec.decode_matchers import (
 )
 from sail.xds.codec.decode_route_action import (
     decode_direct_response,
+    decode_hedge_policy,
     decode_retry_policy,
     decode_route_action,
 )
@@ -130,6 +131,7 @@ def _virtual_host(vh: Any) -> VirtualHost:
         retry_policy=retry,
         header_mutations=decode_header_mutations(vh),
         typed_per_filter_config=decode_per_filter_configs(vh.typed_per_filter_config),
+        hedge_on_per_try_timeout=bool(decode_hedge_policy(vh)),
     )
 
 

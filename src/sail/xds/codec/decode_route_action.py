@@ -51,7 +51,12 @@ from sail.xds.codec.extensions import type_url_of
 from sail.xds.codec.validation import Invalid, at, header_safe
 from sail.xds.codec.wellknown import bool_value, duration_seconds, uint32_value
 
-__all__ = ["decode_direct_response", "decode_retry_policy", "decode_route_action"]
+__all__ = [
+    "decode_direct_response",
+    "decode_hedge_policy",
+    "decode_retry_policy",
+    "decode_route_action",
+]
 
 _UINT32_MAX = 2**32 - 1
 _UNSUPPORTED_REWRITES = ("path_rewrite_policy",)
@@ -108,6 +113,7 @@ def decode_route_action(a: Any) -> RouteAction:
         max_stream_duration=max_stream,
         auto_host_rewrite=auto_host,
         request_mirror_policies=_mirror_policies(a.request_mirror_policies),
+        hedge_on_per_try_timeout=decode_hedge_policy(a),
     )
 
 
@@ -212,6 +218,21 @@ def _host_rewrite(a: Any) -> tuple[str | None, bool]:
     if which == "auto_host_rewrite":
         return None, bool_value(a, "auto_host_rewrite", False)
     raise Invalid(which, "is not supported (use host_rewrite_literal or auto_host_rewrite)")
+
+
+def decode_hedge_policy(holder: Any) -> bool | None:
+    """`hedge_policy.hedge_on_per_try_timeout` of a route action or virtual host (`None`
+    when unset). `initial_requests` and `additional_request_chance`, which Envoy does not
+    implement either, are NACKed when set to anything but their defaults."""
+    if not holder.HasField("hedge_policy"):
+        return None
+    with at("hedge_policy"):
+        hp = holder.hedge_policy
+        if hp.HasField("initial_requests") and hp.initial_requests.value != 1:
+            raise Invalid("initial_requests", "only 1 is supported (as in Envoy)")
+        if hp.HasField("additional_request_chance") and hp.additional_request_chance.numerator:
+            raise Invalid("additional_request_chance", "is not supported (as in Envoy)")
+        return bool(hp.hedge_on_per_try_timeout)
 
 
 def decode_retry_policy(rp: Any) -> RetryPolicy:

@@ -64,6 +64,8 @@ def _virtual_host(vh: VirtualHost) -> Any:
     )
     if vh.retry_policy is not None:
         msg.retry_policy.CopyFrom(encode_retry_policy(vh.retry_policy))
+    if vh.hedge_on_per_try_timeout:
+        msg.hedge_policy.hedge_on_per_try_timeout = True
     _extras(msg, vh.header_mutations, vh.typed_per_filter_config)
     return msg
 
@@ -219,6 +221,8 @@ def _action(a: RouteAction) -> Any:
         msg.auto_host_rewrite.CopyFrom(wrap_bool(True))
     if a.timeout is not None:
         msg.timeout.CopyFrom(seconds_to_duration(a.timeout))
+    if a.hedge_on_per_try_timeout is not None:
+        msg.hedge_policy.hedge_on_per_try_timeout = a.hedge_on_per_try_timeout
     if a.retry_policy is not None:
         msg.retry_policy.CopyFrom(encode_retry_policy(a.retry_policy))
     msg.hash_policy.extend(_hash_policy(h) for h in a.hash_policies)
