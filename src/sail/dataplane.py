@@ -33,10 +33,12 @@ from sail.model import (
     ClusterLoadAssignment,
     Endpoint,
     HealthStatus,
+    HttpConnectionManager,
     MeshSnapshot,
     RouteAction,
     RouteConfig,
 )
+from sail.resilience.fault import FaultFilter
 from sail.resilience.limits import ClusterLimits
 from sail.resilience.outlier import OutlierDetector
 from sail.routing import Headers, Router, RouteResult
@@ -105,9 +107,15 @@ def _picker(
 
 @attrs.frozen
 class ServiceRuntime:
+    """A listener as the request path sees it: its compiled routes, and its HTTP fault
+    filter (`None` without one), kept while the listener's HCM is unchanged so that its
+    active-fault gauge survives route updates."""
+
     name: str
     config: RouteConfig
     router: Router
+    faults: FaultFilter | None = None
+    hcm: HttpConnectionManager | None = None
 
 
 @attrs.frozen
@@ -128,6 +136,7 @@ class Target(NamedTuple):
     host: str | None = None
     cluster: ClusterRuntime | None = None
     hash: RequestHash = NO_HASH
+    faults: FaultFilter | None = None
 
 
 def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
@@ -136,10 +145,17 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
     services: dict[str, ServiceRuntime] = {}
     for name, config in snapshot.routes.items():
         old = old_services.get(name)
-        if old is not None and old.config == config:
+        listener = snapshot.listeners.get(name)
+        hcm = listener.hcm if listener is not None else None
+        if old is not None and old.config == config and old.hcm == hcm:
             services[name] = old
+            continue
+        if old is not None and old.hcm == hcm:
+            faults = old.faults
         else:
-            services[name] = ServiceRuntime(name, config, Router.build(config))
+            faults = FaultFilter.from_hcm(hcm) if hcm is not None else None
+        router = old.router if old is not None and old.config == config else Router.build(config)
+        services[name] = ServiceRuntime(name, config, router, faults, hcm)
     clusters: dict[str, ClusterRuntime] = {}
     for name, cluster in snapshot.clusters.items():
         assignment = snapshot.endpoints.get(name)
@@ -224,7 +240,7 @@ class Dataplane:
             raise UnknownService(f"service {service!r}: no listener for it in the mesh config")
         result = runtime.router.route(authority, path, headers, method=method)
         if result.cluster is None:
-            return Target(service, result, None)
+            return Target(service, result, None, faults=runtime.faults)
         cluster = state.clusters.get(result.cluster)
         if cluster is None:
             raise NoHealthyUpstream(
@@ -252,7 +268,7 @@ class Dataplane:
             and action.auto_host_rewrite
         ):
             host = endpoint.hostname
-        return Target(service, result, endpoint, host, cluster, request_hash)
+        return Target(service, result, endpoint, host, cluster, request_hash, runtime.faults)
 
 
 def _route_name(result: RouteResult) -> str:

@@ -10,7 +10,8 @@ to the current *mode*, set by a request to the control path:
 * any of them with `&count=N` - only for the next N requests, then back to `ok`.
 
 `GET /__stats` answers JSON: requests served (control requests excluded) in total and by
-method, the `x-envoy-expected-rq-timeout-ms` values seen and the wall-clock arrival times;
+method, the `x-envoy-expected-rq-timeout-ms` values seen and the wall-clock arrival times, and the
+headers of the last request;
 `GET /__clear` zeroes them.
 Ordinary responses are JSON `{"name": NAME, "n": <request number>}` with `x-backend: NAME`.
 A raw asyncio server rather than uvicorn, so that a reset is a real reset.
@@ -37,6 +38,7 @@ class Upstream:
         self.methods: dict[str, int] = {}
         self.timeouts: list[str] = []
         self.arrivals: list[float] = []
+        self.last_headers: dict[str, str] = {}
 
     def control(self, path: str, query: dict[str, str]) -> tuple[int, bytes]:
         if path == "/__mode":
@@ -50,6 +52,7 @@ class Upstream:
                 "methods": self.methods,
                 "timeouts": self.timeouts[-50:],
                 "arrivals": self.arrivals[-50:],
+                "last_headers": self.last_headers,
             }
             return 200, json.dumps(stats).encode()
         if path == "/__clear":
@@ -91,6 +94,7 @@ class Upstream:
                 else:
                     self.requests += 1
                     self.arrivals.append(time.time())
+                    self.last_headers = headers
                     self.methods[method] = self.methods.get(method, 0) + 1
                     if "x-envoy-expected-rq-timeout-ms" in headers:
                         self.timeouts.append(headers["x-envoy-expected-rq-timeout-ms"])

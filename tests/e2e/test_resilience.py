@@ -398,7 +398,7 @@ def test_consecutive_5xx_ejection_and_return_match_envoy(flaky: Upstreams,
 
 def test_least_request_avoids_the_slow_host_like_envoy(flaky: Upstreams,
                                                         tmp_path: Path) -> None:
-    """LEAST_REQUEST (power of two choices) with one upstream slow (0.3 s) and eight calls in
+    """LEAST_REQUEST (power of two choices) with one upstream slow (0.5 s) and eight calls in
     flight: the slow one holds requests longer, so both Envoy and sail send it far less
     than the third that round robin would."""
     config = routes()
@@ -413,7 +413,7 @@ def test_least_request_avoids_the_slow_host_like_envoy(flaky: Upstreams,
 
     for who in ("envoy", "sail"):
         flaky.reset_all()
-        flaky.mode("a", "slow", delay=0.3)
+        flaky.mode("a", "slow", delay=0.5)
         if who == "envoy":
             with run_envoy(tmp_path / who, config, flaky.endpoints(), cluster) as envoy:
                 async def via_envoy() -> None:
@@ -433,8 +433,8 @@ def test_least_request_avoids_the_slow_host_like_envoy(flaky: Upstreams,
         total = sum(flaky.requests(n) for n in NAMES)
         assert total == 120, who
         shares[who] = flaky.requests("a") / total
-    assert shares["envoy"] < 0.2 and shares["sail"] < 0.2, shares
-    assert shares["sail"] == pytest.approx(shares["envoy"], abs=0.1), shares
+    assert shares["envoy"] < 0.25 and shares["sail"] < 0.25, shares
+    assert shares["sail"] == pytest.approx(shares["envoy"], abs=0.12), shares
 
 
 # -- hashing policies ----------------------------------------------------------------------------
@@ -536,3 +536,113 @@ def test_hedge_on_per_try_timeout_like_envoy(flaky: Upstreams, tmp_path: Path,
     for who, (name, first, elapsed) in winners.items():
         assert name == first, (who, winners)
         assert 0.9 < elapsed < 1.25, (who, winners)
+
+
+# -- fault injection, header changes, mirroring --------------------------------------------------
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+FAULT_FILTER = {"name": "envoy.filters.http.fault",
+                "typed_config": {"@type": FAULT_TYPE, "max_active_faults": 100,
+                                 "delay": {"header_delay": {},
+                                           "percentage": {"numerator": 100}}}}
+
+
+@contextlib.contextmanager
+def both_with_fault_filter(
+    tmp_path: Path, route_config: Mapping[str, Any], endpoints: list[tuple[str, int]],
+    clusters: Mapping[str, list[tuple[str, int]]] | None = None,
+) -> Iterator[tuple[Envoy, sail.Mesh]]:
+    """Envoy and sail with the fault filter in the HCM before the router."""
+    extra = dict(clusters or {})
+    port, admin_port = free_port(), free_port()
+    config = bootstrap(route_config, {"svc": endpoints, **extra}, port=port,
+                       admin_port=admin_port)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]
+    hcm["http_filters"].insert(0, FAULT_FILTER)
+    listener = testing.api_listener("svc", routes=route_config)
+    listener["api_listener"]["api_listener"]["http_filters"].insert(0, FAULT_FILTER)
+    resources = [listener, testing.eds_cluster("svc"), testing.load_assignment("svc", endpoints)]
+    for name, eps in extra.items():
+        resources += [testing.eds_cluster(name), testing.load_assignment(name, eps)]
+    (tmp_path / "sail").mkdir(parents=True)
+    path = tmp_path / "sail" / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}))
+    envoy = launch_envoy(tmp_path / "envoy", config, port=port, admin_port=admin_port)
+    try:
+        with sail.Mesh.local(path, poll_interval=0) as mesh:
+            yield envoy, mesh
+    finally:
+        envoy.stop()
+
+
+def test_fault_abort_and_header_changes_match_envoy(flaky: Upstreams, tmp_path: Path) -> None:
+    """A route with an abort of 503 for 30 % of requests, a request header added and one
+    removed, and a response header added: through Envoy and sail, about 30 % of 1,000
+    requests are aborted locally (never reaching the upstream), the upstream sees the
+    header changes, and the caller sees the response header."""
+    route = testing.route("svc", prefix="/")
+    route["typed_per_filter_config"] = {"envoy.filters.http.fault": {
+        "@type": FAULT_TYPE,
+        "abort": {"http_status": 503, "percentage": {"numerator": 30}},
+    }}
+    route["request_headers_to_add"] = [{"header": {"key": "x-added", "value": "yes"},
+                                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    route["request_headers_to_remove"] = ["x-secret"]
+    route["response_headers_to_add"] = [{"header": {"key": "x-served-by", "value": "mesh"}}]
+    config = testing.route_config("svc", [route])
+    n = 1000
+    seen: dict[str, tuple[int, int]] = {}
+    with both_with_fault_filter(tmp_path, config, flaky.endpoints("a")) as (envoy, mesh):
+        for who in ("envoy", "sail"):
+            flaky.reset_all()
+            if who == "envoy":
+                client = httpx.Client(base_url=envoy.url, headers={"host": "svc"})
+                url = "/f"
+            else:
+                client = mesh.client()
+                url = "http://svc/f"
+            with client:
+                replies = [client.get(url, headers={"x-secret": "s"}) for _ in range(n)]
+            aborted = [r for r in replies if r.status_code == 503]
+            assert all(r.text == "fault filter abort" for r in aborted), who
+            served = [r for r in replies if r.status_code == 200]
+            assert all(r.headers["x-served-by"] == "mesh" for r in served), who
+            headers = flaky.stats("a")["last_headers"]
+            assert headers.get("x-added") == "yes" and "x-secret" not in headers, (who, headers)
+            seen[who] = (len(aborted), flaky.requests("a"))
+    for who, (aborted, reached) in seen.items():
+        assert aborted + reached == n, (who, seen)
+        assert aborted == pytest.approx(0.3 * n, abs=0.05 * n), (who, seen)
+
+
+def test_header_delay_and_mirror_match_envoy(flaky: Upstreams, tmp_path: Path) -> None:
+    """The filter's header-controlled delay (`x-envoy-fault-delay-request: 300`) holds a
+    request 0.3 s before it is sent; a route mirroring to cluster `shadow` sends a copy to
+    it with Host `svc-shadow`, whose answer nobody waits for. Envoy and sail alike."""
+    route = testing.route("svc", prefix="/")
+    route["route"]["request_mirror_policies"] = [{"cluster": "shadow"}]
+    config = testing.route_config("svc", [route])
+    with both_with_fault_filter(tmp_path, config, flaky.endpoints("a"),
+                                {"shadow": flaky.endpoints("c")}) as (envoy, mesh):
+        for who in ("envoy", "sail"):
+            flaky.reset_all()
+            if who == "envoy":
+                client = httpx.Client(base_url=envoy.url, headers={"host": "svc"})
+                url = "/m"
+            else:
+                client = mesh.client()
+                url = "http://svc/m"
+            with client:
+                began = time.monotonic()
+                reply = client.get(url, headers={"x-envoy-fault-delay-request": "300"})
+                elapsed = time.monotonic() - began
+                assert reply.status_code == 200 and reply.json()["name"] == "a", who
+                assert 0.28 < elapsed < 1.0, (who, elapsed)
+                for _ in range(9):
+                    client.get(url)
+            deadline = time.monotonic() + 5
+            while flaky.requests("c") < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert flaky.requests("a") == flaky.requests("c") == 10, who
+            assert flaky.stats("c")["last_headers"]["host"] == "svc-shadow", who

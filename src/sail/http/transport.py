@@ -19,6 +19,9 @@ against the cluster's circuit breakers until its response is closed.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import math
 import queue
 import threading
@@ -35,7 +38,9 @@ from sail.model import RouteAction
 from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
+from sail.resilience.fault import FaultDecision
 from sail.resilience.retry import effective_policy
+from sail.routing.mirror import mirrors, shadow_authority
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
@@ -56,7 +61,72 @@ def service_name(url: httpx.URL) -> str:
 def _direct_response(target: Target, request: httpx.Request) -> httpx.Response:
     action = target.route.route.action
     status, body = (action.status, action.body) if action is not None else (404, b"")  # type: ignore[union-attr]
-    return httpx.Response(status, content=body, request=request)
+    response = httpx.Response(status, content=body, request=request)
+    _mutate_response(target, response)
+    return response
+
+
+def _abort_response(decision: FaultDecision, request: httpx.Request) -> httpx.Response:
+    """The local answer of an injected abort, as Envoy's fault filter writes it."""
+    if decision.grpc_status is not None:
+        headers = {
+            "content-type": "application/grpc",
+            "grpc-status": str(decision.grpc_status),
+            "grpc-message": "fault filter abort",
+        }
+        return httpx.Response(200, headers=headers, request=request)
+    assert decision.http_status is not None
+    return httpx.Response(
+        decision.http_status, text="fault filter abort", request=request,
+        headers={"content-type": "text/plain"},
+    )
+
+
+def _mutate_request(target: Target, request: httpx.Request) -> None:
+    """The route's request header changes (`request_headers_to_add/remove`)."""
+    mutation = target.route.policy.headers
+    if mutation is not None and mutation.request:
+        request.headers = httpx.Headers(mutation.apply_request(request.headers.multi_items()))
+
+
+def _mutate_response(target: Target, response: httpx.Response) -> None:
+    """The route's response header changes (`response_headers_to_add/remove`)."""
+    mutation = target.route.policy.headers
+    if mutation is not None and mutation.response:
+        response.headers = httpx.Headers(mutation.apply_response(response.headers.multi_items()))
+
+
+def _mirror_requests(
+    target: Target, request: httpx.Request, state: DataplaneState
+) -> list[tuple[str, httpx.Request]]:
+    """Copies of `request` for the route's `request_mirror_policies` that fire this time:
+    `(endpoint authority, request)` each, with Host suffixed `-shadow` as Envoy sends them.
+    A streamed body cannot be copied, so such a request is not mirrored."""
+    action = target.route.route.action
+    if not isinstance(action, RouteAction) or not action.request_mirror_policies:
+        return []
+    if not isinstance(request.stream, httpx.ByteStream):
+        return []
+    copies = []
+    host = shadow_authority(request.headers.get("host", target.service))
+    for name in mirrors(action):
+        cluster = state.clusters.get(name)
+        if cluster is None:
+            continue
+        try:
+            endpoint = cluster.picker.pick(target.hash.value)
+        except NoHealthyUpstream:
+            continue
+        headers = request.headers.copy()
+        headers["host"] = host
+        copies.append((endpoint.authority, httpx.Request(
+            request.method,
+            httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+                      raw_path=target.route.path.encode("ascii")),
+            headers=headers,
+            stream=request.stream,
+        )))
+    return copies
 
 
 def _resolve(
@@ -243,6 +313,7 @@ def _finish(response: httpx.Response, target: Target, call: Call) -> None:
         response.headers = httpx.Headers(
             [*response.headers.multi_items(), *(("set-cookie", c) for c in cookies)]
         )
+    _mutate_response(target, response)
 
 
 def _next_endpoint(target: Target, call: Call, request: httpx.Request) -> Endpoint:
@@ -522,6 +593,7 @@ class MeshTransport(httpx.BaseTransport):
             lambda: httpx.HTTPTransport(**options)  # type: ignore[arg-type]
         )
         self._reaper: threading.Timer | None = None
+        self._shadows: concurrent.futures.ThreadPoolExecutor | None = None
         mesh._track(self)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -534,9 +606,36 @@ class MeshTransport(httpx.BaseTransport):
                 return self._passthrough.handle_request(request)
             state = self._dataplane.state
         target = _resolve(self._dataplane, state, request, name)
+        if target.faults is not None:
+            decision = target.faults.decide(target.route, request.headers)
+            if decision is not None:
+                try:
+                    if decision.delay:
+                        time.sleep(decision.delay)
+                    if decision.abort:
+                        return _abort_response(decision, request)
+                finally:
+                    decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
+        _mutate_request(target, request)
+        for authority, copy in _mirror_requests(target, request, state):
+            self._mirror(authority, copy)
         return self._send(request, target, url)
+
+    def _mirror(self, authority: str, request: httpx.Request) -> None:
+        """Send a shadow copy and forget it (its answer and errors are dropped)."""
+        pool = self._pools.get(authority)
+
+        def send() -> None:
+            with contextlib.suppress(Exception):
+                pool.handle_request(request).close()
+
+        if self._shadows is None:
+            self._shadows = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="sail-mirror"
+            )
+        self._shadows.submit(send)
 
     def _send(self, request: httpx.Request, target: Target, url: httpx.URL) -> httpx.Response:
         call = _start_call(request, target)
@@ -662,6 +761,8 @@ class MeshTransport(httpx.BaseTransport):
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._shadows is not None:
+            self._shadows.shutdown(wait=False, cancel_futures=True)
         for pool in self._pools.drain():
             pool.close()
         self._passthrough.close()
@@ -687,6 +788,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._pools: _PoolSet[httpx.AsyncHTTPTransport] = _PoolSet(
             lambda: httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
         )
+        self._shadows: set[asyncio.Task[None]] = set()
         mesh._track(self)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -701,9 +803,35 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 return await self._passthrough.handle_async_request(request)
             state = self._dataplane.state
         target = _resolve(self._dataplane, state, request, name)
+        if target.faults is not None:
+            decision = target.faults.decide(target.route, request.headers)
+            if decision is not None:
+                try:
+                    if decision.delay:
+                        await anyio.sleep(decision.delay)
+                    if decision.abort:
+                        return _abort_response(decision, request)
+                finally:
+                    decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
+        _mutate_request(target, request)
+        for authority, copy in _mirror_requests(target, request, state):
+            self._mirror(authority, copy)
         return await self._send(request, target, url)
+
+    def _mirror(self, authority: str, request: httpx.Request) -> None:
+        """Send a shadow copy as a task of its own and forget it (its answer and errors
+        are dropped)."""
+        pool = self._pools.get(authority)
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await (await pool.handle_async_request(request)).aclose()
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
 
     async def _send(
         self, request: httpx.Request, target: Target, url: httpx.URL
