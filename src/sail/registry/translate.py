@@ -51,11 +51,14 @@ from sail.model import (
     HttpFilter,
     Listener,
     Locality,
+    Route,
+    RouteAction,
     RouteConfig,
     VirtualHost,
 )
 from sail.registration import Workload
-from sail.registry.istio.clusters import load_assignment, with_policy
+from sail.registry.istio.clusters import hash_policies, load_assignment, with_policy
+from sail.registry.istio.destination_rule import TrafficPolicy
 from sail.registry.istio.hosts import CLUSTER_SUFFIX, cluster_name, short_host
 from sail.registry.istio.model import (
     DestinationRule,
@@ -115,10 +118,11 @@ def translate(
             use(service, port, "")
             for subset in rule.spec.subsets if rule is not None else ():
                 use(service, port, subset.name)
+            routes = build_routes(vs, service, port, mesh.ports, use)
             virtual_host = VirtualHost(
                 name=service,
                 domains=_domains(service, port, vs),
-                routes=build_routes(vs, service, port, mesh.ports, use),
+                routes=tuple(mesh.with_hashing(r, needed) for r in routes),
             )
             # gRPC asks for `xds:///S:P`; the bare `S` is the service's first port
             names = [f"{service}:{port}", *([service] if port == ports[0] else [])]
@@ -186,16 +190,39 @@ class _Mesh:
             ports.setdefault(host, set()).update(p.number for p in entry.spec.ports)
         self.ports: Mapping[str, tuple[int, ...]] = {h: tuple(sorted(p)) for h, p in ports.items()}
 
-    def cluster(
-        self, name: str, host: str, port: int, subset: str
-    ) -> tuple[Cluster, ClusterLoadAssignment | None]:
-        """Cluster `name` and, for an EDS cluster, its load assignment."""
+    def _policy(self, host: str, subset: str) -> TrafficPolicy | None:
+        """The traffic policy of `host`'s subset (the subset's sections over the rule's)."""
         rule = self.destination_rules.get(host)
         chosen = rule.spec.subset(subset) if rule is not None and subset else None
         policy = rule.spec.traffic_policy if rule is not None else None
         if chosen is not None and chosen.traffic_policy is not None:
             own = chosen.traffic_policy
             policy = policy.overridden_by(own) if policy is not None else own
+        return policy
+
+    def with_hashing(self, route: Route, needed: Mapping[str, tuple[str, int, str]]) -> Route:
+        """`route` with the hash policy of its destinations' `consistentHash`, when they
+        all have the same one (Istio hashes a route by its destination's rule)."""
+        action = route.action
+        if not isinstance(action, RouteAction):
+            return route
+        found = set()
+        for name in action.cluster_names():
+            host, _, subset = needed[name]
+            policy = self._policy(host, subset)
+            lb = policy.load_balancer if policy is not None else None
+            found.add(lb.consistent_hash if lb is not None else None)
+        if len(found) != 1 or (ch := found.pop()) is None:
+            return route
+        return attrs.evolve(route, action=attrs.evolve(action, hash_policies=hash_policies(ch)))
+
+    def cluster(
+        self, name: str, host: str, port: int, subset: str
+    ) -> tuple[Cluster, ClusterLoadAssignment | None]:
+        """Cluster `name` and, for an EDS cluster, its load assignment."""
+        rule = self.destination_rules.get(host)
+        chosen = rule.spec.subset(subset) if rule is not None and subset else None
+        policy = self._policy(host, subset)
 
         def selects(labels: Mapping[str, str]) -> bool:
             if not subset:

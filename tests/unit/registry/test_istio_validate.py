@@ -156,12 +156,6 @@ def test_virtual_service_fault_mirror_and_headers_are_accepted(addition: str, fi
     [
         (
             "loadBalancer: {simple: RANDOM}",
-            "loadBalancer: {consistentHash: {httpHeaderName: x-user}}",
-            "spec.trafficPolicy.loadBalancer.consistentHash",
-            "not supported yet",
-        ),
-        (
-            "loadBalancer: {simple: RANDOM}",
             "loadBalancer: {simple: PASSTHROUGH}",
             "spec.trafficPolicy.loadBalancer.simple",
             "PASSTHROUGH: not supported yet",

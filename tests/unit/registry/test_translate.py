@@ -15,6 +15,7 @@ from sail.model import (
     ClusterWeight,
     DiscoveryType,
     Endpoint,
+    HashPolicy,
     HealthStatus,
     HttpConnectionManager,
     LbPolicy,
@@ -343,6 +344,45 @@ def test_least_request_and_5xx_ejection_off() -> None:
     assert od is not None and od.enforcing_consecutive_5xx == 0
     assert od.consecutive_5xx == 0
     round_trip(resources)
+
+
+@pytest.mark.parametrize(
+    ("lb", "policy", "hashing"),
+    [
+        ("{httpHeaderName: X-User, ringHash: {minimumRingSize: 64}}",
+         LbPolicy("ring_hash", (("minimum_ring_size", 64),)), HashPolicy("header", "x-user")),
+        ("{httpCookie: {name: sid, path: /, ttl: 60s}, maglev: {tableSize: 65537}}",
+         LbPolicy("maglev", (("table_size", 65537),)),
+         HashPolicy("cookie", "sid", ttl=60.0, path="/")),
+        ("{useSourceIp: true}", LbPolicy("ring_hash"), HashPolicy("connection_properties")),
+        ("{httpQueryParameterName: user, minimumRingSize: 128}",
+         LbPolicy("ring_hash", (("minimum_ring_size", 128),)),
+         HashPolicy("query_parameter", "user")),
+    ],
+)
+def test_consistent_hash(lb: str, policy: LbPolicy, hashing: HashPolicy) -> None:
+    """consistentHash: the rule's clusters hash (ring or Maglev), and each route whose
+    destinations all share the rule's hashing gets its hash policy. reviews-v2 overrides
+    the load balancer with ROUND_ROBIN, so a route that may go to v2 hashes nothing."""
+    text = BOOKINFO.replace(
+        "loadBalancer: {simple: RANDOM}", f"loadBalancer: {{consistentHash: {lb}}}"
+    )
+    resources = translate(objects(text), WORKLOADS)
+    round_trip(resources)
+    assert cluster(resources, "outbound|9080||reviews").lb_policy == policy
+    assert cluster(resources, "outbound|9080|v1|reviews").lb_policy == policy
+    assert cluster(resources, "outbound|9080|v2|reviews").lb_policy == LbPolicy("round_robin")
+    hashed, plain = 0, 0
+    for r in route_config(resources, "reviews").virtual_hosts[0].routes:
+        action = r.action
+        assert isinstance(action, RouteAction)
+        if any("|v2|" in c for c in action.cluster_names()):
+            assert action.hash_policies == ()
+            plain += 1
+        else:
+            assert action.hash_policies == (hashing,)
+            hashed += 1
+    assert hashed and plain
 
 
 def ratings_outlier(fields: str) -> Cluster:

@@ -36,6 +36,7 @@ from sail.model import (
     Cluster,
     ClusterLoadAssignment,
     Endpoint,
+    HashPolicy,
     LbPolicy,
     Locality,
     LocalityEndpoints,
@@ -44,7 +45,7 @@ from sail.model import (
 )
 from sail.registry.istio import destination_rule as dr
 
-__all__ = ["LB_POLICIES", "load_assignment", "with_policy"]
+__all__ = ["LB_POLICIES", "hash_policies", "load_assignment", "with_policy"]
 
 LB_POLICIES = {
     dr.SimpleLB.ROUND_ROBIN: "round_robin",
@@ -65,6 +66,8 @@ def with_policy(cluster: Cluster, policy: dr.TrafficPolicy | None) -> Cluster:
     lb = policy.load_balancer
     if lb is not None and lb.simple in LB_POLICIES:
         changes["lb_policy"] = LbPolicy(LB_POLICIES[lb.simple])
+    if lb is not None and lb.consistent_hash is not None:
+        changes["lb_policy"] = _hash_lb(lb.consistent_hash)
     pool = policy.connection_pool
     if pool is not None:
         if pool.tcp is not None and pool.tcp.connect_timeout is not None:
@@ -76,6 +79,33 @@ def with_policy(cluster: Cluster, policy: dr.TrafficPolicy | None) -> Cluster:
         changes["outlier_detection"] = _outlier_detection(policy.outlier_detection)
         changes["healthy_panic_threshold"] = float(policy.outlier_detection.min_health_percent or 0)
     return attrs.evolve(cluster, **changes)
+
+
+def _hash_lb(ch: dr.ConsistentHashLB) -> LbPolicy:
+    """`consistentHash` → `maglev` with `maglev`, else `ring_hash` (Istio's default), with
+    the table or ring size given."""
+    if ch.maglev is not None:
+        size = ch.maglev.table_size
+        return LbPolicy("maglev", (("table_size", size),) if size is not None else ())
+    size = ch.ring_hash.minimum_ring_size if ch.ring_hash is not None else None
+    if size is None:
+        size = ch.minimum_ring_size
+    return LbPolicy("ring_hash", (("minimum_ring_size", size),) if size is not None else ())
+
+
+def hash_policies(ch: dr.ConsistentHashLB) -> tuple[HashPolicy, ...]:
+    """The route hash policy of a `consistentHash`, as Istio writes it: `httpHeaderName`,
+    `httpCookie` (`name`, `path`, `ttl`: with a ttl a missing cookie is generated),
+    `useSourceIp`, `httpQueryParameterName`."""
+    if ch.http_header_name is not None:
+        return (HashPolicy("header", ch.http_header_name.lower()),)
+    if ch.http_cookie is not None:
+        c = ch.http_cookie
+        return (HashPolicy("cookie", c.name, ttl=c.ttl, path=c.path or ""),)
+    if ch.use_source_ip:
+        return (HashPolicy("connection_properties"),)
+    assert ch.http_query_parameter_name is not None
+    return (HashPolicy("query_parameter", ch.http_query_parameter_name),)
 
 
 def _thresholds(pool: dr.ConnectionPoolSettings) -> Thresholds | None:

@@ -6,6 +6,11 @@ Supported, and translated to cluster settings:
   include all of them, and a subset-level `trafficPolicy`);
 * `trafficPolicy.loadBalancer.simple`: `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST`
   (`LEAST_CONN`, its old name, too);
+* `trafficPolicy.loadBalancer.consistentHash`: `httpHeaderName`, `httpCookie` (`name`,
+  `path`, `ttl`), `useSourceIp`, `httpQueryParameterName`, with `ringHash.minimumRingSize`
+  (or the older `minimumRingSize`) or `maglev.tableSize` - the cluster balances by ring
+  hash (the default) or Maglev, and each route whose destinations share that rule hashes
+  requests by it (`clusters.py`, `translate.py`);
 * `trafficPolicy.connectionPool`: `tcp.maxConnections`, `tcp.connectTimeout`,
   `http.http1MaxPendingRequests`, `http.http2MaxRequests`, `http.maxRetries` (Envoy's
   circuit breakers; limits left out take Envoy's defaults 1024/1024/1024/3 - note that
@@ -17,7 +22,7 @@ Supported, and translated to cluster settings:
 * `trafficPolicy.tls.mode: DISABLE` (plaintext, what sail does today).
 
 Parsed and validated but refused by `validate` as "not supported yet":
-`loadBalancer.simple: PASSTHROUGH`, `loadBalancer.consistentHash`, other `tls` modes.
+`loadBalancer.simple: PASSTHROUGH`, other `tls` modes.
 A subset's `trafficPolicy` replaces the rule's, section by section (`loadBalancer`,
 `connectionPool`, ...), as in Istio.
 """
@@ -87,7 +92,7 @@ class MaglevLB:
 
 @attrs.frozen
 class ConsistentHashLB:
-    """Kept for `validate` to refuse: sail has no ring hash or Maglev balancer yet."""
+    """Istio's `consistentHash`: one hash key, and the ring or table it selects."""
 
     http_header_name: str | None = None
     http_cookie: HTTPCookie | None = None

@@ -6,9 +6,8 @@ file, the object and the field:
 * the same kind/namespace/name twice;
 * what parses but cannot be translated (`check_supported`, which `translate` runs too): a
   VirtualService's `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a
-  matched prefix); a DestinationRule's
-  `loadBalancer.consistentHash`, `loadBalancer.simple: PASSTHROUGH`, or `tls` other than
-  `mode: DISABLE`. The registry refuses these rather than serve config that quietly does
+  matched prefix); a DestinationRule's `loadBalancer.simple: PASSTHROUGH`, or `tls` other
+  than `mode: DISABLE`. The registry refuses these rather than serve config that quietly does
   less than it says;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
@@ -92,8 +91,6 @@ def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tup
     lb = policy.load_balancer
     if lb is not None and lb.simple is SimpleLB.PASSTHROUGH:
         yield f"{path}.loadBalancer.simple", f"PASSTHROUGH: {_NOT_YET}"
-    if lb is not None and lb.consistent_hash is not None:
-        yield f"{path}.loadBalancer.consistentHash", _NOT_YET
     if policy.tls is not None and policy.tls.mode is not TLSMode.DISABLE:
         yield f"{path}.tls.mode", f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE)"
 
