@@ -64,6 +64,7 @@ class ClusterRuntime:
     limits: ClusterLimits
     hosts: ClusterStats
     outlier: OutlierDetector | None = None
+    high_limits: ClusterLimits | None = None
     ejected: frozenset[str] = frozenset()
     current: _Current | None = attrs.field(default=None, repr=False)
 
@@ -177,12 +178,15 @@ def _cluster_runtime(
     """A new runtime for a cluster whose config or endpoints changed, keeping the state
     that outlives it (limits, host counts, the outlier detector)."""
     if prior is not None:
-        limits, hosts = prior.limits, prior.hosts
+        limits, high, hosts = prior.limits, prior.high_limits, prior.hosts
         outlier, current = prior.outlier, prior.current
         if prior.cluster != cluster:
             limits.configure(cluster)
+            if high is not None:
+                high.configure(cluster)
     else:
         limits, hosts = ClusterLimits(name, cluster), ClusterStats()
+        high = ClusterLimits(name, cluster, priority=1)
         outlier = current = None
     config = cluster.outlier_detection
     if config is None:
@@ -201,7 +205,7 @@ def _cluster_runtime(
     else:
         picker = _picker(cluster, assignment, hosts, ejected)
     runtime = ClusterRuntime(
-        cluster, assignment, picker, limits, hosts, outlier, ejected, current
+        cluster, assignment, picker, limits, hosts, outlier, high, ejected, current
     )
     if outlier is not None and current is not None:
         current.runtime = runtime

@@ -184,12 +184,16 @@ def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> 
 RETRY_BODY_LIMIT = 1 << 20
 
 
-def _replayable(request: httpx.Request) -> bool:
-    stream = request.stream
-    if not isinstance(stream, httpx.ByteStream):
-        return False
-    length = request.headers.get("content-length")
-    return length is None or int(length) <= RETRY_BODY_LIMIT
+def _replayable(request: httpx.Request) -> Callable[[], bool]:
+    """Whether the body can be sent again: asked only when a retry is being decided."""
+
+    def replayable() -> bool:
+        if not isinstance(request.stream, httpx.ByteStream):
+            return False
+        length = request.headers.get("content-length")
+        return length is None or int(length) <= RETRY_BODY_LIMIT
+
+    return replayable
 
 
 def _start_call(request: httpx.Request, target: Target) -> Call:
@@ -201,9 +205,10 @@ def _start_call(request: httpx.Request, target: Target) -> Call:
         action if isinstance(action, RouteAction) else None, request.headers, time.monotonic()
     )
     cluster = target.cluster
-    return Call(
-        policy, cluster.limits, deadline, _replayable(request), outlier=cluster.outlier
-    )
+    limits = cluster.limits
+    if isinstance(action, RouteAction) and action.priority and cluster.high_limits is not None:
+        limits = cluster.high_limits  # a HIGH priority route has thresholds of its own
+    return Call(policy, limits, deadline, _replayable(request), outlier=cluster.outlier)
 
 
 def _begin(
@@ -219,12 +224,21 @@ def _begin(
     except RequestError as exc:
         raise to_httpx(exc, request) from None
     if timeout is not None:
-        if isinstance(timeouts, dict):
+        if isinstance(timeouts, dict) and timeout < _shortest(timeouts):
             request.extensions["timeout"] = {
                 k: timeout if v is None or v > timeout else v for k, v in timeouts.items()
             }
         request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
     return host
+
+
+def _shortest(timeouts: dict[str, float | None]) -> float:
+    """The shortest of httpx's timeouts (`inf` when none is set)."""
+    shortest = math.inf
+    for value in timeouts.values():
+        if value is not None and value < shortest:
+            shortest = value
+    return shortest
 
 
 def _hedged_request(
@@ -272,7 +286,11 @@ def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
     return None
 
 
-def _response_outcome(response: httpx.Response) -> Outcome:
+def _response_outcome(response: httpx.Response, call: Call) -> Outcome:
+    """The outcome of a response. Its `grpc-status` header is read only for a policy with
+    gRPC conditions (a gRPC call over httpx, where the trailers-only answer carries it)."""
+    if not call.grpc_aware:
+        return Outcome(response.status_code, None, None, response.headers)
     grpc = response.headers.get("grpc-status")
     grpc_status = int(grpc) if grpc is not None and grpc.isdigit() else None
     return Outcome(response.status_code, None, grpc_status or None, response.headers)
@@ -401,7 +419,7 @@ class _Hedge:
                 call.release(host)
                 raise error
         else:
-            outcome = _response_outcome(response)
+            outcome = _response_outcome(response, call)
         wait = call.end(endpoint.authority, outcome, time.monotonic())
         good = outcome.local is None and outcome.status < 500 and outcome.grpc_status is None
         if response is not None and (good or wait is None):
@@ -445,7 +463,7 @@ class _Releasing(httpx.SyncByteStream):
         self._release: Callable[[], None] | None = lambda: call.release(host)
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
+        return iter(self._stream)  # no generator of our own between httpx and the body
 
     def close(self) -> None:
         release, self._release = self._release, None
@@ -465,9 +483,8 @@ class _AsyncReleasing(httpx.AsyncByteStream):
         self._stream = stream
         self._release: Callable[[], None] | None = lambda: call.release(host)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
 
     async def aclose(self) -> None:
         release, self._release = self._release, None
@@ -661,7 +678,7 @@ class MeshTransport(httpx.BaseTransport):
                     if wait is None:
                         raise _failed(call, exc, request) from exc
                 else:
-                    wait = call.end(authority, _response_outcome(response), time.monotonic())
+                    wait = call.end(authority, _response_outcome(response, call), time.monotonic())
                     if wait is None:
                         response.stream = _Releasing(
                             response.stream,  # type: ignore[arg-type]
@@ -862,7 +879,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     call.release(host)  # cancelled
                     raise
                 else:
-                    wait = call.end(authority, _response_outcome(response), time.monotonic())
+                    wait = call.end(authority, _response_outcome(response, call), time.monotonic())
                     if wait is None:
                         response.stream = _AsyncReleasing(
                             response.stream,  # type: ignore[arg-type]

@@ -120,6 +120,9 @@ class RouteAction:
     * `auto_host_rewrite` - replace the Host header with the chosen endpoint's `hostname`
       (Envoy's `auto_host_rewrite`; endpoints without a hostname keep the original Host).
     * `request_mirror_policies` - where to mirror requests (`sail.routing.mirror.mirrors`).
+    * `priority` - Envoy's routing priority, 0 (DEFAULT) or 1 (HIGH): which circuit breaker
+      thresholds (and counters) of the cluster the request counts against.
+    * `hedge_on_per_try_timeout` - the route's `hedge_policy` (`None`: the virtual host's).
     """
 
     cluster: str | None = None
@@ -135,6 +138,7 @@ class RouteAction:
     auto_host_rewrite: bool = False
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
     hedge_on_per_try_timeout: bool | None = None
+    priority: int = 0
 
     def cluster_names(self) -> tuple[str, ...]:
         """The clusters this action may send to (empty for `cluster_header`)."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from sail.errors import DeadlineExceeded, UpstreamOverflow
-from sail.resilience.classify import Local, Outcome, retry_condition
+from sail.resilience.classify import GRPC_CONDITIONS, Local, Outcome, retry_condition
 from sail.resilience.outlier import Result, grpc_to_http_status
 from sail.resilience.retry import backoff, rate_limited_wait, testing_attempts
 
@@ -75,6 +75,7 @@ class Call:
     __slots__ = (
         "attempts",
         "deadline",
+        "grpc_aware",
         "limits",
         "max_attempts",
         "outlier",
@@ -91,7 +92,7 @@ class Call:
         policy: RetryPolicy,
         limits: ClusterLimits,
         deadline: float | None,
-        replayable: bool = True,
+        replayable: bool | Callable[[], bool] = True,
         rand: Callable[[], float] = random.random,
         outlier: OutlierDetector | None = None,
     ) -> None:
@@ -107,6 +108,7 @@ class Call:
         if cap is not None:
             self.max_attempts = min(self.max_attempts, cap)
         self.started = 0
+        self.grpc_aware = bool(policy.retry_on & GRPC_CONDITIONS)
         self.retries_held = 0
         self.retry_reason: str | None = None
 
@@ -167,7 +169,10 @@ class Call:
         condition = retry_condition(outcome, policy)
         if condition is None:
             return None
-        if not self.replayable and outcome.local is not Local.CONNECT_FAILURE:
+        replayable = self.replayable
+        if callable(replayable):
+            replayable = self.replayable = replayable()
+        if not replayable and outcome.local is not Local.CONNECT_FAILURE:
             return None  # the body was (perhaps partly) sent and cannot be sent again
         wait = rate_limited_wait(policy, outcome.headers, self.rand)
         if wait is None:

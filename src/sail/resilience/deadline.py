@@ -51,13 +51,34 @@ def parse_timeout_ms(value: str | None) -> float | None:
     return int(value) / 1000.0
 
 
+_EXPECTED = EXPECTED_TIMEOUT_HEADER.encode()
+_UPSTREAM = UPSTREAM_TIMEOUT_HEADER.encode()
+
+
+def _timeout_headers(headers: Headers) -> tuple[str | None, str | None]:
+    """The two timeout headers' values. For an `httpx.Headers`, one pass over its entries
+    (its `_list` of `(raw name, lower-case name, value)` bytes, read-only): two `get`s
+    would each scan and re-encode, on every request."""
+    entries = getattr(headers, "_list", None)
+    if not isinstance(entries, list):
+        return headers.get(EXPECTED_TIMEOUT_HEADER), headers.get(UPSTREAM_TIMEOUT_HEADER)
+    expected = upstream = None
+    for entry in entries:
+        name = entry[1]
+        if name[:9] == b"x-envoy-e" and name == _EXPECTED:
+            expected = entry[2].decode("latin-1")
+        elif name[:9] == b"x-envoy-u" and name == _UPSTREAM:
+            upstream = entry[2].decode("latin-1")
+    return expected, upstream
+
+
 def call_deadline(action: RouteAction | None, headers: Headers, now: float) -> float | None:
     """The absolute deadline (on the clock `now` came from) of a call, or `None`."""
     timeout = DEFAULT_ROUTE_TIMEOUT
     if action is not None and action.timeout is not None:
         timeout = action.timeout
-    for name in (EXPECTED_TIMEOUT_HEADER, UPSTREAM_TIMEOUT_HEADER):
-        override = parse_timeout_ms(headers.get(name))
+    for value in _timeout_headers(headers):
+        override = parse_timeout_ms(value)
         if override is not None and override > 0:
             timeout = override
             break

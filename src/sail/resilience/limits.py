@@ -1,8 +1,9 @@
 """Circuit breakers: a cluster's concurrency limits and retry budget, and its counters.
 
-One `ClusterLimits` per cluster lives as long as the process; a config update re-reads its
-thresholds (`configure`) without resetting what is in flight. The thresholds are those of
-the default priority (routes here have no priority of their own).
+Two `ClusterLimits` per cluster, one per routing priority (a route's `priority`: DEFAULT
+or HIGH), each with its own thresholds and its own counts, as Envoy keeps a resource
+manager per priority. They live as long as the process; a config update re-reads the
+thresholds (`configure`) without resetting what is in flight.
 
 What is counted, and how it maps onto Envoy's thresholds (docs
 "arch_overview/upstream/circuit_breaking"):
@@ -79,12 +80,14 @@ class ClusterLimits:
         "max_requests",
         "max_retries",
         "name",
+        "priority",
         "retries",
         "stats",
     )
 
-    def __init__(self, name: str, cluster: Cluster | None = None) -> None:
+    def __init__(self, name: str, cluster: Cluster | None = None, priority: int = 0) -> None:
         self.name = name
+        self.priority = priority
         self.active = 0
         self.retries = 0
         self.stats = UpstreamStats()
@@ -94,11 +97,11 @@ class ClusterLimits:
         self.configure(cluster)
 
     def configure(self, cluster: Cluster | None) -> None:
-        """Take the thresholds of `cluster`'s default priority (Envoy's defaults if none)."""
+        """Take the thresholds of `cluster` for this priority (Envoy's defaults if none)."""
         t = _DEFAULT_THRESHOLDS
         if cluster is not None and cluster.circuit_breakers is not None:
             t = next(
-                (x for x in cluster.circuit_breakers.thresholds if x.priority == 0),
+                (x for x in cluster.circuit_breakers.thresholds if x.priority == self.priority),
                 _DEFAULT_THRESHOLDS,
             )
         self.max_connections = t.max_connections

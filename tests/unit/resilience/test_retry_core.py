@@ -336,3 +336,18 @@ def test_call_deadline_sources() -> None:
         assert call_deadline(RouteAction(cluster="c", timeout=0.0), {}, 0.0) == 1.0
     finally:
         inherited_deadline.reset(token)
+
+
+def test_each_priority_has_its_own_thresholds_and_counts() -> None:
+    cluster = Cluster("c", circuit_breakers=CircuitBreakers((
+        Thresholds(max_requests=1), Thresholds(priority=1, max_requests=5),
+    )))
+    default, high = ClusterLimits("c", cluster), ClusterLimits("c", cluster, priority=1)
+    assert (default.max_requests, high.max_requests) == (1, 5)
+    Call(RETRY_5XX, default, None).begin(0)
+    with pytest.raises(UpstreamOverflow):
+        Call(RETRY_5XX, default, None).begin(0)
+    Call(RETRY_5XX, high, None).begin(0)  # HIGH priority traffic still has room
+    assert (default.active, high.active) == (1, 1)
+    no_high = ClusterLimits("c", Cluster("c"), priority=1)
+    assert no_high.max_requests == 1024  # Envoy's defaults when the priority is not listed

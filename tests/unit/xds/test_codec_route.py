@@ -17,6 +17,7 @@ from sail.model import (
     PathMatch,
     PathMatchKind,
     QueryParameterMatcher,
+    ResetHeader,
     RetryPolicy,
     RouteAction,
     RouteConfig,
@@ -269,6 +270,55 @@ def test_retry_policy_defaults_and_backoff() -> None:
         max_interval=1.0,
         retriable_status_codes=frozenset({503, 504}),
     )
+
+
+def test_full_retry_policy_hedging_and_priority() -> None:
+    a = action(
+        cluster="c",
+        priority="HIGH",
+        hedge_policy={"hedge_on_per_try_timeout": True},
+        retry_policy={
+            "retry_on": "retriable-headers,5xx",
+            "retriable_headers": [{"name": "x-retry", "string_match": {"exact": "yes"}}],
+            "rate_limited_retry_back_off": {
+                "reset_headers": [{"name": "Retry-After"},
+                                  {"name": "x-ratelimit-reset", "format": "UNIX_TIMESTAMP"}],
+                "max_interval": "60s",
+            },
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                 "previous_hosts.v3.PreviousHostsPredicate"},
+            }],
+            "host_selection_retry_max_attempts": 3,
+        },
+    )
+    assert a.priority == 1 and a.hedge_on_per_try_timeout is True
+    retry = a.retry_policy
+    assert retry is not None and retry.previous_hosts
+    assert retry.host_selection_retry_max_attempts == 3
+    assert retry.reset_headers == (
+        ResetHeader("retry-after"), ResetHeader("x-ratelimit-reset", "unix_timestamp")
+    )
+    assert retry.rate_limited_max_interval == 60.0
+    assert [m.name for m in retry.retriable_headers] == ["x-retry"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("retry_priority", {"name": "x"}, "retry_priority: is not supported"),
+        ("retriable_request_headers", [{"name": "x"}],
+         "retriable_request_headers: is not supported"),
+        ("retry_host_predicate", [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}],
+         "retry_host_predicate[0].typed_config: retry host predicate "
+         "'envoy.retry_host_predicates.omit_canary_hosts' is not supported (only previous_hosts)"),
+    ],
+)
+def test_unsupported_retry_fields_are_nacked(field: str, value: Any, error: str) -> None:
+    r = route()
+    r["route"]["retry_policy"] = {"retry_on": "5xx", field: value}
+    assert nack(config(r)) == f"virtual_hosts[0].routes[0].route.retry_policy.{error}"
 
 
 def test_virtual_host_retry_policy() -> None:

@@ -114,6 +114,7 @@ def decode_route_action(a: Any) -> RouteAction:
         auto_host_rewrite=auto_host,
         request_mirror_policies=_mirror_policies(a.request_mirror_policies),
         hedge_on_per_try_timeout=decode_hedge_policy(a),
+        priority=int(a.priority),
     )
 
 

@@ -221,6 +221,8 @@ def _action(a: RouteAction) -> Any:
         msg.auto_host_rewrite.CopyFrom(wrap_bool(True))
     if a.timeout is not None:
         msg.timeout.CopyFrom(seconds_to_duration(a.timeout))
+    if a.priority:
+        msg.priority = a.priority
     if a.hedge_on_per_try_timeout is not None:
         msg.hedge_policy.hedge_on_per_try_timeout = a.hedge_on_per_try_timeout
     if a.retry_policy is not None:

@@ -1,0 +1,27 @@
+"""The runnable examples run, and say what their docstrings promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.procs import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_resilience_example() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "resilience" / "run.py")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    before, _, after = out.partition("takes traffic again")
+    assert "ejected now: ['ratings-c']; calls ratings-c received: 3" in before
+    assert "503 from ratings-c" in before  # a retried attempt, shown by CallInfo
+    assert "200 from ratings-c" in after  # back after its ejection
+    assert "DeadlineExceededError after 0.5" in out
+    assert "the upstream was told it had 500 ms" in out or "had 49" in out
