@@ -97,11 +97,14 @@ def mesh_file(directory: Path, upstreams: list[Upstream]) -> Path:
     return path
 
 
-def show(step: str, client: httpx.Client, calls: int) -> None:
+def show(step: str, client: httpx.Client, calls: int, names: dict[str, str]) -> None:
     print(f"\n{step}")
     for _ in range(calls):
         response = client.get("http://ratings/")
-        attempts = ", ".join(str(a) for a in response.extensions["sail"].attempts)
+        attempts = ", ".join(
+            f"{a.outcome.reason} from {names[a.endpoint]}"
+            for a in response.extensions["sail"].attempts
+        )
         print(f"  {response.status_code} from {response.json()['name']:<10} attempts: {attempts}")
 
 
@@ -117,7 +120,7 @@ def main() -> None:
                 sail.Mesh.local(mesh_file(Path(tmp), upstreams)) as mesh, \
                 mesh.client(timeout=5) as client:
             show("ratings-c answers 503: its calls are retried elsewhere, then it is ejected",
-                 client, 12)
+                 client, 12, names)
             outlier = mesh._dataplane.state.clusters["ratings"].outlier
             assert outlier is not None
             ejected = sorted(names[h] for h in outlier.ejected)
@@ -126,7 +129,7 @@ def main() -> None:
             broken.broken = False
             print("\nratings-c is repaired; waiting out its 2 s ejection ...")
             time.sleep(3.2)
-            show("ratings-c takes traffic again", client, 6)
+            show("ratings-c takes traffic again", client, 6, names)
 
             print("\n/slow has a 0.5 s route timeout; the upstream takes 2 s")
             began = time.monotonic()

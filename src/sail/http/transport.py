@@ -39,7 +39,7 @@ from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
 from sail.resilience.fault import FaultDecision
-from sail.resilience.retry import effective_policy
+from sail.resilience.retry import DEFAULT_POLICY
 from sail.routing.mirror import mirrors, shadow_authority
 
 if TYPE_CHECKING:
@@ -197,18 +197,19 @@ def _replayable(request: httpx.Request) -> Callable[[], bool]:
 
 
 def _start_call(request: httpx.Request, target: Target) -> Call:
-    route = target.route
-    assert target.cluster is not None
-    policy = effective_policy(route.route, route.virtual_host)
-    action = route.route.action
-    deadline = call_deadline(
-        action if isinstance(action, RouteAction) else None, request.headers, time.monotonic()
-    )
+    plan = target.route.policy  # resolved once per route when the router was built
     cluster = target.cluster
+    assert cluster is not None
     limits = cluster.limits
-    if isinstance(action, RouteAction) and action.priority and cluster.high_limits is not None:
+    if plan.priority and cluster.high_limits is not None:
         limits = cluster.high_limits  # a HIGH priority route has thresholds of its own
-    return Call(policy, limits, deadline, _replayable(request), outlier=cluster.outlier)
+    return Call(
+        plan.retry or DEFAULT_POLICY,
+        limits,
+        call_deadline(plan.timeout, request.headers, time.monotonic()),
+        _replayable(request),
+        outlier=cluster.outlier,
+    )
 
 
 def _begin(
@@ -228,8 +229,26 @@ def _begin(
             request.extensions["timeout"] = {
                 k: timeout if v is None or v > timeout else v for k, v in timeouts.items()
             }
-        request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
+        _set_expected_timeout(request.headers, timeout)
     return host
+
+
+_EXPECTED = EXPECTED_TIMEOUT_HEADER.encode()
+
+
+def _set_expected_timeout(headers: httpx.Headers, timeout: float) -> None:
+    """Set `x-envoy-expected-rq-timeout-ms`. On httpx's header list directly when it is
+    not there yet (the common case: `__setitem__` re-encodes and scans for duplicates)."""
+    value = str(int(timeout * 1000) or 1)
+    entries = getattr(headers, "_list", None)
+    if isinstance(entries, list):
+        for entry in entries:
+            if entry[1] == _EXPECTED:
+                break
+        else:
+            entries.append((_EXPECTED, _EXPECTED, value.encode()))
+            return
+    headers[EXPECTED_TIMEOUT_HEADER] = value
 
 
 def _shortest(timeouts: dict[str, float | None]) -> float:
@@ -265,11 +284,7 @@ def _hedged_request(
 def _hedges(target: Target, call: Call) -> bool:
     """Whether this call hedges: `hedge_on_per_try_timeout` on the route's action (else its
     virtual host's), with a per-try timeout in the retry policy."""
-    action = target.route.route.action
-    hedge = action.hedge_on_per_try_timeout if isinstance(action, RouteAction) else None
-    if hedge is None:
-        hedge = target.route.virtual_host.hedge_on_per_try_timeout
-    return hedge and call.policy.per_try_timeout is not None
+    return target.route.policy.hedge and call.policy.per_try_timeout is not None
 
 
 def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
@@ -331,7 +346,8 @@ def _finish(response: httpx.Response, target: Target, call: Call) -> None:
         response.headers = httpx.Headers(
             [*response.headers.multi_items(), *(("set-cookie", c) for c in cookies)]
         )
-    _mutate_response(target, response)
+    if target.route.policy.headers is not None:
+        _mutate_response(target, response)
 
 
 def _next_endpoint(target: Target, call: Call, request: httpx.Request) -> Endpoint:
@@ -456,43 +472,45 @@ class _Hedge:
 class _Releasing(httpx.SyncByteStream):
     """A response body that ends its attempt's share of the circuit counters on close."""
 
-    __slots__ = ("_release", "_stream")
+    __slots__ = ("_call", "_host", "_stream")
 
     def __init__(self, stream: httpx.SyncByteStream, call: Call, host: HostStats) -> None:
         self._stream = stream
-        self._release: Callable[[], None] | None = lambda: call.release(host)
+        self._call: Call | None = call
+        self._host = host
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._stream)  # no generator of our own between httpx and the body
 
     def close(self) -> None:
-        release, self._release = self._release, None
+        call, self._call = self._call, None
         try:
             self._stream.close()
         finally:
-            if release is not None:
-                release()
+            if call is not None:
+                call.release(self._host)
 
 
 class _AsyncReleasing(httpx.AsyncByteStream):
     """The asyncio twin of `_Releasing`."""
 
-    __slots__ = ("_release", "_stream")
+    __slots__ = ("_call", "_host", "_stream")
 
     def __init__(self, stream: httpx.AsyncByteStream, call: Call, host: HostStats) -> None:
         self._stream = stream
-        self._release: Callable[[], None] | None = lambda: call.release(host)
+        self._call: Call | None = call
+        self._host = host
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._stream.__aiter__()
 
     async def aclose(self) -> None:
-        release, self._release = self._release, None
+        call, self._call = self._call, None
         try:
             await self._stream.aclose()
         finally:
-            if release is not None:
-                release()
+            if call is not None:
+                call.release(self._host)
 
 
 P = TypeVar("P", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
@@ -635,9 +653,12 @@ class MeshTransport(httpx.BaseTransport):
                     decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
-        _mutate_request(target, request)
-        for authority, copy in _mirror_requests(target, request, state):
-            self._mirror(authority, copy)
+        plan = target.route.policy
+        if plan.headers is not None:
+            _mutate_request(target, request)
+        if plan.mirrors:
+            for authority, copy in _mirror_requests(target, request, state):
+                self._mirror(authority, copy)
         return self._send(request, target, url)
 
     def _mirror(self, authority: str, request: httpx.Request) -> None:
@@ -832,9 +853,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
-        _mutate_request(target, request)
-        for authority, copy in _mirror_requests(target, request, state):
-            self._mirror(authority, copy)
+        plan = target.route.policy
+        if plan.headers is not None:
+            _mutate_request(target, request)
+        if plan.mirrors:
+            for authority, copy in _mirror_requests(target, request, state):
+                self._mirror(authority, copy)
         return await self._send(request, target, url)
 
     def _mirror(self, authority: str, request: httpx.Request) -> None:

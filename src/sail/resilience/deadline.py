@@ -22,7 +22,6 @@ import contextvars
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sail.model import RouteAction
     from sail.routing.request import Headers
 
 __all__ = [
@@ -65,18 +64,17 @@ def _timeout_headers(headers: Headers) -> tuple[str | None, str | None]:
     expected = upstream = None
     for entry in entries:
         name = entry[1]
-        if name[:9] == b"x-envoy-e" and name == _EXPECTED:
+        if name == _EXPECTED:
             expected = entry[2].decode("latin-1")
-        elif name[:9] == b"x-envoy-u" and name == _UPSTREAM:
+        elif name == _UPSTREAM:
             upstream = entry[2].decode("latin-1")
     return expected, upstream
 
 
-def call_deadline(action: RouteAction | None, headers: Headers, now: float) -> float | None:
-    """The absolute deadline (on the clock `now` came from) of a call, or `None`."""
-    timeout = DEFAULT_ROUTE_TIMEOUT
-    if action is not None and action.timeout is not None:
-        timeout = action.timeout
+def call_deadline(route_timeout: float | None, headers: Headers, now: float) -> float | None:
+    """The absolute deadline (on the clock `now` came from) of a call on a route whose
+    `timeout` is `route_timeout` (`None`: unset), or `None` for no deadline."""
+    timeout = DEFAULT_ROUTE_TIMEOUT if route_timeout is None else route_timeout
     for value in _timeout_headers(headers):
         override = parse_timeout_ms(value)
         if override is not None and override > 0:

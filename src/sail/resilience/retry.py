@@ -2,7 +2,8 @@
 testing switch.
 
 **Which policy.** A route's `retry_policy` wins over its virtual host's, whole (Envoy does
-not merge them). With neither, sail applies `DEFAULT_POLICY`: retry once, on another
+not merge them; `sail.routing.policy` resolves it once per route). With neither, sail
+applies `DEFAULT_POLICY`: retry once, on another
 endpoint, and only failures that never reached a server (`connect-failure`,
 `refused-stream`), so a request that a server may have acted on - a POST above all - is never
 sent twice unless the route says so. (Envoy retries nothing without a policy; gRPC retries
@@ -31,13 +32,11 @@ from typing import TYPE_CHECKING
 from sail.model import RetryPolicy
 
 if TYPE_CHECKING:
-    from sail.model import Route, VirtualHost
     from sail.routing.request import Headers
 
 __all__ = [
     "DEFAULT_POLICY",
     "backoff",
-    "effective_policy",
     "is_testing",
     "rate_limited_wait",
     "set_testing",
@@ -69,15 +68,6 @@ def is_testing() -> bool:
 def testing_attempts() -> int | None:
     """The attempt cap in testing mode, `None` outside it."""
     return _testing[1] if _testing[0] else None
-
-
-def effective_policy(route: Route, virtual_host: VirtualHost) -> RetryPolicy:
-    """The route's policy, else the virtual host's, else `DEFAULT_POLICY`."""
-    action = route.action
-    policy = getattr(action, "retry_policy", None)
-    if policy is None:
-        policy = virtual_host.retry_policy
-    return DEFAULT_POLICY if policy is None else policy
 
 
 def backoff(policy: RetryPolicy, retry: int, rand: Callable[[], float]) -> float:

@@ -10,14 +10,19 @@ out with every `RouteResult` (`result.policy`), so a request pays nothing to fin
   `resolveMostSpecificPerFilterConfig`: the most specific level that has one wins whole).
   `None` for a filter disabled there. `sail.resilience.fault.FaultFilter` looks itself up
   here by name and falls back to its own config.
+* what a call through the route needs (`sail.resilience`), resolved across levels once:
+  `retry` (the route's retry policy, else the virtual host's, else `None`), `timeout` (the
+  route's, `None` when unset), `priority`, `hedge` (`hedge_on_per_try_timeout`, the
+  route's else the virtual host's) and `mirrors` (whether the route mirrors at all).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sail.model import RouteAction
 from sail.routing.headers import HeaderMutation, compile_header_mutation
 
 if TYPE_CHECKING:
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
         ClusterWeight,
         FaultPolicy,
         FilterConfigs,
+        RetryPolicy,
         Route,
         RouteConfig,
         VirtualHost,
@@ -36,15 +42,26 @@ __all__ = ["EMPTY_POLICY", "PolicyOf", "RoutePolicy", "route_policies"]
 class RoutePolicy:
     """The per-route extras of one route (or weighted cluster entry). Immutable."""
 
-    __slots__ = ("faults", "headers")
+    __slots__ = ("faults", "headers", "hedge", "mirrors", "priority", "retry", "timeout")
 
     def __init__(
         self,
         headers: HeaderMutation | None = None,
         faults: Mapping[str, FaultPolicy | None] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        hedge: bool = False,
+        mirrors: bool = False,
     ) -> None:
         self.headers = headers
         self.faults: Mapping[str, FaultPolicy | None] = MappingProxyType(dict(faults or {}))
+        self.retry = retry
+        self.timeout = timeout
+        self.priority = priority
+        self.hedge = hedge
+        self.mirrors = mirrors
 
     def __repr__(self) -> str:
         return f"RoutePolicy(headers={self.headers!r}, faults={dict(self.faults)!r})"
@@ -66,6 +83,30 @@ def _merged(*levels: FilterConfigs) -> dict[str, FaultPolicy | None]:
     return out
 
 
+_DEFAULT_CALL: dict[str, Any] = {
+    "retry": None, "timeout": None, "priority": 0, "hedge": False, "mirrors": False
+}
+
+
+def _call_fields(vhost: VirtualHost | None, route: Route) -> dict[str, Any]:
+    action = route.action
+    if not isinstance(action, RouteAction):
+        return {}
+    retry = action.retry_policy
+    if retry is None and vhost is not None:
+        retry = vhost.retry_policy
+    hedge = action.hedge_on_per_try_timeout
+    if hedge is None:
+        hedge = vhost.hedge_on_per_try_timeout if vhost is not None else False
+    return {
+        "retry": retry,
+        "timeout": action.timeout,
+        "priority": action.priority,
+        "hedge": hedge,
+        "mirrors": bool(action.request_mirror_policies),
+    }
+
+
 def route_policies(config: RouteConfig | None, vhost: VirtualHost | None, route: Route) -> PolicyOf:
     """The policies of `route` in `vhost` of `config` (either may be `None`, standing for an
     empty level): the route's own, computed here, and one per weighted cluster entry,
@@ -84,12 +125,19 @@ def route_policies(config: RouteConfig | None, vhost: VirtualHost | None, route:
         route.typed_per_filter_config,
     )
     headers = compile_header_mutation(levels)
-    base = RoutePolicy(headers, faults) if headers is not None or faults else EMPTY_POLICY
+    call = _call_fields(vhost, route)
+    base = (
+        RoutePolicy(headers, faults, **call)
+        if headers is not None or faults or (call and call != _DEFAULT_CALL)
+        else EMPTY_POLICY
+    )
 
     def policy_of(entry: ClusterWeight | None) -> RoutePolicy:
         if entry is None or (entry.header_mutations is None and not entry.typed_per_filter_config):
             return base
         entry_headers = compile_header_mutation(levels, entry.header_mutations)
-        return RoutePolicy(entry_headers, {**faults, **dict(entry.typed_per_filter_config)})
+        return RoutePolicy(
+            entry_headers, {**faults, **dict(entry.typed_per_filter_config)}, **call
+        )
 
     return policy_of

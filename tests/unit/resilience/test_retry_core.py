@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from sail.model import (
     RetryPolicy,
     Route,
     RouteAction,
+    RouteConfig,
     RouteMatch,
     StringMatcher,
     StringMatchKind,
@@ -34,10 +36,10 @@ from sail.resilience.limits import ClusterLimits
 from sail.resilience.retry import (
     DEFAULT_POLICY,
     backoff,
-    effective_policy,
     rate_limited_wait,
     set_testing,
 )
+from sail.routing import Router
 
 # -- classification ----------------------------------------------------------------------------
 
@@ -113,10 +115,15 @@ def _route(policy: RetryPolicy | None) -> Route:
 def test_route_policy_wins_over_virtual_host_whole() -> None:
     vh_policy = RetryPolicy(retry_on=frozenset({"5xx"}), num_retries=4)
     route_policy = RetryPolicy(retry_on=frozenset({"reset"}))
-    vh = VirtualHost("v", ("*",), (), retry_policy=vh_policy)
-    assert effective_policy(_route(route_policy), vh) is route_policy
-    assert effective_policy(_route(None), vh) is vh_policy
-    assert effective_policy(_route(None), VirtualHost("v", ("*",), ())) is DEFAULT_POLICY
+
+    def resolved(route: Route, vh_retry: RetryPolicy | None) -> RetryPolicy | None:
+        vh = VirtualHost("v", ("*",), (route,), retry_policy=vh_retry)
+        result = Router.build(RouteConfig("r", (vh,))).route("svc", "/", {})
+        return result.policy.retry
+
+    assert resolved(_route(route_policy), vh_policy) is route_policy
+    assert resolved(_route(None), vh_policy) is vh_policy
+    assert resolved(_route(None), None) is None  # the transport then applies DEFAULT_POLICY
     assert DEFAULT_POLICY.retry_on == {"connect-failure", "refused-stream"}
 
 
@@ -322,32 +329,18 @@ def test_deadline_caps_every_attempt_and_backoff(
 
 
 def test_call_deadline_sources() -> None:
-    action = RouteAction(cluster="c", timeout=2.0)
-    assert call_deadline(action, {}, 100.0) == 102.0
-    assert call_deadline(RouteAction(cluster="c"), {}, 0.0) == 15.0  # Envoy's default
-    assert call_deadline(RouteAction(cluster="c", timeout=0.0), {}, 0.0) is None
-    assert call_deadline(action, {"x-envoy-upstream-rq-timeout-ms": "500"}, 0.0) == 0.5
-    assert call_deadline(action, {"x-envoy-expected-rq-timeout-ms": "300",
-                                  "x-envoy-upstream-rq-timeout-ms": "500"}, 0.0) == 0.3
-    assert call_deadline(action, {"x-envoy-upstream-rq-timeout-ms": "-5"}, 0.0) == 2.0
+    assert call_deadline(2.0, {}, 100.0) == 102.0
+    assert call_deadline(None, {}, 0.0) == 15.0  # Envoy's default
+    assert call_deadline(0.0, {}, 0.0) is None
+    assert call_deadline(2.0, {"x-envoy-upstream-rq-timeout-ms": "500"}, 0.0) == 0.5
+    assert call_deadline(2.0, {"x-envoy-expected-rq-timeout-ms": "300",
+                               "x-envoy-upstream-rq-timeout-ms": "500"}, 0.0) == 0.3
+    assert call_deadline(2.0, {"x-envoy-upstream-rq-timeout-ms": "-5"}, 0.0) == 2.0
+    headers = httpx.Headers({"X-Envoy-Expected-Rq-Timeout-Ms": "250", "a": "b"})
+    assert call_deadline(2.0, headers, 0.0) == 0.25  # the one-pass read of httpx.Headers
     token = inherited_deadline.set(1.0)
     try:
-        assert call_deadline(action, {}, 0.0) == 1.0
-        assert call_deadline(RouteAction(cluster="c", timeout=0.0), {}, 0.0) == 1.0
+        assert call_deadline(2.0, {}, 0.0) == 1.0
+        assert call_deadline(0.0, {}, 0.0) == 1.0
     finally:
         inherited_deadline.reset(token)
-
-
-def test_each_priority_has_its_own_thresholds_and_counts() -> None:
-    cluster = Cluster("c", circuit_breakers=CircuitBreakers((
-        Thresholds(max_requests=1), Thresholds(priority=1, max_requests=5),
-    )))
-    default, high = ClusterLimits("c", cluster), ClusterLimits("c", cluster, priority=1)
-    assert (default.max_requests, high.max_requests) == (1, 5)
-    Call(RETRY_5XX, default, None).begin(0)
-    with pytest.raises(UpstreamOverflow):
-        Call(RETRY_5XX, default, None).begin(0)
-    Call(RETRY_5XX, high, None).begin(0)  # HIGH priority traffic still has room
-    assert (default.active, high.active) == (1, 1)
-    no_high = ClusterLimits("c", Cluster("c"), priority=1)
-    assert no_high.max_requests == 1024  # Envoy's defaults when the priority is not listed
