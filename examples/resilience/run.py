@@ -35,7 +35,7 @@ from sail.http.errors import DeadlineExceededError
 
 class Upstream(ThreadingHTTPServer):
     """A tiny HTTP server: answers 200 with its name, or 503 while `broken`; `/slow`
-    sleeps 2 s; remembers the deadline it was given."""
+    sleeps 2 s, and remembers the time it was told it had."""
 
     daemon_threads = True
 
@@ -57,8 +57,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         upstream = self.server
         upstream.calls += 1
-        upstream.told_ms = self.headers.get("x-envoy-expected-rq-timeout-ms")
         if self.path == "/slow":
+            upstream.told_ms = self.headers.get("x-envoy-expected-rq-timeout-ms")
             time.sleep(2)
         status = 503 if upstream.broken else 200
         body = json.dumps({"name": upstream.name}).encode()

@@ -24,4 +24,5 @@ def test_resilience_example() -> None:
     assert "503 from ratings-c" in before  # a retried attempt, shown by CallInfo
     assert "200 from ratings-c" in after  # back after its ejection
     assert "DeadlineExceededError after 0.5" in out
-    assert "the upstream was told it had 500 ms" in out or "had 49" in out
+    told = int(out.split("the upstream was told it had ")[1].split(" ms")[0])
+    assert 450 <= told <= 500
