@@ -532,10 +532,10 @@ def test_hedge_on_per_try_timeout_like_envoy(flaky: Upstreams, tmp_path: Path,
         second = "b" if first == "a" else "a"
         gap = flaky.stats(second)["arrivals"][0] - flaky.stats(first)["arrivals"][0]
         winners[who] = (reply.json()["name"], first, elapsed)
-        assert 0.25 < gap < 0.6, (who, gap)  # the hedge started at the per-try timeout
+        assert 0.25 < gap < 0.9, (who, gap)  # the hedge started at the per-try timeout
     for who, (name, first, elapsed) in winners.items():
-        assert name == first, (who, winners)
-        assert 0.9 < elapsed < 1.25, (who, winners)
+        assert name == first, (who, winners)  # a plain retry would answer from the second
+        assert 0.9 < elapsed < 1.6, (who, winners)
 
 
 # -- fault injection, header changes, mirroring --------------------------------------------------
