@@ -646,3 +646,28 @@ def test_header_delay_and_mirror_match_envoy(flaky: Upstreams, tmp_path: Path) -
                 time.sleep(0.05)
             assert flaky.requests("a") == flaky.requests("c") == 10, who
             assert flaky.stats("c")["last_headers"]["host"] == "svc-shadow", who
+
+
+def test_a_retry_sends_its_own_endpoints_hostname(flaky: Upstreams, tmp_path: Path) -> None:
+    """auto_host_rewrite with endpoints that have hostnames: the first attempt carries its
+    endpoint's hostname as Host, and a retry on another endpoint carries that one's."""
+    assignment = testing.load_assignment("svc", flaky.endpoints("a", "b"))
+    for lb_endpoint, name in zip(assignment["endpoints"][0]["lb_endpoints"], ("a", "b"),
+                                 strict=True):
+        lb_endpoint["endpoint"]["hostname"] = f"{name}.internal"
+    config = routes(auto_host_rewrite=True, retry_policy=RETRY_5XX)
+    resources = [testing.api_listener("svc", routes=config), testing.eds_cluster("svc"),
+                 assignment]
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}))
+    flaky.mode("a", "status", status=503)
+    retried = 0
+    with sail.Mesh.local(path, poll_interval=0) as mesh, mesh.client() as client:
+        for _ in range(4):
+            reply = client.get("http://svc/h")
+            assert reply.status_code == 200
+            if reply.extensions["sail"].retried:  # a (503, Host a.internal), then b
+                retried += 1
+                assert flaky.stats("a")["last_headers"]["host"] == "a.internal"
+                assert flaky.stats("b")["last_headers"]["host"] == "b.internal"
+    assert retried >= 2

@@ -167,11 +167,22 @@ class _EndpointURL:
         return f"http://{self.raw_host.decode()}:{self.port}{self.raw_path.decode()}"
 
 
+def _host_for(target: Target, endpoint: Endpoint) -> str | None:
+    """The Host to send to `endpoint`: the route's rewrite, or for a retry's endpoint under
+    `auto_host_rewrite`, that endpoint's own hostname (`None`: keep the caller's)."""
+    if endpoint is not target.endpoint and endpoint.hostname:
+        action = target.route.route.action
+        if isinstance(action, RouteAction) and action.auto_host_rewrite:
+            return endpoint.hostname
+    return target.host
+
+
 def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> httpx.URL:
     """What to put in `request.url` while `endpoint`'s pool sends it; sets Host if the
-    route rewrites it."""
-    if target.host is not None:
-        request.headers["host"] = target.host
+    route rewrites it (for a retry's endpoint, `auto_host_rewrite` takes its hostname)."""
+    host = _host_for(target, endpoint)
+    if host is not None:
+        request.headers["host"] = host
     url = _EndpointURL(
         endpoint.address.encode("ascii"), endpoint.port, target.route.path.encode("ascii")
     )
@@ -266,8 +277,9 @@ def _hedged_request(
     """A request of its own for one attempt of a hedged call (attempts overlap, so they
     cannot share the caller's request object as sequential attempts do)."""
     headers = request.headers.copy()
-    if target.host is not None:
-        headers["host"] = target.host
+    host = _host_for(target, endpoint)
+    if host is not None:
+        headers["host"] = host
     extensions = dict(request.extensions)
     if isinstance(timeouts, dict):
         extensions["timeout"] = request.extensions.get("timeout", timeouts)
