@@ -31,26 +31,20 @@ import json
 import os
 import platform
 import random
-import statistics
 import timeit
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pick_route import CLUSTER, assignment, best_us, endpoints, table  # same folder
 
 from sail.balancing import ClusterStats, build_picker, request_hash
 from sail.model import (
     Cluster,
-    ClusterLoadAssignment,
-    Endpoint,
     HashPolicy,
-    HealthStatus,
     LbPolicy,
-    Locality,
-    LocalityEndpoints,
 )
 
-CLUSTER = "reviews-v1"
 SIZES = (10, 1_000, 10_000)
 # label: (policy name, weighted endpoints, pass a request hash)
 CASES: dict[str, tuple[str, bool, bool]] = {
@@ -63,34 +57,6 @@ CASES: dict[str, tuple[str, bool, bool]] = {
     "maglev": ("maglev", False, True),
 }
 HASH_KEY = 0x9E3779B97F4A7C15
-
-
-def endpoints(n: int, *, weighted: bool = False) -> tuple[Endpoint, ...]:
-    """`n` healthy endpoints on 10.x.y.z:8080; weights 1..4 in turn when `weighted`."""
-    return tuple(
-        Endpoint(
-            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
-            8080,
-            weight=1 + i % 4 if weighted else 1,
-            health=HealthStatus.HEALTHY,
-        )
-        for i in range(n)
-    )
-
-
-def assignment(hosts: tuple[Endpoint, ...]) -> ClusterLoadAssignment:
-    return ClusterLoadAssignment(
-        CLUSTER, (LocalityEndpoints(Locality(zone="test"), hosts, weight=1),)
-    )
-
-
-def best_us(stmt: str, namespace: dict[str, Any], repeat: int, min_time: float) -> dict[str, float]:
-    """µs per call: best and median of `repeat` runs of about `min_time` seconds each."""
-    timer = timeit.Timer(stmt, globals=namespace)
-    number, _ = timer.autorange()
-    number = max(1, int(number * min_time / 0.2))
-    runs = [t / number * 1e6 for t in timer.repeat(repeat, number)]
-    return {"best_us": min(runs), "median_us": statistics.median(runs), "number": number}
 
 
 def picks(repeat: int, min_time: float) -> list[dict[str, Any]]:
@@ -141,20 +107,6 @@ def hashing(repeat: int, min_time: float) -> list[dict[str, Any]]:
         stmt = "request_hash(policies, headers, '/cart?user=4711', '10.1.2.3')"
         rows.append({"case": label, "hash": best_us(stmt, namespace, repeat, min_time)})
     return rows
-
-
-def table(rows: list[list[str]], left: int = 1) -> str:
-    """Aligned columns, the first `left` ones flush left, the others flush right."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def report(results: dict[str, Any]) -> str:

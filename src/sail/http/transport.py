@@ -323,6 +323,35 @@ def _response_outcome(response: httpx.Response, call: Call) -> Outcome:
     return Outcome(response.status_code, None, grpc_status or None, response.headers)
 
 
+def _after_error(
+    call: Call, host: HostStats, authority: str, exc: httpx.TransportError,
+    request: httpx.Request,
+) -> float:
+    """An attempt to `authority` failed with `exc`: the wait before the next attempt.
+    Raises when the call ends here (`exc` itself when it is not the upstream's doing)."""
+    outcome = _local_outcome(exc)
+    call.release(host)
+    if outcome is None:
+        raise exc
+    wait = call.end(authority, outcome, time.monotonic())
+    if wait is None:
+        raise _failed(call, exc, request) from exc
+    return wait
+
+
+def _before_send(
+    target: Target, request: httpx.Request, state: DataplaneState,
+    mirror: Callable[[str, httpx.Request], None],
+) -> None:
+    """The route's request header changes, and its shadow copies handed to `mirror`."""
+    plan = target.route.policy
+    if plan.headers is not None:
+        _mutate_request(target, request)
+    if plan.mirrors:
+        for authority, copy in _mirror_requests(target, request, state):
+            mirror(authority, copy)
+
+
 def _failed(call: Call, exc: httpx.TransportError, request: httpx.Request) -> Exception:
     """The error a call ends with after `exc` ended its last attempt."""
     if call.expired(time.monotonic()):
@@ -665,12 +694,7 @@ class MeshTransport(httpx.BaseTransport):
                     decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
-        plan = target.route.policy
-        if plan.headers is not None:
-            _mutate_request(target, request)
-        if plan.mirrors:
-            for authority, copy in _mirror_requests(target, request, state):
-                self._mirror(authority, copy)
+        _before_send(target, request, state, self._mirror)
         return self._send(request, target, url)
 
     def _mirror(self, authority: str, request: httpx.Request) -> None:
@@ -700,16 +724,11 @@ class MeshTransport(httpx.BaseTransport):
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)
+                wait: float | None
                 try:
                     response = pool.handle_request(request)
                 except httpx.TransportError as exc:
-                    outcome = _local_outcome(exc)
-                    call.release(host)
-                    if outcome is None:
-                        raise
-                    wait = call.end(authority, outcome, time.monotonic())
-                    if wait is None:
-                        raise _failed(call, exc, request) from exc
+                    wait = _after_error(call, host, authority, exc, request)
                 else:
                     wait = call.end(authority, _response_outcome(response, call), time.monotonic())
                     if wait is None:
@@ -865,12 +884,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     decision.finish()
         if target.endpoint is None:
             return _direct_response(target, request)
-        plan = target.route.policy
-        if plan.headers is not None:
-            _mutate_request(target, request)
-        if plan.mirrors:
-            for authority, copy in _mirror_requests(target, request, state):
-                self._mirror(authority, copy)
+        _before_send(target, request, state, self._mirror)
         return await self._send(request, target, url)
 
     def _mirror(self, authority: str, request: httpx.Request) -> None:
@@ -901,16 +915,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 authority = endpoint.authority
                 pool = self._pools.get(authority)
                 request.url = _to_endpoint(request, target, endpoint)
+                wait: float | None
                 try:
                     response = await pool.handle_async_request(request)
                 except httpx.TransportError as exc:
-                    outcome = _local_outcome(exc)
-                    call.release(host)
-                    if outcome is None:
-                        raise
-                    wait = call.end(authority, outcome, time.monotonic())
-                    if wait is None:
-                        raise _failed(call, exc, request) from exc
+                    wait = _after_error(call, host, authority, exc, request)
                 except BaseException:
                     call.release(host)  # cancelled
                     raise
