@@ -156,7 +156,7 @@ class Call:
         if was_retry:  # a retry is counted from the decision until its attempt ends
             limits.end_retry()
             self.retries_held -= 1
-        if outcome.local is None and outcome.status < 500 and outcome.grpc_status is None:
+        if outcome.answered:
             if was_retry:
                 limits.stats.rq_retry_success += 1
             return None  # the fast path: a success

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GRPC_CONDITIONS",
-    "HTTP_CONDITIONS",
     "Local",
     "Outcome",
     "is_failure",
@@ -80,6 +79,13 @@ class Outcome(NamedTuple):
     headers: Headers | None = None
 
     @property
+    def answered(self) -> bool:
+        """A response that is no failure of any kind a retry condition looks at: no local
+        failure, no 5xx, no gRPC status (a retry may still be asked for by the 4xx and
+        header conditions, which this does not rule out)."""
+        return self.local is None and self.status < 500 and self.grpc_status is None
+
+    @property
     def reason(self) -> str:
         """A short description for errors and logs: `503`, `connect-failure`..."""
         if self.local is not None:
@@ -99,12 +105,8 @@ _GRPC_CODES = {
 }
 _GRPC_SERVER_FAILURES = frozenset({2, 4, 12, 13, 14, 15})  # UNKNOWN, DEADLINE, UNIMPL., ...
 
-HTTP_CONDITIONS = frozenset({
-    "5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx",
-    "retriable-status-codes", "retriable-headers",
-})
 GRPC_CONDITIONS = frozenset(_GRPC_CODES)
-"""The `retry_on` conditions sail acts on; others (`envoy-ratelimited`,
+"""The gRPC `retry_on` conditions. Conditions sail does not act on (`envoy-ratelimited`,
 `http3-post-connect-failure`, `reset-before-request`) are accepted and never met."""
 
 
