@@ -671,3 +671,27 @@ def test_a_retry_sends_its_own_endpoints_hostname(flaky: Upstreams, tmp_path: Pa
                 assert flaky.stats("a")["last_headers"]["host"] == "a.internal"
                 assert flaky.stats("b")["last_headers"]["host"] == "b.internal"
     assert retried >= 2
+
+
+def test_retriable_status_codes_retry_an_answer_like_envoy(flaky: Upstreams,
+                                                          tmp_path: Path) -> None:
+    """retry_on `retriable-status-codes` with 429: an upstream's 429 (an answer below 500)
+    is retried on the other upstream, through Envoy and sail alike."""
+    config = routes(retry_policy={**RETRY_5XX, "retry_on": "retriable-status-codes",
+                                  "retriable_status_codes": [429]})
+    counts: dict[str, tuple[int, int]] = {}
+    for who in ("envoy", "sail"):
+        flaky.reset_all()
+        flaky.mode("a", "status", status=429)
+        if who == "envoy":
+            with run_envoy(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as envoy:
+                with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
+                    statuses = [client.get("/r").status_code for _ in range(20)]
+        else:
+            with run_mesh(tmp_path / who, config, flaky.endpoints("a", "b"), {}) as mesh:
+                with mesh.client() as client:
+                    statuses = [client.get("http://svc/r").status_code for _ in range(20)]
+        assert statuses == [200] * 20, who
+        counts[who] = (flaky.requests("a"), flaky.requests("b"))
+    assert counts["sail"][1] == counts["envoy"][1] == 20, counts
+    assert counts["sail"][0] == pytest.approx(counts["envoy"][0], abs=3), counts

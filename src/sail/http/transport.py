@@ -478,7 +478,7 @@ class _Hedge:
         else:
             outcome = _response_outcome(response, call)
         wait = call.end(endpoint.authority, outcome, time.monotonic())
-        good = outcome.answered
+        good = outcome.answered and wait is None
         if response is not None and (good or wait is None):
             if self.kept is not None:
                 self.discard.append(self.kept)

@@ -30,7 +30,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from sail.errors import DeadlineExceeded, UpstreamOverflow
-from sail.resilience.classify import GRPC_CONDITIONS, Local, Outcome, retry_condition
+from sail.resilience.classify import (
+    ANSWER_CONDITIONS,
+    GRPC_CONDITIONS,
+    Local,
+    Outcome,
+    retry_condition,
+)
 from sail.resilience.outlier import Result, grpc_to_http_status
 from sail.resilience.retry import backoff, rate_limited_wait, testing_attempts
 
@@ -84,6 +90,7 @@ class Call:
         "replayable",
         "retries_held",
         "retry_reason",
+        "screens_answers",
         "started",
     )
 
@@ -109,6 +116,7 @@ class Call:
             self.max_attempts = min(self.max_attempts, cap)
         self.started = 0
         self.grpc_aware = bool(policy.retry_on & GRPC_CONDITIONS)
+        self.screens_answers = not policy.retry_on.isdisjoint(ANSWER_CONDITIONS)
         self.retries_held = 0
         self.retry_reason: str | None = None
 
@@ -156,10 +164,18 @@ class Call:
         if was_retry:  # a retry is counted from the decision until its attempt ends
             limits.end_retry()
             self.retries_held -= 1
-        if outcome.answered:
+        if outcome.answered and not self.screens_answers:
             if was_retry:
                 limits.stats.rq_retry_success += 1
             return None  # the fast path: a success
+        wait = self._retry_wait(outcome, now)
+        if wait is None and was_retry and outcome.answered:
+            limits.stats.rq_retry_success += 1
+        return wait
+
+    def _retry_wait(self, outcome: Outcome, now: float) -> float | None:
+        """The wait before retrying after `outcome`, or `None` when it is not retried."""
+        limits = self.limits
         deadline = self.deadline
         if self.started >= self.max_attempts:
             return None

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sail.routing.request import Headers
 
 __all__ = [
+    "ANSWER_CONDITIONS",
     "GRPC_CONDITIONS",
     "Local",
     "Outcome",
@@ -105,6 +106,8 @@ _GRPC_CODES = {
 }
 _GRPC_SERVER_FAILURES = frozenset({2, 4, 12, 13, 14, 15})  # UNKNOWN, DEADLINE, UNIMPL., ...
 
+ANSWER_CONDITIONS = frozenset({"retriable-4xx", "retriable-status-codes", "retriable-headers"})
+"""The conditions that can retry an answered response (below 500, no gRPC status)."""
 GRPC_CONDITIONS = frozenset(_GRPC_CODES)
 """The gRPC `retry_on` conditions. Conditions sail does not act on (`envoy-ratelimited`,
 `http3-post-connect-failure`, `reset-before-request`) are accepted and never met."""

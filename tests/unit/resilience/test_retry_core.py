@@ -344,3 +344,27 @@ def test_call_deadline_sources() -> None:
         assert call_deadline(0.0, {}, 0.0) == 1.0
     finally:
         inherited_deadline.reset(token)
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [
+        (RetryPolicy(retry_on=frozenset({"retriable-4xx"})), Outcome(409)),
+        (RetryPolicy(retry_on=frozenset({"retriable-status-codes"}),
+                     retriable_status_codes=frozenset({429})), Outcome(429)),
+        (RetryPolicy(retry_on=frozenset({"retriable-headers"}), retriable_headers=(
+            HeaderMatcher("x-retry", string_match=StringMatcher(StringMatchKind.EXACT, "yes")),
+        )), Outcome(200, headers={"x-retry": "yes"})),
+    ],
+)
+def test_answered_responses_are_retried_when_the_policy_says_so(
+    policy: RetryPolicy, outcome: Outcome
+) -> None:
+    limits = ClusterLimits("c")
+    call = Call(policy, limits, None, rand=lambda: 0.0)
+    call.begin(0)
+    assert call.end("a", outcome, 0) == 0.0
+    call.release()
+    call.begin(0)
+    assert call.end("b", Outcome(200), 0) is None
+    assert limits.stats.rq_retry_success == 1
