@@ -695,3 +695,29 @@ def test_retriable_status_codes_retry_an_answer_like_envoy(flaky: Upstreams,
         counts[who] = (flaky.requests("a"), flaky.requests("b"))
     assert counts["sail"][1] == counts["envoy"][1] == 20, counts
     assert counts["sail"][0] == pytest.approx(counts["envoy"][0], abs=3), counts
+
+
+def test_an_attempt_interrupted_by_any_exception_is_released(
+    flaky: Upstreams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is no transport error (here a RuntimeError out of the endpoint's
+    pool) still ends the attempt's share of the circuit counters, sync and async."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("interrupted")
+
+    with run_mesh(tmp_path, routes(), flaky.endpoints("a"), {}) as mesh:
+        monkeypatch.setattr(httpx.HTTPTransport, "handle_request", broken)
+        monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", broken)
+        with mesh.client() as client, pytest.raises(RuntimeError):
+            client.get("http://svc/x")
+
+        async def fetch() -> None:
+            async with mesh.async_client() as client:
+                await client.get("http://svc/x")
+
+        with pytest.raises(RuntimeError):
+            asyncio.run(fetch())
+        cluster = mesh._dataplane.state.clusters["svc"]
+        assert cluster.limits.active == 0
+        assert cluster.limits.stats.rq_total == 2

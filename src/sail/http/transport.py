@@ -729,6 +729,9 @@ class MeshTransport(httpx.BaseTransport):
                     response = pool.handle_request(request)
                 except httpx.TransportError as exc:
                     wait = _after_error(call, host, authority, exc, request)
+                except BaseException:
+                    call.release(host)  # interrupted: the attempt is over all the same
+                    raise
                 else:
                     wait = call.end(authority, _response_outcome(response, call), time.monotonic())
                     if wait is None:
