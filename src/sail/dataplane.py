@@ -19,7 +19,7 @@ drives a `sail.resilience.call.Call` over the target's cluster, re-picking for r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import attrs
 
@@ -43,7 +43,10 @@ from sail.resilience.limits import ClusterLimits
 from sail.resilience.outlier import OutlierDetector
 from sail.routing import Headers, Router, RouteResult
 
-__all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state"]
+if TYPE_CHECKING:
+    from sail.resilience.call import Call
+
+__all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state", "repick"]
 
 
 @attrs.define(eq=False)
@@ -273,6 +276,24 @@ class Dataplane:
         ):
             host = endpoint.hostname
         return Target(service, result, endpoint, host, cluster, request_hash, runtime.faults)
+
+
+def repick(target: Target, call: Call) -> Endpoint:
+    """The endpoint of a call's next attempt: a fresh pick (by the request's hash, for
+    hashing policies), then, when the retry policy has the `previous_hosts` predicate and
+    that endpoint was tried already, up to `host_selection_retry_max_attempts` picks without
+    the hash. Raises `NoHealthyUpstream`."""
+    assert target.cluster is not None
+    picker = target.cluster.picker
+    endpoint = picker.pick(target.hash.value)
+    policy = call.policy
+    if policy.previous_hosts:
+        tried = call.tried
+        for _ in range(policy.host_selection_retry_max_attempts):
+            if endpoint.authority not in tried:
+                break
+            endpoint = picker.pick()
+    return endpoint
 
 
 def _route_name(result: RouteResult) -> str:

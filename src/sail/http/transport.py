@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 import httpx
 
+from sail.dataplane import repick
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.http.errors import to_httpx
 from sail.model import RouteAction
@@ -39,14 +40,14 @@ from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
 from sail.resilience.fault import FaultDecision
-from sail.resilience.retry import DEFAULT_POLICY
+from sail.resilience.retry import DEFAULT_POLICY, REPLAY_LIMIT
 from sail.routing.mirror import mirrors, shadow_authority
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
     from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
     from sail.mesh import Mesh
-    from sail.model import Endpoint, RetryPolicy
+    from sail.model import Endpoint
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -189,10 +190,9 @@ def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> 
     return url  # type: ignore[return-value]
 
 
-#: Request bodies up to this size are kept for retries (Envoy buffers up to its
-#: per-request buffer limit); a larger or streamed body is only retried when it was never
-#: sent (a connect failure).
-RETRY_BODY_LIMIT = 1 << 20
+#: Request bodies up to this size are kept for retries (a larger or streamed body is only
+#: retried when it was never sent: a connect failure).
+RETRY_BODY_LIMIT = REPLAY_LIMIT
 
 
 def _replayable(request: httpx.Request) -> Callable[[], bool]:
@@ -360,22 +360,6 @@ def _failed(call: Call, exc: httpx.TransportError, request: httpx.Request) -> Ex
     return exc
 
 
-def _repick(target: Target, policy: RetryPolicy, call: Call) -> Endpoint:
-    """The endpoint of the next attempt: a fresh pick (by the request's hash, for hashing
-    policies), then, when the policy has the `previous_hosts` predicate and that endpoint
-    was tried already, up to `host_selection_retry_max_attempts` picks without the hash."""
-    assert target.cluster is not None
-    picker = target.cluster.picker
-    endpoint = picker.pick(target.hash.value)
-    if policy.previous_hosts:
-        tried = call.tried
-        for _ in range(policy.host_selection_retry_max_attempts):
-            if endpoint.authority not in tried:
-                break
-            endpoint = picker.pick()
-    return endpoint
-
-
 def _finish(response: httpx.Response, target: Target, call: Call) -> None:
     """What the returned response carries: the call's attempts, and the cookie a hash
     policy generated (Envoy sets it on the response, so the caller's jar sends it back)."""
@@ -393,7 +377,7 @@ def _finish(response: httpx.Response, target: Target, call: Call) -> None:
 
 def _next_endpoint(target: Target, call: Call, request: httpx.Request) -> Endpoint:
     try:
-        return _repick(target, call.policy, call)
+        return repick(target, call)
     except NoHealthyUpstream as exc:
         raise to_httpx(exc, request) from None
 

@@ -114,7 +114,10 @@ class RouteAction:
     **Parameters**
 
     * `timeout` - the overall request deadline in seconds; `None` means Envoy's default of
-      15 s, `0` disables it.
+      15 s, `0` disables it. gRPC channels ignore it, as gRPC's xDS clients do (gRFC A31).
+    * `max_stream_duration`, `grpc_timeout_header_max` - `max_stream_duration`'s two fields:
+      the longest a gRPC call may take (the second, when set, wins; `0` is no limit). A
+      gRPC channel's deadline is the caller's, capped by it (gRFC A31).
     * `prefix_rewrite`, `regex_rewrite` - path rewrites applied before forwarding.
     * `host_rewrite_literal` - replaces the Host header.
     * `auto_host_rewrite` - replace the Host header with the chosen endpoint's `hostname`
@@ -135,6 +138,7 @@ class RouteAction:
     retry_policy: RetryPolicy | None = None
     hash_policies: tuple[HashPolicy, ...] = ()
     max_stream_duration: float | None = None
+    grpc_timeout_header_max: float | None = None
     auto_host_rewrite: bool = False
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
     hedge_on_per_try_timeout: bool | None = None

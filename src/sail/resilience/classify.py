@@ -25,7 +25,10 @@ Envoy's meaning of each (docs "config/http/http_filters/router_filter#x-envoy-re
 | `retriable-headers` | a response header matching one of `retriable_headers` |
 | `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable` | that |
 
-(the last row: the gRPC status of that name).
+(the last row: the gRPC status of that name). A gRPC channel gives a local failure the
+status its caller sees (`UNAVAILABLE` for a connect failure or a reset, `DEADLINE_EXCEEDED`
+for a per-try timeout), and the gRPC conditions match it too, as gRPC's own retries
+(gRFC A44) see no difference between the two.
 
 Envoy counts its own 503s for overflow as neither: sail raises those before any attempt.
 
@@ -127,6 +130,8 @@ def retry_condition(
             if condition in ("5xx", "gateway-error", "reset"):
                 return condition
             if condition == local.value:
+                return condition
+            if condition in _GRPC_CODES and outcome.grpc_status == _GRPC_CODES[condition]:
                 return condition
             continue
         if condition == "5xx":

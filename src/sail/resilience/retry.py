@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_POLICY",
+    "REPLAY_LIMIT",
     "backoff",
     "is_testing",
     "rate_limited_wait",
@@ -48,6 +49,11 @@ DEFAULT_POLICY = RetryPolicy(
     previous_hosts=True,
     host_selection_retry_max_attempts=3,
 )
+
+REPLAY_LIMIT = 1 << 20
+"""The most a call keeps of what it sent, to send it again on a retry: an HTTP request body
+or a gRPC call's request messages, in bytes (Envoy buffers up to its per-request buffer
+limit). A call that sent more is only retried after a connect failure, when nothing left."""
 
 _testing: tuple[bool, int] = (False, 1)
 

@@ -12,8 +12,11 @@ out with every `RouteResult` (`result.policy`), so a request pays nothing to fin
   here by name and falls back to its own config.
 * what a call through the route needs (`sail.resilience`), resolved across levels once:
   `retry` (the route's retry policy, else the virtual host's, else `None`), `timeout` (the
-  route's, `None` when unset), `priority`, `hedge` (`hedge_on_per_try_timeout`, the
-  route's else the virtual host's) and `mirrors` (whether the route mirrors at all).
+  route's, `None` when unset), `grpc_timeout` (the cap on a gRPC call's deadline from
+  `max_stream_duration`: `grpc_timeout_header_max` if set, else `max_stream_duration`;
+  `None` when neither is, `0` for no cap), `priority`, `hedge`
+  (`hedge_on_per_try_timeout`, the route's else the virtual host's) and `mirrors` (whether
+  the route mirrors at all).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ __all__ = ["EMPTY_POLICY", "PolicyOf", "RoutePolicy", "route_policies"]
 class RoutePolicy:
     """The per-route extras of one route (or weighted cluster entry). Immutable."""
 
-    __slots__ = ("faults", "headers", "hedge", "mirrors", "priority", "retry", "timeout")
+    __slots__ = (
+        "faults", "grpc_timeout", "headers", "hedge", "mirrors", "priority", "retry", "timeout"
+    )
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class RoutePolicy:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        grpc_timeout: float | None = None,
         priority: int = 0,
         hedge: bool = False,
         mirrors: bool = False,
@@ -59,6 +65,7 @@ class RoutePolicy:
         self.faults: Mapping[str, FaultPolicy | None] = MappingProxyType(dict(faults or {}))
         self.retry = retry
         self.timeout = timeout
+        self.grpc_timeout = grpc_timeout
         self.priority = priority
         self.hedge = hedge
         self.mirrors = mirrors
@@ -84,7 +91,8 @@ def _merged(*levels: FilterConfigs) -> dict[str, FaultPolicy | None]:
 
 
 _DEFAULT_CALL: dict[str, Any] = {
-    "retry": None, "timeout": None, "priority": 0, "hedge": False, "mirrors": False
+    "retry": None, "timeout": None, "grpc_timeout": None, "priority": 0, "hedge": False,
+    "mirrors": False,
 }
 
 
@@ -101,6 +109,10 @@ def _call_fields(vhost: VirtualHost | None, route: Route) -> dict[str, Any]:
     return {
         "retry": retry,
         "timeout": action.timeout,
+        "grpc_timeout": (
+            action.max_stream_duration if action.grpc_timeout_header_max is None
+            else action.grpc_timeout_header_max
+        ),
         "priority": action.priority,
         "hedge": hedge,
         "mirrors": bool(action.request_mirror_policies),

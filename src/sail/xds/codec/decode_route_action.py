@@ -90,10 +90,11 @@ def decode_route_action(a: Any) -> RouteAction:
     if a.HasField("retry_policy"):
         with at("retry_policy"):
             retry = decode_retry_policy(a.retry_policy)
-    max_stream = None
+    max_stream = grpc_max = None
     if a.HasField("max_stream_duration"):
         with at("max_stream_duration"):
             max_stream = duration_seconds(a.max_stream_duration, "max_stream_duration")
+            grpc_max = duration_seconds(a.max_stream_duration, "grpc_timeout_header_max")
     hashes = []
     for i, hp in enumerate(a.hash_policy):
         with at("hash_policy", i):
@@ -111,6 +112,7 @@ def decode_route_action(a: Any) -> RouteAction:
         retry_policy=retry,
         hash_policies=tuple(hashes),
         max_stream_duration=max_stream,
+        grpc_timeout_header_max=grpc_max,
         auto_host_rewrite=auto_host,
         request_mirror_policies=_mirror_policies(a.request_mirror_policies),
         hedge_on_per_try_timeout=decode_hedge_policy(a),

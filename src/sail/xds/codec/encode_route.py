@@ -232,6 +232,10 @@ def _action(a: RouteAction) -> Any:
         msg.max_stream_duration.max_stream_duration.CopyFrom(
             seconds_to_duration(a.max_stream_duration)
         )
+    if a.grpc_timeout_header_max is not None:
+        msg.max_stream_duration.grpc_timeout_header_max.CopyFrom(
+            seconds_to_duration(a.grpc_timeout_header_max)
+        )
     for m in a.request_mirror_policies:
         mirror = msg.request_mirror_policies.add(cluster=m.cluster)
         if m.runtime_fraction is not None:
