@@ -1,0 +1,506 @@
+"""sail's gRPC channels end to end: real grpcio servers on loopback, config over a real ADS
+server, calls through `mesh.grpc_channel` and `mesh.aio_grpc_channel`.
+
+Each server answers `/sail.test.Greeter/*` with its own name and fails as the test scripts
+it (`Greeter.script`): UNAVAILABLE for the next N calls, a delay, a stream that breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import sail
+from sail import testing
+from sail.grpc.aio import AioMeshRpcError
+from sail.grpc.channel import MeshChannel
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+HELLO = "/sail.test.Greeter/Hello"
+STREAM = "/sail.test.Greeter/Stream"
+COLLECT = "/sail.test.Greeter/Collect"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
+class Greeter:
+    """A grpcio server on 127.0.0.1 that counts calls and fails as scripted."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.unavailable = 0  # the next N calls fail with UNAVAILABLE
+        self.delay = 0.0
+        self.break_after: int | None = None  # Stream aborts after this many messages
+        self.seen: list[Mapping[str, str]] = []
+        self.time_left: list[float | None] = []
+        self._lock = threading.Lock()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=16))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "sail.test.Greeter",
+            {
+                "Hello": grpc.unary_unary_rpc_method_handler(self.hello),
+                "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+                "Collect": grpc.stream_unary_rpc_method_handler(self.collect),
+            },
+        ),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls, self.unavailable, self.delay, self.break_after = 0, 0, 0.0, None
+            self.seen, self.time_left = [], []
+
+    def _enter(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls += 1
+            self.seen.append(dict(context.invocation_metadata()))
+            self.time_left.append(context.time_remaining())
+            fail = self.unavailable > 0
+            if fail:
+                self.unavailable -= 1
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is unavailable")
+        if self.delay:
+            time.sleep(self.delay)
+
+    def hello(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._enter(context)
+        return self.name.encode()
+
+    def stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter(context)
+        for i in range(3):
+            if self.break_after is not None and i == self.break_after:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} broke the stream")
+            yield f"{self.name}-{i}".encode()
+
+    def collect(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        body = b"+".join(requests)  # all of them, then maybe fail: a retry must replay
+        self._enter(context)
+        return self.name.encode() + b":" + body
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+@pytest.fixture(scope="module")
+def greeters() -> Iterator[dict[str, Greeter]]:
+    servers = {name: Greeter(name) for name in ("a", "b", "c")}
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def xds() -> Iterator[testing.XdsServer]:
+    with testing.XdsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mesh(
+    xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> Iterator[sail.Mesh]:
+    for server in greeters.values():
+        server.reset()
+    with sail.Mesh.from_bootstrap(xds.bootstrap(), discovery_timeout=5.0) as mesh:
+        yield mesh
+
+
+def serve(
+    xds: testing.XdsServer,
+    clusters: Mapping[str, Sequence[tuple[str, int]]],
+    routes: Sequence[Mapping[str, Any]],
+    *,
+    service: str = "greeter:50051",
+    cluster_fields: Mapping[str, Any] | None = None,
+    http_filters: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Serve `service` with `routes` over `clusters` (EDS, round robin)."""
+    listener = testing.api_listener(service)
+    if http_filters:
+        hcm = listener["api_listener"]["api_listener"]
+        hcm["http_filters"] = [*http_filters, *hcm["http_filters"]]
+    resources: list[dict[str, Any]] = [
+        listener, testing.route_config(service, list(routes))
+    ]
+    for name, endpoints in clusters.items():
+        resources.append(testing.eds_cluster(name, **(cluster_fields or {})))
+        resources.append(testing.load_assignment(name, endpoints))
+    xds.set(resources)
+
+
+def names(channel: grpc.Channel, n: int, **kwargs: Any) -> collections.Counter[str]:
+    hello = channel.unary_unary(HELLO)
+    return collections.Counter(hello(b"hi", **kwargs).decode() for _ in range(n))
+
+
+RETRY_UNAVAILABLE = {"retry_on": "unavailable", "num_retries": 2}
+
+
+# -- balancing and routing ---------------------------------------------------------------
+
+
+def test_calls_are_balanced_per_call_over_every_endpoint(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    serve(xds, {"greeter": [g.endpoint for g in greeters.values()]}, [testing.route("greeter")])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        counts = names(channel, 300, timeout=5)
+        assert set(counts) == {"a", "b", "c"}
+        assert all(90 <= n <= 110 for n in counts.values()), counts
+        # one grpcio subchannel per endpoint, no more
+        assert isinstance(channel, MeshChannel)
+        assert len(channel._subchannels) == 3
+
+
+def test_weighted_split_and_header_route(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    jason = testing.route("v2", headers=[{"name": "end-user", "string_match": {"exact": "jason"}}])
+    serve(
+        xds,
+        {"v1": [greeters["a"].endpoint], "v2": [greeters["b"].endpoint]},
+        [jason, testing.route({"v1": 80, "v2": 20})],
+    )
+    with mesh.grpc_channel("xds:///greeter:50051") as channel:
+        counts = names(channel, 2000)
+        assert counts["a"] / 2000 == pytest.approx(0.80, abs=0.03), counts
+        assert names(channel, 100, metadata=(("end-user", "jason"),)) == {"b": 100}
+
+
+def test_route_by_method_path(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    serve(
+        xds,
+        {"streams": [greeters["c"].endpoint], "rest": [greeters["a"].endpoint]},
+        [testing.route("streams", prefix=STREAM), testing.route("rest")],
+    )
+    with mesh.grpc_channel("greeter:50051") as channel:
+        assert list(channel.unary_stream(STREAM)(b"x")) == [b"c-0", b"c-1", b"c-2"]
+        assert channel.unary_unary(HELLO)(b"x") == b"a"
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+def test_unavailable_is_retried_on_another_endpoint_as_the_route_says(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a, b = greeters["a"], greeters["b"]
+    serve(xds, {"greeter": [a.endpoint, b.endpoint]},
+          [testing.route("greeter", retry_policy=RETRY_UNAVAILABLE)])
+    b.unavailable = 10**6
+    with mesh.grpc_channel("greeter:50051") as channel:
+        hello = channel.unary_unary(HELLO)
+        assert names(channel, 50) == {"a": 50}
+        assert b.calls > 0  # b was picked, failed, and the call went on to a
+        _, call = hello.with_call(b"x")
+        info = call.sail
+        assert info.attempts[-1].endpoint == f"127.0.0.1:{a.port}"
+
+
+def test_without_a_policy_an_answer_is_not_retried(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")])
+    a.unavailable = 1
+    with mesh.grpc_channel("greeter:50051") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(HELLO)(b"x")
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert a.calls == 1
+
+
+def test_a_refused_connection_is_retried_by_default(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    dead = ("127.0.0.1", free_port())  # nothing listens here
+    serve(xds, {"greeter": [dead, greeters["a"].endpoint]}, [testing.route("greeter")])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        assert names(channel, 40, timeout=5) == {"a": 40}
+
+
+def test_future_retries_without_blocking(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", retry_policy=RETRY_UNAVAILABLE)])
+    a.unavailable = 2
+    with mesh.grpc_channel("greeter:50051") as channel:
+        future = channel.unary_unary(HELLO).future(b"x", timeout=5)
+        assert future.result(timeout=5) == b"a"
+        assert len(future.sail.attempts) == 3
+        assert future.code() is grpc.StatusCode.OK
+
+
+def test_a_stream_is_retried_only_before_its_first_message(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", retry_policy=RETRY_UNAVAILABLE)])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        stream = channel.unary_stream(STREAM)
+        a.unavailable = 1  # fails before any message: retried
+        assert list(stream(b"x")) == [b"a-0", b"a-1", b"a-2"]
+        assert a.calls == 2
+        a.break_after = 1  # one message, then UNAVAILABLE: committed, not retried
+        received = []
+        with pytest.raises(grpc.RpcError) as info:
+            for message in stream(b"x"):
+                received.append(message)
+        assert received == [b"a-0"]
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert a.calls == 3
+
+
+def test_streamed_requests_are_replayed_on_a_retry(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", retry_policy=RETRY_UNAVAILABLE)])
+    a.unavailable = 1
+    pulled = []
+
+    def requests() -> Iterator[bytes]:
+        for part in (b"1", b"2", b"3"):
+            pulled.append(part)
+            yield part
+
+    with mesh.grpc_channel("greeter:50051") as channel:
+        assert channel.stream_unary(COLLECT)(requests(), timeout=5) == b"a:1+2+3"
+    assert a.calls == 2
+    assert pulled == [b"1", b"2", b"3"]  # the source was read once
+
+
+# -- deadlines, breakers, outliers, faults -----------------------------------------------------
+
+
+def test_max_stream_duration_caps_the_deadline(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", max_stream_duration={"max_stream_duration": "0.3s"})])
+    a.delay = 1.0
+    with mesh.grpc_channel("greeter:50051") as channel:
+        hello = channel.unary_unary(HELLO)
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            hello(b"x", timeout=10)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 0.25 < time.monotonic() - start < 0.9
+        a.delay = 0.0
+        assert hello(b"x") == b"a"  # the cap applies without a caller's deadline too
+
+
+def test_the_deadline_reaches_the_server_as_grpc_timeout(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", max_stream_duration={"grpc_timeout_header_max": "4s"})])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        hello = channel.unary_unary(HELLO)
+        hello(b"x", timeout=2.5)
+        hello(b"x", timeout=60)  # capped by grpc_timeout_header_max
+        hello(b"x")  # no deadline of the caller's: the cap is the deadline
+    first, capped, uncapped = a.time_left
+    assert first is not None and 2.0 < first <= 2.55
+    assert capped is not None and 3.5 < capped <= 4.05
+    assert uncapped is not None and 3.5 < uncapped <= 4.05
+
+
+def test_max_requests_fails_fast_with_a_clear_error(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(
+        xds, {"greeter": [a.endpoint]}, [testing.route("greeter")],
+        cluster_fields={"circuit_breakers": {"thresholds": [{"max_requests": 1}]}},
+    )
+    a.delay = 0.5
+    with mesh.grpc_channel("greeter:50051") as channel:
+        hello = channel.unary_unary(HELLO)
+        slow = hello.future(b"x", timeout=5)
+        wait_until(lambda: a.calls == 1, timeout=5)
+        with pytest.raises(grpc.RpcError) as info:
+            hello(b"x", timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "max_requests" in info.value.details()
+        assert isinstance(info.value, sail.SailError)
+        assert slow.result(timeout=5) == b"a"
+
+
+def test_consecutive_failures_eject_an_endpoint(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a, b = greeters["a"], greeters["b"]
+    serve(
+        xds, {"greeter": [a.endpoint, b.endpoint]}, [testing.route("greeter")],
+        cluster_fields={"outlier_detection": {
+            "consecutive_5xx": 3, "interval": "0.1s", "base_ejection_time": "30s",
+            "max_ejection_percent": 50,
+        }},
+    )
+    b.unavailable = 3
+    with mesh.grpc_channel("greeter:50051") as channel:
+        hello = channel.unary_unary(HELLO)
+        failures = 0
+        for _ in range(10):
+            try:
+                hello(b"x")
+            except grpc.RpcError:
+                failures += 1
+        assert failures == 3
+        assert names(channel, 40) == {"a": 40}  # b is out for 30 s
+
+
+def test_fault_filter_aborts_with_the_grpc_status(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    fault = {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": FAULT_TYPE,
+        "abort": {"grpc_status": 8, "percentage": {"numerator": 100}},
+    }}
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")], http_filters=[fault])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(HELLO)(b"x")
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert a.calls == 0
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_an_unknown_service_fails_fast_naming_it(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    serve(xds, {"greeter": [greeters["a"].endpoint]}, [testing.route("greeter")])
+    with mesh.grpc_channel("nosuch:50051") as channel:
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(HELLO)(b"x", timeout=30)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "nosuch:50051" in info.value.details()
+        assert time.monotonic() - start < 6  # the discovery timeout, never the call's
+
+
+def test_no_endpoints_and_bad_method_paths(
+    mesh: sail.Mesh, xds: testing.XdsServer
+) -> None:
+    serve(xds, {"greeter": []}, [testing.route("greeter")])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(HELLO)(b"x", timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "greeter:50051" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("Hello")(b"x", timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert "'Hello' is not a gRPC method path" in info.value.details()
+
+
+def test_a_target_outside_the_mesh_is_a_plain_channel(
+    mesh: sail.Mesh, greeters: dict[str, Greeter]
+) -> None:
+    with mesh.grpc_channel(f"127.0.0.1:{greeters['c'].port}") as channel:
+        assert channel.unary_unary(HELLO)(b"x", timeout=5) == b"c"
+
+
+def test_subchannels_of_departed_endpoints_are_retired(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a, b = greeters["a"], greeters["b"]
+    serve(xds, {"greeter": [a.endpoint, b.endpoint]}, [testing.route("greeter")])
+    with mesh.grpc_channel("greeter:50051") as channel:
+        assert isinstance(channel, MeshChannel)
+        assert set(names(channel, 10)) == {"a", "b"}
+        serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")])
+        wait_until(lambda: list(channel._subchannels) == [f"127.0.0.1:{a.port}"])
+        assert names(channel, 10) == {"a": 10}
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+def test_aio_balancing_retries_and_streams(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a, b = greeters["a"], greeters["b"]
+    serve(xds, {"greeter": [a.endpoint, b.endpoint]},
+          [testing.route("greeter", retry_policy=RETRY_UNAVAILABLE)])
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            hello = channel.unary_unary(HELLO)
+            counts = collections.Counter([(await hello(b"x")).decode() for _ in range(100)])
+            assert counts == {"a": 50, "b": 50}
+            b.unavailable = 10**6
+            counts = collections.Counter([(await hello(b"x")).decode() for _ in range(20)])
+            assert counts == {"a": 20}
+            call = hello(b"x")
+            assert await call == b"a"
+            assert await call.code() is grpc.StatusCode.OK
+            a.unavailable = 1
+            b.unavailable = 0
+            messages = [m async for m in channel.unary_stream(STREAM)(b"x")]
+            assert messages in ([b"a-0", b"a-1", b"a-2"], [b"b-0", b"b-1", b"b-2"])
+
+            async def parts() -> Any:
+                for part in (b"1", b"2"):
+                    yield part
+
+            b.unavailable = 1
+            a.unavailable = 1
+            reply = await channel.stream_unary(COLLECT)(parts())
+            assert reply in (b"a:1+2", b"b:1+2")
+
+    asyncio.run(main())
+
+
+def test_aio_errors_are_aio_rpc_errors(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]},
+          [testing.route("greeter", max_stream_duration={"max_stream_duration": "0.3s"})])
+    a.delay = 1.0
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary(HELLO)(b"x", timeout=10)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            with pytest.raises(AioMeshRpcError) as bad:
+                await channel.unary_unary("nope")(b"x")
+            assert bad.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        async with mesh.aio_grpc_channel("nosuch") as unknown:
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await unknown.unary_unary(HELLO)(b"x")
+            assert missing.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "'nosuch'" in (missing.value.details() or "")
+
+    asyncio.run(main())
