@@ -13,6 +13,7 @@ with mesh.client() as http:                # an httpx.Client
 from __future__ import annotations
 
 from sail.bootstrap import Bootstrap, load_bootstrap, parse_bootstrap
+from sail.context import RequestContext, current_request, operation
 from sail.errors import (
     BootstrapError,
     ConfigError,
@@ -26,7 +27,6 @@ from sail.errors import (
     UpstreamOverflow,
     XdsError,
 )
-from sail.http.server import RequestContext, current_request, operation
 from sail.mesh import Mesh
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload

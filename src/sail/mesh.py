@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 import httpx
@@ -33,6 +33,13 @@ from sail.dataplane import Dataplane
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
 from sail.xds.resolver import ConfigResolver
+
+if TYPE_CHECKING:
+    import grpc
+
+    from sail.grpc.aio import AioMeshChannel
+    from sail.grpc.channel import MeshChannel
+    from sail.grpc.server import AioMeshServer, MeshServer
 
 __all__ = ["Mesh"]
 
@@ -305,6 +312,41 @@ class Mesh:
             transport=AsyncMeshTransport(self, passthrough, pool_options), **kwargs
         )
 
+    def grpc_channel(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+        compression: grpc.Compression | None = None,
+    ) -> MeshChannel:
+        """A `grpc.Channel` whose calls to service `target` (`ratings`, `ratings:9090`,
+        or either after `xds:///`) are routed, balanced per call and retried by the mesh
+        (see `sail.grpc.channel`). Generated stubs take it unchanged. `credentials`,
+        `options` and `compression` apply to each endpoint's connection, as to
+        `grpc.secure_channel` (insecure without `credentials`). A target outside the mesh
+        gets a plain grpcio channel."""
+        from sail.grpc.channel import MeshChannel
+
+        return MeshChannel(
+            self, target, credentials=credentials, options=options, compression=compression
+        )
+
+    def aio_grpc_channel(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+        compression: grpc.Compression | None = None,
+    ) -> AioMeshChannel:
+        """The `grpc.aio.Channel` twin of `grpc_channel()`, for asyncio code."""
+        from sail.grpc.aio import AioMeshChannel
+
+        return AioMeshChannel(
+            self, target, credentials=credentials, options=options, compression=compression
+        )
+
     # -- servers ----------------------------------------------------------------------------
 
     def service(
@@ -342,6 +384,74 @@ class Mesh:
             return wrap_app(app, workload, self.registrar, drain)  # type: ignore[no-any-return]
 
         return decorate
+
+    def grpc_server(
+        self,
+        name: str,
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        labels: Mapping[str, str] | None = None,
+        weight: int = 1,
+        service_port: int | None = None,
+        drain: float = 5.0,
+        **server_options: Any,
+    ) -> MeshServer:
+        """A `grpc.server(...)` that serves as a mesh workload of service `name`.
+
+        Use it where you would use grpc's server (`add_XServicer_to_server(servicer,
+        server)` works unchanged). It listens on `address:port` at once (`port=0`: a free
+        port, `server.port`); `start()` starts it, registers the workload with this mesh's
+        registrar and sets the standard health service (`grpc.health.v1.Health`) to
+        SERVING; `stop(grace)` turns health NOT_SERVING and the workload DRAINING, serves
+        the calls still coming for up to `drain` seconds, then deregisters and stops.
+        Handlers see a `sail.RequestContext` (`sail.current_request()`) and their caller's
+        deadline, which the calls they make through the mesh inherit. Other keyword
+        arguments (`max_workers`, `thread_pool`, `interceptors`, `options`, `credentials`,
+        `quiet`...) go to `sail.grpc.server.MeshServer`."""
+        from sail.grpc.server import MeshServer
+
+        return MeshServer(
+            name,
+            self.registrar,
+            port=port,
+            address=address,
+            labels=labels,
+            weight=weight,
+            service_port=service_port,
+            drain=drain,
+            **server_options,
+        )
+
+    def aio_grpc_server(
+        self,
+        name: str,
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        labels: Mapping[str, str] | None = None,
+        weight: int = 1,
+        service_port: int | None = None,
+        drain: float = 5.0,
+        **server_options: Any,
+    ) -> AioMeshServer:
+        """The `grpc.aio` twin of `grpc_server()`: a `grpc.aio.server(...)` as a mesh
+        workload (`await server.start()`, `await server.stop(grace)`, or `async with`).
+        Make it inside the running event loop, as grpc.aio wants. Other keyword arguments
+        go to `sail.grpc.server.AioMeshServer`."""
+        from sail.grpc.server import AioMeshServer
+
+        return AioMeshServer(
+            name,
+            self.registrar,
+            port=port,
+            address=address,
+            labels=labels,
+            weight=weight,
+            service_port=service_port,
+            drain=drain,
+            **server_options,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 

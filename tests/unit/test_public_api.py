@@ -44,3 +44,20 @@ def test_error_tree() -> None:
     assert issubclass(sail.BootstrapError, ValueError)
     assert issubclass(sail.XdsError, ConnectionError)
     assert issubclass(sail.NoHealthyUpstream, sail.RequestError)
+
+
+def test_grpc_exports() -> None:
+    import grpc
+    import grpc.aio
+
+    import sail.grpc
+
+    for name in sail.grpc.__all__:
+        assert hasattr(sail.grpc, name), name
+    # sail's own gRPC failures are grpc errors and sail errors at once
+    assert issubclass(sail.grpc.MeshRpcError, grpc.RpcError)
+    assert issubclass(sail.grpc.MeshRpcError, sail.SailError)
+    assert issubclass(sail.grpc.AioMeshRpcError, grpc.aio.AioRpcError)
+    error = sail.grpc.AioMeshRpcError(grpc.StatusCode.UNAVAILABLE, "service 'x': gone")
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "service 'x': gone"

@@ -3,12 +3,12 @@
 `Mesh.service(...)` wraps the app. Each request then runs with a `RequestContext` in a
 context variable (`sail.current_request()`), and ASGI apps also find it in
 `scope["extensions"]["sail"]`. `@sail.operation("GetReview")` on a handler names the
-operation in that context (metrics and policies will key on it).
+operation in that context (metrics and policies will key on it). Those three live in
+`sail.context`, shared with the gRPC server side; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import logging
@@ -16,92 +16,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
-import attrs
-
+from sail.context import RequestContext, _current, _deadline, current_request, operation
 from sail.model import HealthStatus
 from sail.registration import Registrar, Workload
-from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, inherited_deadline, parse_timeout_ms
+from sail.resilience.deadline import inherited_deadline
 
 __all__ = ["RequestContext", "current_request", "operation", "wrap_app"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("sail")
-
-
-@attrs.define
-class RequestContext:
-    """What the mesh knows of the request being served.
-
-    **Parameters**
-
-    * `service` - the workload's service name.
-    * `workload` - the workload serving it.
-    * `method`, `path` - of the request.
-    * `headers` - the request headers, lower-cased names.
-    * `operation` - set by `@sail.operation` when the handler runs (`None` before).
-    * `deadline` - when the caller stops waiting, on `time.monotonic()`: from the request's
-      `x-envoy-expected-rq-timeout-ms`, `None` without it. Calls this handler makes through
-      the mesh inherit it (`sail.resilience.deadline`).
-    """
-
-    service: str
-    workload: Workload
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    operation: str | None = None
-    deadline: float | None = None
-
-    def time_left(self) -> float | None:
-        """Seconds until `deadline` (negative once past), `None` without one."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-
-def _deadline(headers: Mapping[str, str]) -> float | None:
-    timeout = parse_timeout_ms(headers.get(EXPECTED_TIMEOUT_HEADER))
-    return None if timeout is None else time.monotonic() + timeout
-
-
-_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
-    "sail_request", default=None
-)
-
-
-def current_request() -> RequestContext | None:
-    """The `RequestContext` of the request this code serves, or `None` outside one."""
-    return _current.get()
-
-
-def operation(name: str) -> Callable[[F], F]:
-    """Name the operation a handler implements, e.g. `@sail.operation("GetReview")`."""
-
-    def decorate(handler: F) -> F:
-        if inspect.iscoroutinefunction(handler):
-
-            @functools.wraps(handler)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                ctx = _current.get()
-                if ctx is not None:
-                    ctx.operation = name
-                return await handler(*args, **kwargs)
-
-            async_wrapper.__sail_operation__ = name  # type: ignore[attr-defined]
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(handler)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = _current.get()
-            if ctx is not None:
-                ctx.operation = name
-            return handler(*args, **kwargs)
-
-        wrapper.__sail_operation__ = name  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
 
 
 def _is_asgi(app: Any) -> bool:

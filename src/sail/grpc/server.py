@@ -1,0 +1,740 @@
+"""Server side for gRPC: grpcio servers, sync and `grpc.aio`, as mesh workloads.
+
+`MeshServer` wraps `grpc.server(...)` and `AioMeshServer` wraps `grpc.aio.server(...)`. They
+are drop-in: generated `add_XServicer_to_server(servicer, server)` and the usual
+`add_generic_rpc_handlers`, `add_insecure_port`, `start`, `stop`, `wait_for_termination`
+work unchanged. On top of grpc they
+
+* bind `address:port` themselves (port 0 picks a free one) and register that workload;
+* serve the standard health service (`grpc.health.v1.Health`, grpcio-health-checking), wired
+  to readiness: SERVING for `""` and each service added once started *and* registered,
+  NOT_SERVING from the moment a drain begins;
+* drain on `stop()`: health NOT_SERVING, the workload DRAINING in the registry (clients stop
+  picking it when EDS tells them), calls keep being served until none is in flight and none
+  arrived for `quiet` seconds (at most `drain` seconds), then the workload is deregistered
+  and the grpc server stopped with `grace`. Envoy's drain and Istio's
+  `terminationDrainDuration` work the same way;
+* run every call (but health checks) with a `sail.RequestContext` (`sail.current_request()`:
+  method `POST`, path `/pkg.Service/Method`, headers = the invocation metadata without
+  `-bin` keys) and with the caller's deadline (`grpc-timeout`) as the inherited deadline, so
+  calls the handler makes through the mesh get only the time its caller has left.
+
+That last part is a server interceptor installed before the user's own: it wraps the method
+handler's behaviour (all four kinds; for streamed responses each step of the generator runs
+within the context) and keeps the in-flight count the drain waits on. Per call it costs a
+dict built from the metadata, two context variable sets and resets, and no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health as health_checking
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sail.context import RequestContext, _current, _deadline
+from sail.model import HealthStatus
+from sail.registration import Registrar, Workload
+from sail.resilience.deadline import inherited_deadline
+
+__all__ = ["AioMeshServer", "MeshServer"]
+
+log = logging.getLogger("sail")
+
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Sync grpcio's `time_remaining()` without a deadline is the distance to gpr's infinite
+# future (~2**63 ns, about 292 years); grpc.aio's is `None`. Anything this far is no deadline.
+_NO_DEADLINE = 1e8
+_POLL = 0.05  # how often a drain looks at the traffic
+_CACHE_LIMIT = 1024
+_END = object()
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+_Tokens = tuple[
+    contextvars.Token[RequestContext | None], contextvars.Token[float | None]
+]
+
+
+# -- traffic and drain (no I/O) -----------------------------------------------------------------
+
+
+class _Traffic:
+    """The calls in flight and when the last one arrived or ended: what a drain waits on.
+
+    Handlers run on many threads (the sync server's pool, grpc.aio's migration pool) and
+    `n += 1` is not atomic there; `list.append` and `list.pop` are, so the list's length is
+    the in-flight count without a lock.
+    """
+
+    __slots__ = ("_calls", "last")
+
+    def __init__(self) -> None:
+        self._calls: list[None] = []
+        self.last = 0.0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._calls)
+
+    def begin(self) -> None:
+        self._calls.append(None)
+        self.last = time.monotonic()
+
+    def end(self) -> None:
+        self._calls.pop()
+        self.last = time.monotonic()
+
+    def quiet_for(self, now: float, quiet: float) -> bool:
+        """No call in flight, and none arrived or ended in the last `quiet` seconds."""
+        return not self._calls and now - self.last >= quiet
+
+
+def _drain_wait(traffic: _Traffic, start: float, now: float, drain: float, quiet: float) -> float:
+    """How long to keep serving before looking again; `0` once the drain is over.
+
+    Always serves `min(quiet, drain)` first (the DRAINING news takes a moment to reach the
+    clients, and calls already on the wire still land), then until the traffic is quiet
+    for `quiet` seconds, and never past `start + drain`.
+    """
+    left = start + drain - now
+    if left <= 0:
+        return 0.0
+    first = start + min(quiet, drain) - now
+    if first > 0:
+        return first
+    if traffic.quiet_for(now, quiet):
+        return 0.0
+    return min(_POLL, left)
+
+
+# -- the per-call part ------------------------------------------------------------------------
+
+
+class _Scope:
+    """What the interceptor needs: the workload, the traffic, and the wrapped handlers."""
+
+    __slots__ = ("_wrapped", "traffic", "workload")
+
+    def __init__(self) -> None:
+        self.workload: Workload | None = None  # set once the port is bound
+        self.traffic = _Traffic()
+        # method -> (the handler grpc found, its wrapped twin): handlers are the same
+        # object call after call, so each is wrapped once.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def request_context(self, method: str, context: Any) -> RequestContext:
+        workload = self.workload
+        assert workload is not None  # calls arrive only once bound
+        # gRPC metadata keys are lower-case on the wire already (grpc rejects others).
+        headers = {
+            key: value for key, value in context.invocation_metadata() if not key.endswith("-bin")
+        }
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < _NO_DEADLINE:
+            deadline: float | None = time.monotonic() + remaining
+        else:
+            deadline = _deadline(headers)  # an Envoy-style caller's header, if any
+        return RequestContext(
+            service=workload.service,
+            workload=workload,
+            method="POST",
+            path=method,
+            headers=headers,
+            deadline=deadline,
+        )
+
+    def wrap(self, handler: Any, method: str) -> Any:
+        """The handler grpc found for `method`, wrapped; health checks are left alone (a
+        long `Watch` is no traffic to drain, and probes must not keep a drain from ending)."""
+        if handler is None or method.startswith(_HEALTH_PREFIX):
+            return handler
+        self.traffic.last = time.monotonic()  # arrived (it may wait for a pool thread)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(handler, method, self)
+        if len(self._wrapped) >= _CACHE_LIMIT:  # a catch-all generic handler: stay bounded
+            self._wrapped.clear()
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _enter(ctx: RequestContext) -> _Tokens:
+    return _current.set(ctx), inherited_deadline.set(ctx.deadline)
+
+
+def _leave(tokens: _Tokens) -> None:
+    inherited_deadline.reset(tokens[1])
+    _current.reset(tokens[0])
+
+
+_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _wrap_handler(handler: Any, method: str, scope: _Scope) -> Any:
+    """A method handler of the same kind whose behaviour runs with the request context.
+
+    The wrapper is of the same flavour as the behaviour (coroutine function, async
+    generator function, or plain function), since that is what grpc.aio dispatches on."""
+    streaming = bool(handler.response_streaming)
+    attr, factory = _KINDS[bool(handler.request_streaming), streaming]
+    behavior = getattr(handler, attr)
+    if behavior is None or getattr(behavior, "experimental_non_blocking", False):
+        return handler  # answers through a callback after returning: nothing to wrap
+    if inspect.isasyncgenfunction(behavior):
+        wrapped: Callable[..., Any] = _async_stream(behavior, method, scope)
+    elif inspect.iscoroutinefunction(behavior):
+        wrapped = _async_call(behavior, method, scope)
+    elif streaming:
+        wrapped = _sync_stream(behavior, method, scope)
+    else:
+        wrapped = _sync_call(behavior, method, scope)
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _sync_call(behavior: Callable[..., Any], method: str, scope: _Scope) -> Callable[..., Any]:
+    traffic = scope.traffic
+
+    def call(request: Any, context: Any) -> Any:
+        tokens = _enter(scope.request_context(method, context))
+        traffic.begin()
+        try:
+            return behavior(request, context)
+        finally:
+            traffic.end()
+            _leave(tokens)
+
+    return call
+
+
+def _sync_stream(
+    behavior: Callable[..., Any], method: str, scope: _Scope
+) -> Callable[..., Iterator[Any]]:
+    traffic = scope.traffic
+
+    # A generator does not keep a context of its own, and grpc may step it on any thread:
+    # each step runs within the request context, which is put back in between.
+    def call(request: Any, context: Any) -> Iterator[Any]:
+        ctx = scope.request_context(method, context)
+        traffic.begin()
+        responses: Iterator[Any] | None = None
+        try:
+            tokens = _enter(ctx)
+            try:
+                responses = iter(behavior(request, context))
+            finally:
+                _leave(tokens)
+            while True:
+                tokens = _enter(ctx)
+                try:
+                    response = next(responses, _END)
+                finally:
+                    _leave(tokens)
+                if response is _END:
+                    return
+                yield response
+        finally:
+            traffic.end()
+            close = getattr(responses, "close", None)
+            if close is not None:  # cancelled: let the handler's own cleanup run now
+                tokens = _enter(ctx)
+                try:
+                    close()
+                finally:
+                    _leave(tokens)
+
+    return call
+
+
+def _async_call(behavior: Callable[..., Any], method: str, scope: _Scope) -> Callable[..., Any]:
+    traffic = scope.traffic
+
+    async def call(request: Any, context: Any) -> Any:
+        tokens = _enter(scope.request_context(method, context))
+        traffic.begin()
+        try:
+            return await behavior(request, context)
+        finally:
+            traffic.end()
+            _leave(tokens)
+
+    return call
+
+
+def _async_stream(
+    behavior: Callable[..., Any], method: str, scope: _Scope
+) -> Callable[..., AsyncIterator[Any]]:
+    traffic = scope.traffic
+
+    # Set and reset per step, not across yields: an abandoned async generator is finalized
+    # in another task, where resetting a token taken here would fail.
+    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+        ctx = scope.request_context(method, context)
+        traffic.begin()
+        responses: Any = None
+        try:
+            tokens = _enter(ctx)
+            try:
+                responses = behavior(request, context)
+            finally:
+                _leave(tokens)
+            while True:
+                tokens = _enter(ctx)
+                try:
+                    response = await anext(responses, _END)
+                finally:
+                    _leave(tokens)
+                if response is _END:
+                    return
+                yield response
+        finally:
+            traffic.end()
+            if responses is not None:
+                tokens = _enter(ctx)
+                try:
+                    await responses.aclose()
+                finally:
+                    _leave(tokens)
+
+    return call
+
+
+class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, scope: _Scope) -> None:
+        self._scope = scope
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        return self._scope.wrap(continuation(details), details.method)
+
+
+class _AioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, scope: _Scope) -> None:
+        self._scope = scope
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        return self._scope.wrap(await continuation(details), details.method)
+
+
+# -- the servers ------------------------------------------------------------------------------
+
+
+def _service_name(handler: Any) -> str | None:
+    """The service a generic handler serves, when it says (`method_handlers_generic_handler`
+    and generated code's handlers do); `None` for a catch-all."""
+    name = getattr(handler, "service_name", None)
+    if not callable(name):
+        return None
+    try:
+        value = name()
+    except Exception:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+class _MeshServerBase:
+    """What both servers share: the workload, binding, handler bookkeeping."""
+
+    def __init__(
+        self,
+        service: str,
+        registrar: Registrar,
+        *,
+        address: str,
+        labels: Mapping[str, str] | None,
+        weight: int,
+        service_port: int | None,
+        drain: float,
+        quiet: float,
+    ) -> None:
+        self._registrar = registrar
+        self._drain = drain
+        self._quiet = quiet
+        self._scope = _Scope()
+        self._service = service
+        self._address = address
+        self._labels = dict(labels or {})
+        self._weight = weight
+        self._service_port = service_port
+        self._services: list[str] = []
+        self._registered = False
+        self._server: Any = None
+        self.health: Any = None
+        self.workload: Workload
+        self.port: int
+
+    def _bind(self, port: int, credentials: Any) -> None:
+        host = f"[{self._address}]" if ":" in self._address else self._address
+        target = f"{host}:{port}"
+        try:
+            if credentials is None:
+                bound = self._server.add_insecure_port(target)
+            else:
+                bound = self._server.add_secure_port(target, credentials)
+        except RuntimeError as exc:  # grpcio raises when it cannot bind
+            raise OSError(f"sail: cannot listen on {target}: {exc}") from exc
+        if not bound:  # older grpcio returns 0 instead
+            raise OSError(f"sail: cannot listen on {target}")
+        self.port = int(bound)
+        self.workload = Workload(
+            service=self._service,
+            address=self._address,
+            port=self.port,
+            labels=self._labels,
+            weight=self._weight,
+            service_port=self._service_port,
+        )
+        self._scope.workload = self.workload
+
+    @property
+    def grpc_server(self) -> Any:
+        """The wrapped `grpc.Server` / `grpc.aio.Server`."""
+        return self._server
+
+    @property
+    def inflight(self) -> int:
+        """Calls being served now (health checks aside)."""
+        return self._scope.traffic.inflight
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
+        """As grpc's; the services the handlers name get a health status."""
+        handlers = tuple(generic_rpc_handlers)
+        for handler in handlers:
+            name = _service_name(handler)
+            if name is not None and name not in self._services:
+                self._services.append(name)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, Any]
+    ) -> None:
+        """As grpc's (grpcio ≥ 1.63); `service_name` gets a health status."""
+        if service_name not in self._services:
+            self._services.append(service_name)
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        """Listen on another address too (not registered: the workload is `address:port`)."""
+        return int(self._server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: Any) -> int:
+        """Listen on another address with TLS too (not registered either)."""
+        return int(self._server.add_secure_port(address, server_credentials))
+
+    @property
+    def services(self) -> Sequence[str]:
+        """The service names added so far: each gets a health status on `start()`."""
+        return tuple(self._services)
+
+
+class MeshServer(_MeshServerBase):
+    """A `grpc.server(...)` as a mesh workload of service `service`: register on `start()`,
+    drain on `stop()`, a request context and inherited deadline in every handler.
+
+    ```python
+    server = MeshServer("ratings", mesh.registrar, labels={"version": "v1"})
+    ratings_pb2_grpc.add_RatingsServicer_to_server(Ratings(), server)
+    server.start()                 # serving, registered at 127.0.0.1:<server.port>, SERVING
+    server.wait_for_termination()  # stop() from a SIGTERM handler drains, then stops
+    ```
+
+    **Parameters**
+
+    * `service` - the service name the workload is registered under.
+    * `registrar` - where it is registered (`Mesh.registrar`).
+    * `port`, `address` - where to listen (`port=0`: a free port, the one registered; see
+      `.port`). The workload is registered at this address, so make it one clients can
+      reach (not `0.0.0.0`).
+    * `labels`, `weight`, `service_port` - of the `Workload`.
+    * `drain` - the longest `stop()` keeps serving after the workload turned DRAINING
+      (default 5 s; `0`: no drain). `quiet` - the drain ends earlier once no call is in
+      flight and none arrived for this long (default 0.5 s).
+    * `thread_pool` / `max_workers` - the pool handlers run on (default: a
+      `ThreadPoolExecutor(max_workers)` the server owns and shuts down).
+    * `interceptors` - the user's own; they run after sail's (sail's sees the call first,
+      so the request context is set when they run their handlers).
+    * `handlers`, `options`, `maximum_concurrent_rpcs`, `compression` - as `grpc.server`.
+    * `credentials` - `grpc.ServerCredentials` to listen with TLS; `None` for plaintext.
+    * `health` - serve `grpc.health.v1.Health` (default). `.health` is the servicer.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        registrar: Registrar,
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        labels: Mapping[str, str] | None = None,
+        weight: int = 1,
+        service_port: int | None = None,
+        drain: float = 5.0,
+        quiet: float = 0.5,
+        thread_pool: Executor | None = None,
+        max_workers: int | None = None,
+        interceptors: Iterable[Any] = (),
+        handlers: Iterable[Any] = (),
+        options: Sequence[tuple[str, Any]] | None = None,
+        maximum_concurrent_rpcs: int | None = None,
+        compression: Any = None,
+        credentials: Any = None,
+        health: bool = True,
+    ) -> None:
+        super().__init__(
+            service, registrar, address=address, labels=labels, weight=weight,
+            service_port=service_port, drain=drain, quiet=quiet,
+        )
+        self._own_pool: ThreadPoolExecutor | None = None
+        if thread_pool is None:
+            thread_pool = self._own_pool = ThreadPoolExecutor(
+                max_workers=max_workers, thread_name_prefix=f"sail-grpc-{service}"
+            )
+        self._server = grpc.server(
+            thread_pool,
+            interceptors=[_Interceptor(self._scope), *interceptors],
+            options=options,
+            maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+            compression=compression,
+        )
+        if health:
+            self.health = _sync_health()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.add_generic_rpc_handlers(handlers)
+        self._lock = threading.Lock()  # start/stop only, never per call
+        self._stopped: threading.Event | None = None
+        self._hurry = threading.Event()
+        try:
+            self._bind(port, credentials)
+        except BaseException:
+            self._shutdown_pool()
+            raise
+
+    def start(self) -> None:
+        """Start serving, register the workload, then report SERVING."""
+        self._server.start()
+        try:
+            self._registrar.register(self.workload)
+        except BaseException:
+            self._server.stop(None)
+            self._shutdown_pool()
+            raise
+        self._registered = True
+        if self.health is not None:
+            for name in ("", *self._services):
+                self.health.set(name, _SERVING)
+        log.info("sail: gRPC workload %s serving", self.workload.key)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Drain, deregister and stop; returns at once, with an event set once stopped.
+
+        Health NOT_SERVING and the workload DRAINING first; calls keep being served until
+        none is in flight and none arrived for `quiet` seconds (at most `drain`); then the
+        workload is deregistered and the grpc server stopped with `grace` (calls still
+        running after it are cancelled; `None`: at once). A second call cuts the drain
+        short and returns the same event."""
+        with self._lock:
+            if self._stopped is not None:
+                self._hurry.set()
+                return self._stopped
+            self._stopped = threading.Event()
+        # Not a daemon: returning from main right after stop() still drains and deregisters.
+        threading.Thread(
+            target=self._drain_then_stop, args=(grace,), name="sail-grpc-drain"
+        ).start()
+        return self._stopped
+
+    def _drain_then_stop(self, grace: float | None) -> None:
+        assert self._stopped is not None
+        try:
+            if self._registered:
+                self._begin_drain()
+                start = time.monotonic()
+                traffic = self._scope.traffic
+                while (wait := _drain_wait(
+                    traffic, start, time.monotonic(), self._drain, self._quiet
+                )) > 0:
+                    if self._hurry.wait(wait):
+                        break
+        except Exception:  # draining is best effort; stopping must still happen
+            log.exception("sail: drain of %s failed; stopping now", self.workload.key)
+        try:
+            if self._registered:
+                self._registered = False
+                self._registrar.deregister(self.workload)
+        except Exception:
+            log.exception("sail: deregistering %s failed", self.workload.key)
+        try:
+            self._server.stop(grace).wait()
+        except Exception:
+            log.exception("sail: stopping the gRPC server of %s failed", self.workload.key)
+        finally:
+            self._shutdown_pool()
+            self._stopped.set()
+            log.info("sail: gRPC workload %s stopped", self.workload.key)
+
+    def _begin_drain(self) -> None:
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
+        self._registrar.set_health(self.workload, HealthStatus.DRAINING)
+        log.info("sail: %s draining (up to %.1fs)", self.workload.key, self._drain)
+
+    def _shutdown_pool(self) -> None:
+        if self._own_pool is not None:
+            self._own_pool.shutdown(wait=False)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stopped (`True` if `timeout` passed first), as grpc's."""
+        return bool(self._server.wait_for_termination(timeout))
+
+    def __enter__(self) -> MeshServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop().wait()
+
+
+class AioMeshServer(_MeshServerBase):
+    """The `grpc.aio.server(...)` twin of `MeshServer`; make it inside the event loop.
+
+    ```python
+    server = AioMeshServer("ratings", mesh.registrar)
+    ratings_pb2_grpc.add_RatingsServicer_to_server(Ratings(), server)
+    async with server:             # start(); ...; stop()
+        await server.wait_for_termination()
+    ```
+
+    **Parameters** are `MeshServer`'s; `thread_pool` is grpc.aio's `migration_thread_pool`
+    (where sync handlers run) and there is no `max_workers`. Registrar calls run in a
+    thread, so a remote registrar never blocks the event loop.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        registrar: Registrar,
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        labels: Mapping[str, str] | None = None,
+        weight: int = 1,
+        service_port: int | None = None,
+        drain: float = 5.0,
+        quiet: float = 0.5,
+        thread_pool: Executor | None = None,
+        interceptors: Iterable[Any] = (),
+        handlers: Iterable[Any] = (),
+        options: Sequence[tuple[str, Any]] | None = None,
+        maximum_concurrent_rpcs: int | None = None,
+        compression: Any = None,
+        credentials: Any = None,
+        health: bool = True,
+    ) -> None:
+        super().__init__(
+            service, registrar, address=address, labels=labels, weight=weight,
+            service_port=service_port, drain=drain, quiet=quiet,
+        )
+        self._server = grpc.aio.server(
+            migration_thread_pool=thread_pool,
+            interceptors=[_AioInterceptor(self._scope), *interceptors],
+            options=options,
+            maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+            compression=compression,
+        )
+        if health:
+            self.health = health_checking.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.add_generic_rpc_handlers(handlers)
+        self._stopping: asyncio.Future[None] | None = None
+        self._hurried = False
+        self._bind(port, credentials)
+
+    async def start(self) -> None:
+        """Start serving, register the workload, then report SERVING."""
+        if self.health is not None:
+            await self.health.set("", _NOT_SERVING)  # its default is SERVING
+        await self._server.start()
+        try:
+            await asyncio.to_thread(self._registrar.register, self.workload)
+        except BaseException:
+            await self._server.stop(None)
+            raise
+        self._registered = True
+        if self.health is not None:
+            for name in ("", *self._services):
+                await self.health.set(name, _SERVING)
+        log.info("sail: gRPC workload %s serving", self.workload.key)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, deregister and stop, as `MeshServer.stop`; returns once stopped. A second
+        call cuts the drain short and waits for the same stop. Cancelling the caller does
+        not cancel the stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_then_stop(grace))
+        else:
+            self._hurried = True
+        await asyncio.shield(self._stopping)
+
+    async def _drain_then_stop(self, grace: float | None) -> None:
+        try:
+            if self._registered:
+                if self.health is not None:
+                    await self.health.enter_graceful_shutdown()
+                await asyncio.to_thread(
+                    self._registrar.set_health, self.workload, HealthStatus.DRAINING
+                )
+                log.info("sail: %s draining (up to %.1fs)", self.workload.key, self._drain)
+                start = time.monotonic()
+                traffic = self._scope.traffic
+                while not self._hurried and (wait := _drain_wait(
+                    traffic, start, time.monotonic(), self._drain, self._quiet
+                )) > 0:
+                    await asyncio.sleep(min(wait, _POLL))
+        except Exception:  # draining is best effort; stopping must still happen
+            log.exception("sail: drain of %s failed; stopping now", self.workload.key)
+        try:
+            if self._registered:
+                self._registered = False
+                await asyncio.to_thread(self._registrar.deregister, self.workload)
+        except Exception:
+            log.exception("sail: deregistering %s failed", self.workload.key)
+        try:
+            await self._server.stop(grace)
+        finally:
+            log.info("sail: gRPC workload %s stopped", self.workload.key)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Wait until the server stopped (`True` if `timeout` passed first), as grpc.aio's."""
+        return bool(await self._server.wait_for_termination(timeout))
+
+    async def __aenter__(self) -> AioMeshServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _sync_health() -> Any:
+    servicer = health_checking.HealthServicer()
+    servicer.set("", _NOT_SERVING)  # its default is SERVING; not until registered
+    return servicer
