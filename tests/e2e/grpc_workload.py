@@ -4,11 +4,17 @@
 
 Run as `python -m tests.e2e.grpc_workload` with PORT, VERSION, SAIL_REGISTRY and
 SAIL_REGISTRY_TOKEN in the environment (SERVICE defaults to `greeter`). It prints `ready`
-once serving and registered; on SIGTERM (or SIGINT) it deregisters and stops.
+once serving and registered; on SIGTERM (or SIGINT) it deregisters and stops. With
+`SAIL_SERVER=1` the server is sail's `MeshServer` (which registers itself) instead of a
+plain grpcio server registered by hand.
+
+A call with metadata `fail-every: K` fails with UNAVAILABLE when it is the 1st, (K+1)th...
+such call this server has had, to script failures for retry tests.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -18,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from sail.grpc.server import MeshServer
 from sail.registration import Workload
 from sail.registry.remote import RemoteRegistrar
 
@@ -25,7 +32,12 @@ SERVICE_PORT = 50051
 
 
 def _handler(name: bytes) -> grpc.GenericRpcHandler:
+    scripted = itertools.count()
+
     def hello(request: bytes, context: Any) -> bytes:
+        every = dict(context.invocation_metadata()).get("fail-every")
+        if every is not None and next(scripted) % int(every) == 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{name.decode()}: scripted failure")
         return name
 
     return grpc.method_handlers_generic_handler(
@@ -50,24 +62,33 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((_handler(name.encode()),))
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-        return 1
-    server.start()
-
     registrar = RemoteRegistrar(
         os.environ["SAIL_REGISTRY"],
         os.environ.get("SAIL_REGISTRY_TOKEN"),
         heartbeat_interval=1.0,
         ttl=3.0,
     )
+    labels = {"version": version}
+    try:
+        if os.environ.get("SAIL_SERVER") == "1":
+            return _serve_sail(registrar, service, port, labels, name, stopping)
+        return _serve_plain(registrar, service, port, labels, name, stopping)
+    finally:
+        registrar.close()
+
+
+def _serve_plain(
+    registrar: RemoteRegistrar, service: str, port: int, labels: dict[str, str], name: str,
+    stopping: threading.Event,
+) -> int:
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((_handler(name.encode()),))
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        return 1
+    server.start()
     workload = Workload(
-        service=service,
-        address="127.0.0.1",
-        port=port,
-        labels={"version": version},
+        service=service, address="127.0.0.1", port=port, labels=labels,
         service_port=SERVICE_PORT,
     )
     try:
@@ -77,8 +98,23 @@ def main() -> int:
             pass
         registrar.deregister(workload)
     finally:
-        registrar.close()
         server.stop(grace=1.0).wait(2.0)
+    return 0
+
+
+def _serve_sail(
+    registrar: RemoteRegistrar, service: str, port: int, labels: dict[str, str], name: str,
+    stopping: threading.Event,
+) -> int:
+    server = MeshServer(
+        service, registrar, port=port, labels=labels, service_port=SERVICE_PORT,
+        handlers=[_handler(name.encode())], drain=1.0, quiet=0.2,
+    )
+    server.start()
+    print("ready", flush=True)
+    while not stopping.wait(0.2):
+        pass
+    server.stop(grace=1.0).wait(5.0)
     return 0
 
 

@@ -504,3 +504,35 @@ def test_aio_errors_are_aio_rpc_errors(
             assert "'nosuch'" in (missing.value.details() or "")
 
     asyncio.run(main())
+
+
+def test_a_servers_outgoing_call_inherits_the_time_left(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: dict[str, Greeter]
+) -> None:
+    """client → front (a sail server) → greeter: the front's own call through the mesh
+    carries only what is left of the client's deadline."""
+    a = greeters["a"]
+    front = mesh.grpc_server("front", max_workers=4)
+
+    def relay(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(0.5)
+        with mesh.grpc_channel("greeter:50051") as onward:
+            return onward.unary_unary(HELLO)(request)  # no timeout of its own
+
+    front.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "sail.test.Front", {"Relay": grpc.unary_unary_rpc_method_handler(relay)}),))
+    front.start()
+    try:
+        listener = testing.api_listener("front:1")
+        xds.set([
+            *[r for r in testing.service("greeter:50051", {"greeter": [a.endpoint]})],
+            listener, testing.route_config("front:1", [testing.route("front")]),
+            testing.eds_cluster("front"),
+            testing.load_assignment("front", [("127.0.0.1", front.port)]),
+        ])
+        with mesh.grpc_channel("front:1") as channel:
+            assert channel.unary_unary("/sail.test.Front/Relay")(b"x", timeout=3) == b"a"
+    finally:
+        front.stop(0).wait(5)
+    (left,) = a.time_left
+    assert left is not None and 2.0 < left < 2.55
