@@ -26,3 +26,15 @@ def test_resilience_example() -> None:
     assert "DeadlineExceededError after 0.5" in out
     told = int(out.split("the upstream was told it had ")[1].split(" ms")[0])
     assert 450 <= told <= 500
+
+
+def test_grpc_example() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "grpc" / "run.py")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "retried: 200 grpc-status 14 from" in out  # greeter-c's UNAVAILABLE, retried
+    assert "answered by: {'greeter-a': 6, 'greeter-b': 6}" in out
+    assert "DEADLINE_EXCEEDED after 1.0 s; the server was told it had 1.0 s" in out

@@ -536,3 +536,14 @@ def test_a_servers_outgoing_call_inherits_the_time_left(
         front.stop(0).wait(5)
     (left,) = a.time_left
     assert left is not None and 2.0 < left < 2.55
+
+
+def test_local_mode_names_an_unknown_service(tmp_path: Any) -> None:
+    path = tmp_path / "mesh.json"
+    path.write_text('{"resources": []}')
+    with sail.Mesh.local(path) as mesh:
+        with mesh.grpc_channel("nosuch:50051") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(HELLO)(b"x", timeout=5)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "'nosuch:50051': the mesh has no listener for it" in info.value.details()

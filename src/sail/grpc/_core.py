@@ -477,8 +477,12 @@ class ChannelCore:
 
     def _verdict(self) -> bool | threading.Event:
         """Whether the target is a mesh service, or an event to wait on for the control
-        plane's answer (then `_settled()`)."""
-        return self._mesh._classify(self._host, self.service)
+        plane's answer (then `_settled()`). Raises `MeshRpcError` for a mesh name the mesh
+        does not have."""
+        verdict = self._mesh._classify(self._host, self.service)
+        if verdict is False:
+            return self._settled()
+        return verdict
 
     def _settled(self) -> bool:
         """After waiting: whether the target is a mesh service. Raises `MeshRpcError` for a
