@@ -27,6 +27,7 @@ from sail.errors import BootstrapError
 from sail.model import Locality
 
 __all__ = [
+    "DEFAULT_SERVER_LISTENER_TEMPLATE",
     "ENV_VARS",
     "SUPPORTED_CHANNEL_CREDS",
     "Authority",
@@ -175,6 +176,10 @@ class Authority:
     client_listener_resource_name_template: str
     xds_servers: tuple[XdsServer, ...] = ()
 
+
+DEFAULT_SERVER_LISTENER_TEMPLATE = "grpc/server?xds.resource.listening_address=%s"
+"""gRPC's usual `server_listener_resource_name_template`: what `sail registry` serves server
+listeners under, and what local mode names them (a bootstrap has no default, as in gRPC)."""
 
 @attrs.frozen
 class Bootstrap:

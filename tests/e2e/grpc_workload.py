@@ -6,7 +6,9 @@ Run as `python -m tests.e2e.grpc_workload` with PORT, VERSION, SAIL_REGISTRY and
 SAIL_REGISTRY_TOKEN in the environment (SERVICE defaults to `greeter`). It prints `ready`
 once serving and registered; on SIGTERM (or SIGINT) it deregisters and stops. With
 `SAIL_SERVER=1` the server is sail's `MeshServer` (which registers itself) instead of a
-plain grpcio server registered by hand.
+plain grpcio server registered by hand. With `XDS=1` the server is xDS-enabled (gRFC A36:
+grpcio's `xds=True`, or sail's `xds=True`) and serves only once the Listener for its
+address has come from the xDS server in `GRPC_XDS_BOOTSTRAP`.
 
 A call with metadata `fail-every: K` fails with UNAVAILABLE when it is the 1st, (K+1)th...
 such call this server has had, to script failures for retry tests.
@@ -81,7 +83,8 @@ def _serve_plain(
     registrar: RemoteRegistrar, service: str, port: int, labels: dict[str, str], name: str,
     stopping: threading.Event,
 ) -> int:
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    xds = os.environ.get("XDS") == "1"
+    server = grpc.server(ThreadPoolExecutor(max_workers=8), xds=xds)
     server.add_generic_rpc_handlers((_handler(name.encode()),))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)

@@ -38,9 +38,10 @@ from sail.registry.istio.model import IstioObject
 from sail.registry.istio.parse import load_documents, load_paths
 from sail.registry.istio.validate import validate
 from sail.registry.leases import run_expiry
+from sail.registry.server_listener import DEFAULT_TEMPLATE, server_listeners
 from sail.registry.status import CsdsServer, sync_status
 from sail.registry.store import MemoryStore, Store
-from sail.registry.translate import translate
+from sail.registry.translate import Resources, translate
 from sail.xds.codec.encode import (
     encode_cluster,
     encode_cluster_load_assignment,
@@ -74,6 +75,9 @@ class Registry:
       re-registered them. Until then clients get no answer and keep their last config;
       serving at once would hand them clusters with no endpoints. Default 3 s, the
       registrar's heartbeat interval.
+    * `server_listener_template` - how xDS-enabled gRPC servers name their Listener (the
+      `server_listener_resource_name_template` of their bootstrap): each registered
+      workload gets one (see `sail.registry.server_listener`), sent only when asked for.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Registry:
         envoy_listener: tuple[str, int] | None = None,
         expiry_interval: float = 1.0,
         registration_grace: float = 3.0,
+        server_listener_template: str = DEFAULT_TEMPLATE,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
@@ -94,6 +99,7 @@ class Registry:
         self._static: list[IstioObject] = load_paths(config_paths)
         validate(self._static, None)
         self._envoy_listener = envoy_listener
+        self._server_template = server_listener_template
         self._expiry_interval = expiry_interval
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -182,6 +188,14 @@ class Registry:
 
     def _translate(self, objects: Sequence[IstioObject]) -> list[Any]:
         resources = translate(objects, self.store.workloads())
+        return self._encode(resources)
+
+    def _server_listeners(self) -> list[Any]:
+        """The A36 listeners of the registered workloads (served by name only)."""
+        workloads = [w for w, _ in self.store.workloads()]
+        return [encode_listener(x) for x in server_listeners(workloads, self._server_template)]
+
+    def _encode(self, resources: Resources) -> list[Any]:
         listeners = list(resources.listeners)
         routes = list(resources.route_configs)
         if self._envoy_listener is not None:
@@ -214,7 +228,7 @@ class Registry:
             log.exception("sail registry: rebuild failed, serving the last good config")
             return
         self.last_error = ""
-        self.resources.set_all(messages)
+        self.resources.set_all(messages, named_only=self._server_listeners())
 
     # -- status -----------------------------------------------------------------------------
 

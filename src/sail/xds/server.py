@@ -67,6 +67,7 @@ class ResourceStore:
     def __init__(self) -> None:
         self._resources: dict[str, dict[str, any_pb2.Any]] = {}
         self._type_versions: dict[str, int] = {}
+        self._named_only: dict[str, frozenset[str]] = {}
         self._version = 0
         self._streams: set[_Stream] = set()
         # Nothing is sent before the first resource set: an empty answer would tell
@@ -83,9 +84,21 @@ class ResourceStore:
     def resources(self, type_url: str) -> Mapping[str, any_pb2.Any]:
         return self._resources.get(type_url, {})
 
-    def set_all(self, messages: Iterable[Any]) -> None:
-        """Replace every resource: types not among `messages` become empty."""
-        self._set_packed({(type_url_of(m), _name_of(m)): _pack(m) for m in messages})
+    def set_all(self, messages: Iterable[Any], named_only: Iterable[Any] = ()) -> None:
+        """Replace every resource: types not among `messages` become empty.
+
+        `named_only` are resources too, but sent only to clients that ask for them by name,
+        never in a wildcard answer (servers' listeners, which Envoy would try to bind)."""
+        hidden = list(named_only)
+        names: dict[str, set[str]] = {}
+        for m in hidden:
+            names.setdefault(type_url_of(m), set()).add(_name_of(m))
+        self._named_only = {t: frozenset(n) for t, n in names.items()}
+        self._set_packed({(type_url_of(m), _name_of(m)): _pack(m) for m in [*messages, *hidden]})
+
+    def named_only(self, type_url: str) -> frozenset[str]:
+        """The resources of `type_url` that wildcard subscriptions do not get."""
+        return self._named_only.get(type_url, frozenset())
 
     def put(self, *messages: Any) -> None:
         """Add or replace some resources, keeping the others."""
@@ -228,11 +241,11 @@ class _Stream:
         if names is not None and not names and sub.sent_names is None:
             return  # nothing asked for yet, nothing sent yet
         resources = store.resources(type_url)
-        chosen = tuple(
-            resources.values()
-            if names is None
-            else (resources[n] for n in sorted(names) if n in resources)
-        )
+        if names is None:
+            hidden = store.named_only(type_url)
+            chosen = tuple(r for n, r in resources.items() if n not in hidden)
+        else:
+            chosen = tuple(resources[n] for n in sorted(names) if n in resources)
         if (
             sub.sent is not None
             and sub.sent_names == names

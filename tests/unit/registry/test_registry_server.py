@@ -22,6 +22,9 @@ from sail.bootstrap import parse_bootstrap
 from sail.model import HealthStatus
 from sail.registration import Workload
 from sail.registry.server import Registry
+from sail.xds.codec.decode_listener import decode_listener
+from sail.xds.codec.extensions import ROUTER
+from sail.xds.codec.types import unpack
 from sail.xds.resolver import CDS, LDS
 from tests.helpers import wait_until
 
@@ -178,3 +181,39 @@ def test_mesh_register_true_registers_with_the_bootstrap_registry(
     finally:
         mesh.registrar.close()  # type: ignore[attr-defined]
         mesh.close()
+
+
+def lds_answer(address: str, names: list[str]) -> Any:
+    """The first LDS answer to a stream asking for `names` (`[]`: a wildcard)."""
+    done = threading.Event()
+
+    def requests() -> Iterator[Any]:
+        yield discovery_pb2.DiscoveryRequest(
+            type_url=LDS, resource_names=names, node={"id": "lds-probe"}
+        )
+        done.wait(15)
+
+    with grpc.insecure_channel(address) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        try:
+            return next(iter(stub.StreamAggregatedResources(requests(), timeout=5)))
+        finally:
+            done.set()
+
+
+def test_server_listeners_go_only_to_who_asks_for_them_by_name(running: Running) -> None:
+    wildcard = lds_answer(running.address, [])
+    assert [decode_listener(unpack(a)[1]).name for a in wildcard.resources] == [
+        "reviews", "reviews:9080"
+    ]
+    name = "grpc/server?xds.resource.listening_address=127.0.0.1:8001"
+    wild = "grpc/server?xds.resource.listening_address=[::]:8001"
+    asked = lds_answer(running.address, [name, wild])
+    listeners = sorted(
+        (decode_listener(unpack(a)[1]) for a in asked.resources), key=lambda x: x.name
+    )
+    assert [x.address for x in listeners] == [("127.0.0.1", 8001), ("::", 8001)]
+    (route,) = listeners[0].hcm.route_config.virtual_hosts[0].routes
+    assert route.action is None  # non_forwarding: the server handles the call itself
+    # only the router: grpcio refuses a server listener with the (client-only) fault filter
+    assert [f.type_url for f in listeners[0].hcm.http_filters] == [ROUTER]
