@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import anyio.to_thread
 import httpx
 
-from sail.bootstrap import Bootstrap, load_bootstrap
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, load_bootstrap
 from sail.dataplane import Dataplane
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
-from sail.xds.resolver import ConfigResolver
+from sail.xds.resolver import LDS, ConfigResolver
 
 if TYPE_CHECKING:
     import grpc
@@ -238,6 +238,25 @@ class Mesh:
     def _track(self, transport: _Retiring) -> None:
         self._transports.add(transport)
 
+    def _watch(self, watcher: _Retiring, listener: str) -> None:
+        """Subscribe to `listener` and call `watcher.retire` after every config update."""
+        self._track(watcher)
+        self.check_fork()
+        self._source.request(listener)
+
+    def _listener_error(self, listener: str) -> str | None:
+        """Why the control plane's `listener` was rejected, if it was."""
+        errors = self._source.resolver.errors().get(LDS, {})
+        return errors.get(listener)
+
+    def server_listener_name(self, address: str) -> str:
+        """The Listener an xDS-enabled server listening on `address` (`ip:port`) watches:
+        the bootstrap's `server_listener_resource_name_template` (a `BootstrapError` when
+        it has none), or in local mode gRPC's usual `grpc/server?...=%s`."""
+        if isinstance(self._source, _XdsSource):
+            return self._source.bootstrap.server_listener_name(address)
+        return DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", address)
+
     # -- which hosts are the mesh's ---------------------------------------------------------
 
     def _classify(self, host: str, name: str) -> bool | threading.Event:
@@ -395,6 +414,7 @@ class Mesh:
         weight: int = 1,
         service_port: int | None = None,
         drain: float = 5.0,
+        xds: bool = False,
         **server_options: Any,
     ) -> MeshServer:
         """A `grpc.server(...)` that serves as a mesh workload of service `name`.
@@ -406,9 +426,13 @@ class Mesh:
         SERVING; `stop(grace)` turns health NOT_SERVING and the workload DRAINING, serves
         the calls still coming for up to `drain` seconds, then deregisters and stops.
         Handlers see a `sail.RequestContext` (`sail.current_request()`) and their caller's
-        deadline, which the calls they make through the mesh inherit. Other keyword
+        deadline, which the calls they make through the mesh inherit.
+
+        `xds=True` makes it an xDS-enabled server (gRFC A36, as grpcio's `xds=True`): it
+        watches the Listener for its `address:port` on this mesh, listens only once that
+        arrives, and serves calls as its routes say (`sail.grpc.xds_server`). Other keyword
         arguments (`max_workers`, `thread_pool`, `interceptors`, `options`, `credentials`,
-        `quiet`...) go to `sail.grpc.server.MeshServer`."""
+        `quiet`, `on_serving`...) go to `sail.grpc.server.MeshServer`."""
         from sail.grpc.server import MeshServer
 
         return MeshServer(
@@ -420,6 +444,7 @@ class Mesh:
             weight=weight,
             service_port=service_port,
             drain=drain,
+            xds=self if xds else None,
             **server_options,
         )
 
@@ -433,6 +458,7 @@ class Mesh:
         weight: int = 1,
         service_port: int | None = None,
         drain: float = 5.0,
+        xds: bool = False,
         **server_options: Any,
     ) -> AioMeshServer:
         """The `grpc.aio` twin of `grpc_server()`: a `grpc.aio.server(...)` as a mesh
@@ -450,6 +476,7 @@ class Mesh:
             weight=weight,
             service_port=service_port,
             drain=drain,
+            xds=self if xds else None,
             **server_options,
         )
 

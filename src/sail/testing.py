@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import grpc.aio
 
 from sail._loop import background_loop
-from sail.bootstrap import Bootstrap, parse_bootstrap
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, parse_bootstrap
 from sail.resilience.retry import is_testing, set_testing
 from sail.xds.codec.envoy_json import load_resources
 from sail.xds.server import AckRecord, AdsServer, ResourceStore
@@ -47,6 +47,7 @@ __all__ = [
     "load_assignment",
     "route",
     "route_config",
+    "server_listener",
     "service",
     "set_testing",
 ]
@@ -236,6 +237,53 @@ def api_listener(
     else:
         hcm["rds"] = {"route_config_name": rds or name, "config_source": {"ads": {}}}
     return {"@type": LISTENER, "name": name, "api_listener": {"api_listener": hcm}}
+
+
+def server_listener(
+    address: str,
+    port: int,
+    *,
+    name: str | None = None,
+    routes: Sequence[Mapping[str, Any]] | None = None,
+    rds: str | None = None,
+    http_filters: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The Listener of an xDS-enabled gRPC server (gRFC A36) listening on `address:port`.
+
+    Named as gRPC's usual template names it (`name` to override); one filter chain whose HCM
+    routes every call with `non_forwarding_action` (or `routes`, or routes from RDS `rds`),
+    `http_filters` going before the router."""
+    hostport = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    hcm: dict[str, Any] = {
+        "@type": HCM,
+        "stat_prefix": "inbound",
+        "http_filters": [
+            *http_filters,
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
+    }
+    if rds is not None:
+        hcm["rds"] = {"route_config_name": rds, "config_source": {"ads": {}}}
+    else:
+        every = [{"match": {"prefix": "/"}, "non_forwarding_action": {}}]
+        hcm["route_config"] = {
+            "name": "inbound",
+            "virtual_hosts": [
+                {"name": "inbound", "domains": ["*"], "routes": list(routes or every)}
+            ],
+        }
+    return {
+        "@type": LISTENER,
+        "name": name or DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", hostport),
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
 
 
 def eds_cluster(name: str, *, lb_policy: str = "ROUND_ROBIN", **fields: Any) -> dict[str, Any]:

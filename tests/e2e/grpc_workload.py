@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+import sail
 from sail.grpc.server import MeshServer
 from sail.registration import Workload
 from sail.registry.remote import RemoteRegistrar
@@ -109,15 +110,18 @@ def _serve_sail(
     registrar: RemoteRegistrar, service: str, port: int, labels: dict[str, str], name: str,
     stopping: threading.Event,
 ) -> int:
+    mesh = sail.Mesh.from_bootstrap(registrar=registrar) if os.environ.get("XDS") == "1" else None
     server = MeshServer(
         service, registrar, port=port, labels=labels, service_port=SERVICE_PORT,
-        handlers=[_handler(name.encode())], drain=1.0, quiet=0.2,
+        handlers=[_handler(name.encode())], drain=1.0, quiet=0.2, xds=mesh,
     )
     server.start()
     print("ready", flush=True)
     while not stopping.wait(0.2):
         pass
     server.stop(grace=1.0).wait(5.0)
+    if mesh is not None:
+        mesh.close()
     return 0
 
 

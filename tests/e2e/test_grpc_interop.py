@@ -3,7 +3,9 @@ same servers: they must agree on routing (the weighted split within ±3%, header
 and on retries of UNAVAILABLE.
 
 Workload v1 is a plain grpcio server registered by hand; v2 is sail's `MeshServer`, so the
-native client calling v2 is a grpcio xDS client calling a sail server.
+native client calling v2 is a grpcio xDS client calling a sail server. A second pair makes both
+servers xDS-enabled (gRFC A36: grpcio's `xds=True` and sail's), fed their Listeners by the
+same registry.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 import sail
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE
 from tests.e2e.grpc_client import METHOD
 from tests.e2e.procs import ROOT, start, wait_port
 from tests.e2e.test_registry import TOKEN, RunningRegistry, split_config
@@ -30,11 +34,17 @@ N = 2000
 TARGET = "greeter:50051"
 
 
-@pytest.fixture(scope="module")
-def greeters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greeters]:
+def running_greeters(tmp: Path, *, xds: bool) -> Iterator[Greeters]:
+    """A registry and two greeter workloads: v1 a grpcio server, v2 sail's `MeshServer`;
+    with `xds`, both are xDS-enabled (gRFC A36) and listen once their Listener arrives."""
     registry = RunningRegistry()
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        boot = registry.bootstrap("grpc-interop").to_json()
+        if xds:
+            boot["server_listener_resource_name_template"] = DEFAULT_SERVER_LISTENER_TEMPLATE
+        bootstrap = tmp / "bootstrap.json"
+        bootstrap.write_text(json.dumps(boot))
         ports = {v: free_port() for v in ("v1", "v2")}
         for version, port in ports.items():
             procs.append(start(
@@ -43,6 +53,8 @@ def greeters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greeters]:
                     "PORT": str(port),
                     "VERSION": version,
                     "SAIL_SERVER": "1" if version == "v2" else "0",
+                    "XDS": "1" if xds else "0",
+                    "GRPC_XDS_BOOTSTRAP": str(bootstrap),
                     "SAIL_REGISTRY": registry.address,
                     "SAIL_REGISTRY_TOKEN": TOKEN,
                     "PYTHONPATH": str(ROOT),
@@ -51,12 +63,20 @@ def greeters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greeters]:
         for proc, port in zip(procs, ports.values(), strict=True):
             wait_port(port, proc=proc)
         wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 2)
-        bootstrap = tmp_path_factory.mktemp("grpc-interop") / "bootstrap.json"
-        bootstrap.write_text(json.dumps(registry.bootstrap("grpc-interop").to_json()))
         yield Greeters(registry, bootstrap)
     finally:
         _stop_all(procs)
         registry.stop()
+
+
+@pytest.fixture(scope="module")
+def greeters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greeters]:
+    yield from running_greeters(tmp_path_factory.mktemp("grpc-interop"), xds=False)
+
+
+@pytest.fixture(scope="module")
+def xds_greeters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greeters]:
+    yield from running_greeters(tmp_path_factory.mktemp("grpc-interop-xds"), xds=True)
 
 
 def sail_names(
@@ -121,3 +141,15 @@ def test_both_clients_retry_unavailable_as_the_route_says(greeters: Greeters) ->
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "scripted failure" in (info.value.details() or "")
 
+
+
+def test_xds_enabled_servers_of_both_kinds_serve_both_clients(xds_greeters: Greeters) -> None:
+    # v1 is grpcio's `xds=True` server, v2 sail's `xds=True` server: each opened its port
+    # only once the registry's Listener for it arrived (the fixture waited for the ports).
+    xds_greeters.apply(greeter_config({"v1": 50, "v2": 50}, jason="v2"))
+    for counts in (xds_greeters.names(400), sail_names(xds_greeters, 400)):
+        assert set(counts) == {"greeter-v1", "greeter-v2"}, counts
+        assert share(counts, "greeter-v1") == pytest.approx(0.5, abs=0.1), counts
+    assert xds_greeters.names(50, "end-user=jason") == {"greeter-v2": 50}
+    assert sail_names(xds_greeters, 50, "end-user=jason") == {"greeter-v2": 50}
+    xds_greeters.check_no_nacks()  # grpcio's server took its Listener too

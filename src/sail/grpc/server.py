@@ -31,11 +31,12 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -43,9 +44,13 @@ from grpc_health.v1 import health as health_checking
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sail.context import RequestContext, _current, _deadline
+from sail.grpc.xds_server import ServingState, ServingWatch
 from sail.model import HealthStatus
 from sail.registration import Registrar, Workload
 from sail.resilience.deadline import inherited_deadline
+
+if TYPE_CHECKING:
+    from sail.mesh import Mesh
 
 __all__ = ["AioMeshServer", "MeshServer"]
 
@@ -124,11 +129,12 @@ def _drain_wait(traffic: _Traffic, start: float, now: float, drain: float, quiet
 class _Scope:
     """What the interceptor needs: the workload, the traffic, and the wrapped handlers."""
 
-    __slots__ = ("_wrapped", "traffic", "workload")
+    __slots__ = ("_wrapped", "traffic", "watch", "workload")
 
     def __init__(self) -> None:
         self.workload: Workload | None = None  # set once the port is bound
         self.traffic = _Traffic()
+        self.watch: ServingWatch | None = None  # xDS-enabled servers only
         # method -> (the handler grpc found, its wrapped twin): handlers are the same
         # object call after call, so each is wrapped once.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -154,11 +160,18 @@ class _Scope:
             deadline=deadline,
         )
 
-    def wrap(self, handler: Any, method: str) -> Any:
-        """The handler grpc found for `method`, wrapped; health checks are left alone (a
-        long `Watch` is no traffic to drain, and probes must not keep a drain from ending)."""
+    def wrap(self, handler: Any, details: Any) -> Any:
+        """The handler grpc found for the call, wrapped; health checks are left alone (a
+        long `Watch` is no traffic to drain, and probes must not keep a drain from ending).
+        An xDS-enabled server that must not serve the call gets a handler failing it."""
+        method = details.method
         if handler is None or method.startswith(_HEALTH_PREFIX):
             return handler
+        watch = self.watch
+        if watch is not None:
+            refused = watch.check(method, details.invocation_metadata or ())
+            if refused is not None:
+                return _refusal(handler, refused)
         self.traffic.last = time.monotonic()  # arrived (it may wait for a pool thread)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
@@ -207,6 +220,40 @@ def _wrap_handler(handler: Any, method: str, scope: _Scope) -> Any:
         wrapped = _sync_call(behavior, method, scope)
     return factory(
         wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _refusal(handler: Any, reason: str) -> Any:
+    """A handler of `handler`'s kind that fails every call with UNAVAILABLE `reason`."""
+    streaming = bool(handler.response_streaming)
+    attr, factory = _KINDS[bool(handler.request_streaming), streaming]
+    is_async = inspect.iscoroutinefunction(getattr(handler, attr)) or inspect.isasyncgenfunction(
+        getattr(handler, attr)
+    )
+    behavior: Callable[..., Any]
+    if is_async and streaming:
+
+        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
+            yield  # pragma: no cover - abort raised
+
+        behavior = refuse_stream
+    elif is_async:
+
+        async def refuse(request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
+
+        behavior = refuse
+    else:
+
+        def refuse_sync(request: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.UNAVAILABLE, reason)
+
+        behavior = refuse_sync
+    return factory(
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
@@ -324,7 +371,7 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._scope = scope
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        return self._scope.wrap(continuation(details), details.method)
+        return self._scope.wrap(continuation(details), details)
 
 
 class _AioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -332,7 +379,7 @@ class _AioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._scope = scope
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        return self._scope.wrap(await continuation(details), details.method)
+        return self._scope.wrap(await continuation(details), details)
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -365,8 +412,14 @@ class _MeshServerBase:
         service_port: int | None,
         drain: float,
         quiet: float,
+        xds: Mesh | None,
+        on_serving: Callable[[ServingState], None] | None,
     ) -> None:
         self._registrar = registrar
+        self._xds = xds
+        self._on_serving = on_serving
+        self._listening = xds is None  # an xDS-enabled server listens once it may serve
+        self._credentials: Any = None
         self._drain = drain
         self._quiet = quiet
         self._scope = _Scope()
@@ -383,8 +436,20 @@ class _MeshServerBase:
         self.port: int
 
     def _bind(self, port: int, credentials: Any) -> None:
+        self._credentials = credentials
+        if self._xds is not None:
+            # Not listening before the Listener says so: keep the port, open it later.
+            self._set_port(port or _free_port(self._address))
+            self._scope.watch = ServingWatch(
+                self._xds, self._address, self.port, self._serving_changed
+            )
+            return
+        self._set_port(self._listen(port))
+
+    def _listen(self, port: int) -> int:
         host = f"[{self._address}]" if ":" in self._address else self._address
         target = f"{host}:{port}"
+        credentials = self._credentials
         try:
             if credentials is None:
                 bound = self._server.add_insecure_port(target)
@@ -394,7 +459,10 @@ class _MeshServerBase:
             raise OSError(f"sail: cannot listen on {target}: {exc}") from exc
         if not bound:  # older grpcio returns 0 instead
             raise OSError(f"sail: cannot listen on {target}")
-        self.port = int(bound)
+        return int(bound)
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
         self.workload = Workload(
             service=self._service,
             address=self._address,
@@ -404,6 +472,38 @@ class _MeshServerBase:
             service_port=self._service_port,
         )
         self._scope.workload = self.workload
+
+    @property
+    def serving(self) -> bool:
+        """Whether calls are served: always once started, for an xDS-enabled server only
+        while its Listener says so (see `sail.grpc.xds_server`)."""
+        watch = self._scope.watch
+        if watch is None:
+            return self._registered
+        return self._listening and watch.state.serving
+
+    @property
+    def serving_state(self) -> ServingState | None:
+        """An xDS-enabled server's verdict and why; `None` for other servers."""
+        watch = self._scope.watch
+        return watch.state if watch is not None else None
+
+    def _serving_changed(self, state: ServingState) -> None:
+        watch = self._scope.watch
+        name = watch.name if watch is not None else "?"
+        if state.serving:
+            log.info("sail: gRPC workload %s serving (Listener %r)", self.workload.key, name)
+        else:
+            log.warning("sail: gRPC workload %s not serving: %s", self.workload.key, state.reason)
+        if self._on_serving is not None:
+            try:
+                self._on_serving(state)
+            except Exception:
+                log.exception("sail: the on_serving callback of %s failed", self.workload.key)
+        self._apply_serving()
+
+    def _apply_serving(self) -> None:
+        raise NotImplementedError
 
     @property
     def grpc_server(self) -> Any:
@@ -475,6 +575,10 @@ class MeshServer(_MeshServerBase):
     * `handlers`, `options`, `maximum_concurrent_rpcs`, `compression` - as `grpc.server`.
     * `credentials` - `grpc.ServerCredentials` to listen with TLS; `None` for plaintext.
     * `health` - serve `grpc.health.v1.Health` (default). `.health` is the servicer.
+    * `xds` - a `Mesh` whose control plane gives this server its Listener (gRFC A36; see
+      `sail.grpc.xds_server`): the port opens once the Listener arrives, and calls are
+      served as its routes say. `on_serving(state)` is called (on the mesh's config thread)
+      each time the `ServingState` changes; changes are logged either way.
     """
 
     def __init__(
@@ -498,10 +602,13 @@ class MeshServer(_MeshServerBase):
         compression: Any = None,
         credentials: Any = None,
         health: bool = True,
+        xds: Mesh | None = None,
+        on_serving: Callable[[ServingState], None] | None = None,
     ) -> None:
         super().__init__(
             service, registrar, address=address, labels=labels, weight=weight,
-            service_port=service_port, drain=drain, quiet=quiet,
+            service_port=service_port, drain=drain, quiet=quiet, xds=xds,
+            on_serving=on_serving,
         )
         self._own_pool: ThreadPoolExecutor | None = None
         if thread_pool is None:
@@ -529,8 +636,13 @@ class MeshServer(_MeshServerBase):
             raise
 
     def start(self) -> None:
-        """Start serving, register the workload, then report SERVING."""
-        self._server.start()
+        """Start serving, register the workload, then report SERVING.
+
+        An xDS-enabled server registers and returns at once; it opens its port and reports
+        SERVING when its Listener arrives (see `sail.grpc.xds_server`)."""
+        watch = self._scope.watch
+        if watch is None:
+            self._server.start()
         try:
             self._registrar.register(self.workload)
         except BaseException:
@@ -538,10 +650,33 @@ class MeshServer(_MeshServerBase):
             self._shutdown_pool()
             raise
         self._registered = True
+        if watch is not None:
+            watch.start()  # may open the port at once, when the config is at hand
+            return
+        self._set_health(_SERVING)
+        log.info("sail: gRPC workload %s serving", self.workload.key)
+
+    def _set_health(self, status: Any) -> None:
         if self.health is not None:
             for name in ("", *self._services):
-                self.health.set(name, _SERVING)
-        log.info("sail: gRPC workload %s serving", self.workload.key)
+                self.health.set(name, status)
+
+    def _apply_serving(self) -> None:
+        watch = self._scope.watch
+        assert watch is not None
+        with self._lock:  # the config thread and start() may both get here
+            if not self._registered or self._stopped is not None:
+                return
+            serving = watch.state.serving
+            if serving and not self._listening:
+                try:
+                    self._listen(self.port)
+                except OSError:
+                    log.exception("sail: %s may serve but cannot listen", self.workload.key)
+                    return
+                self._server.start()
+                self._listening = True
+            self._set_health(_SERVING if serving else _NOT_SERVING)
 
     def stop(self, grace: float | None = None) -> threading.Event:
         """Drain, deregister and stop; returns at once, with an event set once stopped.
@@ -648,10 +783,13 @@ class AioMeshServer(_MeshServerBase):
         compression: Any = None,
         credentials: Any = None,
         health: bool = True,
+        xds: Mesh | None = None,
+        on_serving: Callable[[ServingState], None] | None = None,
     ) -> None:
         super().__init__(
             service, registrar, address=address, labels=labels, weight=weight,
-            service_port=service_port, drain=drain, quiet=quiet,
+            service_port=service_port, drain=drain, quiet=quiet, xds=xds,
+            on_serving=on_serving,
         )
         self._server = grpc.aio.server(
             migration_thread_pool=thread_pool,
@@ -666,23 +804,65 @@ class AioMeshServer(_MeshServerBase):
         self.add_generic_rpc_handlers(handlers)
         self._stopping: asyncio.Future[None] | None = None
         self._hurried = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._applier: asyncio.Future[None] | None = None
         self._bind(port, credentials)
 
     async def start(self) -> None:
-        """Start serving, register the workload, then report SERVING."""
+        """Start serving, register the workload, then report SERVING.
+
+        An xDS-enabled server registers and returns at once; it opens its port and reports
+        SERVING when its Listener arrives (see `sail.grpc.xds_server`)."""
         if self.health is not None:
             await self.health.set("", _NOT_SERVING)  # its default is SERVING
-        await self._server.start()
+        watch = self._scope.watch
+        if watch is None:
+            await self._server.start()
         try:
             await asyncio.to_thread(self._registrar.register, self.workload)
         except BaseException:
             await self._server.stop(None)
             raise
         self._registered = True
+        if watch is not None:
+            self._loop = asyncio.get_running_loop()
+            watch.start()
+            return
+        await self._set_health(_SERVING)
+        log.info("sail: gRPC workload %s serving", self.workload.key)
+
+    async def _set_health(self, status: Any) -> None:
         if self.health is not None:
             for name in ("", *self._services):
-                await self.health.set(name, _SERVING)
-        log.info("sail: gRPC workload %s serving", self.workload.key)
+                await self.health.set(name, status)
+
+    def _apply_serving(self) -> None:
+        # From the mesh's config thread (or start()): the change is applied on the loop, by
+        # one task at a time that follows the latest verdict.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._kick)
+
+    def _kick(self) -> None:
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.ensure_future(self._follow_serving())
+
+    async def _follow_serving(self) -> None:
+        watch = self._scope.watch
+        assert watch is not None
+        while self._registered and self._stopping is None:
+            state = watch.state
+            if state.serving and not self._listening:
+                try:
+                    self._listen(self.port)
+                except OSError:
+                    log.exception("sail: %s may serve but cannot listen", self.workload.key)
+                    return
+                await self._server.start()
+                self._listening = True
+            await self._set_health(_SERVING if state.serving else _NOT_SERVING)
+            if watch.state is state:
+                return
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain, deregister and stop, as `MeshServer.stop`; returns once stopped. A second
@@ -732,6 +912,14 @@ class AioMeshServer(_MeshServerBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _free_port(address: str) -> int:
+    """A port free on `address` now (an xDS-enabled server opens it only later)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
 
 
 def _sync_health() -> Any:
