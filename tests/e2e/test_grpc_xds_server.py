@@ -170,3 +170,64 @@ def test_needs_the_bootstrap_template(xds: testing.XdsServer) -> None:
     with sail.Mesh.from_bootstrap(xds.bootstrap()) as mesh:
         with pytest.raises(sail.BootstrapError, match="server_listener_resource_name_template"):
             mesh.grpc_server("ratings", xds=True)
+
+
+def chain(route_name: str, forwarding: bool, **match: Any) -> dict[str, Any]:
+    """A filter chain whose one route (named `route_name`) serves every call, or forwards."""
+    action = {"route": {"cluster": "elsewhere"}} if forwarding else {"non_forwarding_action": {}}
+    out: dict[str, Any] = {"filters": [{
+        "name": "hcm",
+        "typed_config": {
+            "@type": testing.HCM,
+            "stat_prefix": "in",
+            "http_filters": [{"name": "router", "typed_config": {"@type": testing.ROUTER}}],
+            "route_config": {"virtual_hosts": [{
+                "name": "in", "domains": ["*"],
+                "routes": [{"name": route_name, "match": {"prefix": "/"}, **action}],
+            }]},
+        },
+    }]}
+    if match:
+        out["filter_chain_match"] = match
+    return out
+
+
+def test_each_call_takes_the_filter_chain_of_its_connection(
+    kind: str, mesh: sail.Mesh, xds: testing.XdsServer
+) -> None:
+    running = Running(kind, mesh, xds=True)
+    try:
+        running.start()
+        base = listener(running)
+        del base["filter_chains"]
+
+        def serve(*chains: dict[str, Any], default: dict[str, Any] | None = None) -> None:
+            resource = {**base, "filter_chains": list(chains)}
+            if default is not None:
+                resource["default_filter_chain"] = default
+            xds.put(resource)
+
+        # the connection comes from 127.0.0.1: not 10/8, so the default chain serves it
+        serve(chain("ten", True, source_prefix_ranges=[{"address_prefix": "10.0.0.0",
+                                                         "prefix_len": 8}]),
+              default=chain("fallback", False))
+        wait_until(lambda: outcome(running) == "ok")
+        # a loopback chain is more specific than the default: its forwarding route refuses
+        serve(chain("ten", True, source_prefix_ranges=[{"address_prefix": "10.0.0.0",
+                                                         "prefix_len": 8}]),
+              chain("loopback", True, source_type="SAME_IP_OR_LOOPBACK"),
+              default=chain("fallback", False))
+        wait_until(lambda: "'loopback' is not a non-forwarding route" in outcome(running))
+        # a longer source prefix wins over a shorter one
+        serve(chain("wide", True, source_prefix_ranges=[{"address_prefix": "127.0.0.0",
+                                                          "prefix_len": 8}]),
+              chain("narrow", False, source_prefix_ranges=[{"address_prefix": "127.0.0.1",
+                                                             "prefix_len": 32}]))
+        wait_until(lambda: outcome(running) == "ok")
+        # nothing matches and no default: refused, naming why
+        serve(chain("ten", False, source_prefix_ranges=[{"address_prefix": "10.0.0.0",
+                                                          "prefix_len": 8}]),
+              chain("tls", False, transport_protocol="tls"))
+        wait_until(lambda: "no filter chain matches" in outcome(running))
+    finally:
+        running.close()

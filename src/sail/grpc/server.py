@@ -160,18 +160,20 @@ class _Scope:
             deadline=deadline,
         )
 
+    def refused(self, ctx: RequestContext, context: Any) -> str | None:
+        """Why an xDS-enabled server must fail this call with UNAVAILABLE (its Listener,
+        filter chain or route says so); None to serve it, and always for other servers."""
+        watch = self.watch
+        if watch is None:
+            return None
+        return watch.check(ctx.path, ctx.headers, context.peer())
+
     def wrap(self, handler: Any, details: Any) -> Any:
         """The handler grpc found for the call, wrapped; health checks are left alone (a
-        long `Watch` is no traffic to drain, and probes must not keep a drain from ending).
-        An xDS-enabled server that must not serve the call gets a handler failing it."""
+        long `Watch` is no traffic to drain, and probes must not keep a drain from ending)."""
         method = details.method
         if handler is None or method.startswith(_HEALTH_PREFIX):
             return handler
-        watch = self.watch
-        if watch is not None:
-            refused = watch.check(method, details.invocation_metadata or ())
-            if refused is not None:
-                return _refusal(handler, refused)
         self.traffic.last = time.monotonic()  # arrived (it may wait for a pool thread)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
@@ -225,45 +227,15 @@ def _wrap_handler(handler: Any, method: str, scope: _Scope) -> Any:
     )
 
 
-def _refusal(handler: Any, reason: str) -> Any:
-    """A handler of `handler`'s kind that fails every call with UNAVAILABLE `reason`."""
-    streaming = bool(handler.response_streaming)
-    attr, factory = _KINDS[bool(handler.request_streaming), streaming]
-    is_async = inspect.iscoroutinefunction(getattr(handler, attr)) or inspect.isasyncgenfunction(
-        getattr(handler, attr)
-    )
-    behavior: Callable[..., Any]
-    if is_async and streaming:
-
-        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
-            yield  # pragma: no cover - abort raised
-
-        behavior = refuse_stream
-    elif is_async:
-
-        async def refuse(request: Any, context: Any) -> Any:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
-
-        behavior = refuse
-    else:
-
-        def refuse_sync(request: Any, context: Any) -> Any:
-            context.abort(grpc.StatusCode.UNAVAILABLE, reason)
-
-        behavior = refuse_sync
-    return factory(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
 def _sync_call(behavior: Callable[..., Any], method: str, scope: _Scope) -> Callable[..., Any]:
     traffic = scope.traffic
 
     def call(request: Any, context: Any) -> Any:
-        tokens = _enter(scope.request_context(method, context))
+        ctx = scope.request_context(method, context)
+        refused = scope.refused(ctx, context)
+        if refused is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, refused)
+        tokens = _enter(ctx)
         traffic.begin()
         try:
             return behavior(request, context)
@@ -283,6 +255,9 @@ def _sync_stream(
     # each step runs within the request context, which is put back in between.
     def call(request: Any, context: Any) -> Iterator[Any]:
         ctx = scope.request_context(method, context)
+        refused = scope.refused(ctx, context)
+        if refused is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, refused)
         traffic.begin()
         responses: Iterator[Any] | None = None
         try:
@@ -317,7 +292,11 @@ def _async_call(behavior: Callable[..., Any], method: str, scope: _Scope) -> Cal
     traffic = scope.traffic
 
     async def call(request: Any, context: Any) -> Any:
-        tokens = _enter(scope.request_context(method, context))
+        ctx = scope.request_context(method, context)
+        refused = scope.refused(ctx, context)
+        if refused is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refused)
+        tokens = _enter(ctx)
         traffic.begin()
         try:
             return await behavior(request, context)
@@ -337,6 +316,9 @@ def _async_stream(
     # in another task, where resetting a token taken here would fail.
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
         ctx = scope.request_context(method, context)
+        refused = scope.refused(ctx, context)
+        if refused is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refused)
         traffic.begin()
         responses: Any = None
         try:

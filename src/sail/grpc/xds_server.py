@@ -21,28 +21,32 @@ applies on a server (the router; an unknown filter marked `is_optional` is skipp
 
 A Listener the mesh rejected keeps the last good one serving (the mesh's usual rule); a
 first Listener that is rejected leaves the server not serving, with the error as reason.
-Filter-chain matching is sail's usual: one filter chain (no `filter_chain_match`); a
-Listener with several is rejected with an error naming it.
+A Listener with several filter chains has each call take the chain its connection would
+(`ChainSelector`, Envoy's order of criteria): the source is the call's peer; the destination
+is the address the server is bound to, unknown for a wildcard bind (`0.0.0.0`, `::`), where
+only chains without `prefix_ranges` can match. A call whose connection matches no chain, and
+there is no default chain, fails with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, cast
 
 import attrs
 
 from sail.errors import NoRoute
-from sail.model import Listener
+from sail.model import CidrRange, FilterChainMatch, Listener, SourceType
+from sail.routing.request import Headers
 from sail.routing.router import Router
 from sail.xds.codec.extensions import ROUTER
 
 if TYPE_CHECKING:
     from sail.mesh import Mesh
 
-__all__ = ["ServingState", "ServingWatch"]
+__all__ = ["ChainSelector", "ServingState", "ServingWatch"]
 
 log = logging.getLogger("sail")
 
@@ -52,11 +56,13 @@ class ServingState:
     """Whether an xDS-enabled server serves, why not, and the routes its calls take.
 
     `router` is `None` while the Listener's routes (RDS) have not arrived: calls then fail
-    with UNAVAILABLE although the server serves, as in gRPC."""
+    with UNAVAILABLE although the server serves, as in gRPC. `chains` picks the filter chain
+    of a Listener that has several (and their routers); `None` when it has one."""
 
     serving: bool
     reason: str = ""
     router: Router | None = None
+    chains: ChainSelector | None = attrs.field(default=None, repr=False)
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -68,10 +74,138 @@ def _same_address(a: str, b: str) -> bool:
 
 def _unsupported_filter(listener: Listener) -> str | None:
     """The first HTTP filter a server cannot apply (not skippable), or None."""
-    for f in listener.hcm.http_filters:
-        if f.type_url != ROUTER and not f.is_optional:
-            return f"{f.name} ({f.type_url})"
+    for chain in listener.chains():
+        for f in chain.hcm.http_filters:
+            if f.type_url != ROUTER and not f.is_optional:
+                return f"{f.name} ({f.type_url})"
     return None
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(ranges: Iterable[CidrRange]) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(f"{r.address}/{r.prefix_len}", strict=False) for r in ranges)
+
+
+def _longest(networks: tuple[_Network, ...], ip: _Address | None) -> int | None:
+    """Specificity of a prefix-range criterion: -1 when it has none (the fallback), the
+    longest prefix holding `ip`, or None when none does."""
+    if not networks:
+        return -1
+    best = None
+    if ip is not None:
+        for net in networks:
+            if ip.version == net.version and ip in net and (best is None or net.prefixlen > best):
+                best = net.prefixlen
+    return best
+
+
+@attrs.frozen
+class _Chain:
+    key: str
+    match: FilterChainMatch
+    destinations: tuple[_Network, ...]
+    sources: tuple[_Network, ...]
+
+
+class ChainSelector:
+    """Picks the filter chain of a connection as Envoy does (gRFC A36): at each criterion in
+    turn - destination prefix, transport protocol, source type, source prefix, source port -
+    keep the chains that match it most specifically (a chain without the criterion is the
+    fallback), then take the first left; else the default chain; else none."""
+
+    def __init__(
+        self, listener: Listener, local: _Address | None, routers: Mapping[str, Router]
+    ) -> None:
+        self.routers = routers  # by route key; a chain whose routes are missing has none
+        keys = listener.route_keys()
+        chains = listener.filter_chains
+        self._chains = tuple(
+            _Chain(key, c.match, _networks(c.match.prefix_ranges),
+                   _networks(c.match.source_prefix_ranges))
+            for key, c in zip(keys, chains, strict=False)
+            if not c.match.never
+        )
+        self._default = keys[-1] if listener.default_filter_chain is not None else None
+        self._local = local
+        self._seen: dict[str, str | None] = {}
+
+    def select(self, peer: str) -> str | None:
+        """The route key of the chain a connection from `peer` (grpc's `context.peer()`,
+        `ipv4:10.0.0.1:5000`) takes, or None when no chain matches. Remembered per peer:
+        the calls of one connection share it."""
+        try:
+            return self._seen[peer]
+        except KeyError:
+            pass
+        if len(self._seen) >= _PEER_CACHE:
+            self._seen.clear()
+        key = self._seen[peer] = self._select(peer)
+        return key
+
+    def _select(self, peer: str) -> str | None:
+        source, port = _parse_peer(peer)
+        local = self._local
+        candidates = [(c, _scores(c, source, port, local)) for c in self._chains]
+        for stage in range(_STAGES):
+            scored = [(c, scores) for c, scores in candidates if scores[stage] is not None]
+            if not scored:
+                return self._default
+            best = max(scores[stage] or 0 for _, scores in scored)
+            candidates = [(c, scores) for c, scores in scored if scores[stage] == best]
+        return candidates[0][0].key if candidates else self._default
+
+
+_STAGES = 5
+_PEER_CACHE = 4096
+
+
+def _scores(
+    chain: _Chain, source: _Address | None, port: int | None, local: _Address | None
+) -> tuple[int | None, ...]:
+    """How specifically `chain` matches a connection at each stage (None: not at all)."""
+    match = chain.match
+    ports = (1 if port in match.source_ports else None) if match.source_ports else 0
+    return (
+        _longest(chain.destinations, local),
+        1 if match.raw_buffer else 0,
+        _source_type(match.source_type, source, local),
+        _longest(chain.sources, source),
+        ports,
+    )
+
+
+def _source_type(kind: SourceType, source: _Address | None, local: _Address | None) -> int | None:
+    if kind is SourceType.ANY:
+        return 0
+    same = source is not None and (source.is_loopback or source == local)
+    if kind is SourceType.SAME_IP_OR_LOOPBACK:
+        return 1 if same else None
+    return 1 if source is not None and not same else None
+
+
+def _parse_peer(peer: str) -> tuple[_Address | None, int | None]:
+    """`ipv4:1.2.3.4:5`, `ipv6:[::1]:5` (grpc's peer strings) → address and port."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None, None
+    host, _, port = rest.rpartition(":")
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None, None
+
+
+def _local_address(address: str) -> _Address | None:
+    """The destination address of every connection to a server bound to `address`; None
+    for a wildcard bind (grpcio does not tell a handler which local address was hit)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else ip
 
 
 class ServingWatch:
@@ -95,6 +229,7 @@ class ServingWatch:
         self._address = address
         self._port = port
         self._on_change = on_change
+        self._local = _local_address(address)
         self.state = ServingState(False, f"waiting for Listener {self.name!r}")
 
     def start(self) -> None:
@@ -134,19 +269,32 @@ class ServingWatch:
                 False, f"Listener {self.name!r}: HTTP filter {bad} is not supported on servers"
             )
         runtime = mesh_state.services.get(self.name)
-        return ServingState(True, "", runtime.router if runtime is not None else None)
+        router = runtime.router if runtime is not None else None
+        if not listener.filter_chains and listener.default_filter_chain is None:
+            return ServingState(True, "", router)
+        routers = {
+            key: r.router for key in listener.route_keys()
+            if (r := mesh_state.services.get(key)) is not None
+        }
+        return ServingState(True, "", router, ChainSelector(listener, self._local, routers))
 
-    def check(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
-        """Why the call to `method` must fail with UNAVAILABLE, or None to serve it."""
+    def check(self, method: str, headers: Mapping[str, str], peer: str) -> str | None:
+        """Why the call to `method` (with `headers`, its metadata, from `peer`) must fail
+        with UNAVAILABLE, or None to serve it."""
         state = self.state
         if not state.serving:
             return f"not serving: {state.reason}"
         router = state.router
+        chains = state.chains
+        if chains is not None:
+            key = chains.select(peer)
+            if key is None:
+                return f"Listener {self.name!r}: no filter chain matches a connection from {peer}"
+            router = chains.routers.get(key)
         if router is None:
             return f"Listener {self.name!r}: its routes have not arrived"
-        headers = {k: v for k, v in metadata if isinstance(v, str)}
         try:
-            result = router.route("", method, headers, method="POST")
+            result = router.route("", method, cast(Headers, headers), method="POST")
         except NoRoute as exc:
             return f"Listener {self.name!r}: {exc}"
         if result.route.action is not None:

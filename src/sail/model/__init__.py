@@ -21,7 +21,15 @@ from sail.model.headers import (
     escape_header_value,
     literal_header_value,
 )
-from sail.model.listener import HttpConnectionManager, HttpFilter, Listener
+from sail.model.listener import (
+    CidrRange,
+    FilterChain,
+    FilterChainMatch,
+    HttpConnectionManager,
+    HttpFilter,
+    Listener,
+    SourceType,
+)
 from sail.model.matchers import (
     FractionalPercent,
     HeaderMatcher,
@@ -56,6 +64,7 @@ from sail.model.route import (
 from sail.model.snapshot import MeshSnapshot
 
 __all__ = [
+    "CidrRange",
     "CircuitBreakers",
     "Cluster",
     "ClusterLoadAssignment",
@@ -66,6 +75,8 @@ __all__ = [
     "FaultAbort",
     "FaultDelay",
     "FaultPolicy",
+    "FilterChain",
+    "FilterChainMatch",
     "FilterConfigs",
     "FractionalPercent",
     "HashPolicy",
@@ -95,6 +106,7 @@ __all__ = [
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "SourceType",
     "StringMatchKind",
     "StringMatcher",
     "Thresholds",

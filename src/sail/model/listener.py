@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from sail.model.fault import FaultPolicy
 from sail.model.route import RouteConfig
 
-__all__ = ["HttpConnectionManager", "HttpFilter", "Listener"]
+__all__ = [
+    "CidrRange",
+    "FilterChain",
+    "FilterChainMatch",
+    "HttpConnectionManager",
+    "HttpFilter",
+    "Listener",
+    "SourceType",
+]
 
 
 @attrs.frozen
@@ -37,6 +47,48 @@ class HttpConnectionManager:
     max_stream_duration: float | None = None
 
 
+class SourceType(enum.Enum):
+    """`FilterChainMatch.source_type`: which connections' sources a chain accepts."""
+
+    ANY = 0
+    SAME_IP_OR_LOOPBACK = 1
+    EXTERNAL = 2
+
+
+@attrs.frozen
+class CidrRange:
+    """An address prefix, `address/prefix_len` (`prefix_len` defaults to the full length)."""
+
+    address: str
+    prefix_len: int
+
+
+@attrs.frozen
+class FilterChainMatch:
+    """What a connection must look like to take a filter chain (Envoy's `FilterChainMatch`
+    as gRFC A36 reads it).
+
+    `never` marks a chain no connection to an in-process server can take: one with
+    `destination_port` (needs `use_original_dst`), `server_names` or `application_protocols`
+    (need listener filters), or a `transport_protocol` other than `raw_buffer`."""
+
+    prefix_ranges: tuple[CidrRange, ...] = ()
+    source_type: SourceType = SourceType.ANY
+    source_prefix_ranges: tuple[CidrRange, ...] = ()
+    source_ports: tuple[int, ...] = ()
+    raw_buffer: bool = False
+    never: bool = False
+
+
+@attrs.frozen
+class FilterChain:
+    """One filter chain of a port listener: its match and its HTTP connection manager."""
+
+    hcm: HttpConnectionManager
+    match: FilterChainMatch = FilterChainMatch()
+    name: str = ""
+
+
 @attrs.frozen
 class Listener:
     """A named listener.
@@ -45,11 +97,27 @@ class Listener:
 
     * `name` - the resource name; for client listeners the service authority
       (`reviews`, `reviews:9080`).
-    * `hcm` - the HTTP connection manager of its `api_listener`, or of the single filter
-      chain of a port listener.
+    * `hcm` - the HTTP connection manager of its `api_listener`; for a port listener, of its
+      first filter chain (its default chain when it has none).
     * `address` - `(host, port)` for port listeners, `None` for API listeners.
+    * `filter_chains`, `default_filter_chain` - a port listener's chains, when it has more
+      than the single match-all chain `hcm` stands for (empty otherwise).
     """
 
     name: str
     hcm: HttpConnectionManager
     address: tuple[str, int] | None = None
+    filter_chains: tuple[FilterChain, ...] = ()
+    default_filter_chain: FilterChain | None = None
+
+    def chains(self) -> tuple[FilterChain, ...]:
+        """Every chain, the default last: `(FilterChain(hcm),)` for a listener without any."""
+        chains = self.filter_chains
+        if self.default_filter_chain is not None:
+            chains = (*chains, self.default_filter_chain)
+        return chains or (FilterChain(self.hcm),)
+
+    def route_keys(self) -> tuple[str, ...]:
+        """The names the snapshot keeps each chain's routes under, in `chains()` order: the
+        listener's own name for the first, `name#chain-N` for the N-th after it."""
+        return (self.name, *(f"{self.name}#chain-{i}" for i in range(1, len(self.chains()))))

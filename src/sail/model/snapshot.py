@@ -23,7 +23,7 @@ class MeshSnapshot:
 
     * `listeners` - by listener name.
     * `routes` - the route configuration of each listener, by *listener* name (inline
-      or from RDS).
+      or from RDS); a port listener's further filter chains' under `Listener.route_keys`.
     * `clusters` - by cluster name.
     * `endpoints` - by cluster name (resolved through `eds_service_name`).
     * `absent` - names a watcher asked for that the server said do not exist.

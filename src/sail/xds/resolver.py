@@ -142,24 +142,27 @@ class ConfigResolver:
             if listener is None:
                 continue
             listeners[name] = listener
-            hcm = listener.hcm
-            route = hcm.route_config
-            if route is None and hcm.rds_name is not None:
-                want_rds.add(hcm.rds_name)
-                route = self._resources[RDS].get(hcm.rds_name)
-            if route is None:
-                continue
-            needed = route.cluster_names()
-            want_cds |= needed
-            if not all(self._cluster_ready(c) for c in needed):
-                # As gRPC's dependency manager: keep serving the last complete routes
-                # until every cluster of the new ones has resolved.
-                route = previous.routes.get(name)
+            # A server's port listener may have several filter chains, each with its routes
+            # (`Listener.route_keys`); every other listener has one HCM, keyed by its name.
+            for key, chain in zip(listener.route_keys(), listener.chains(), strict=True):
+                hcm = chain.hcm
+                route = hcm.route_config
+                if route is None and hcm.rds_name is not None:
+                    want_rds.add(hcm.rds_name)
+                    route = self._resources[RDS].get(hcm.rds_name)
                 if route is None:
                     continue
-                want_cds |= route.cluster_names()
-            routes[name] = route
-            used |= route.cluster_names()
+                needed = route.cluster_names()
+                want_cds |= needed
+                if not all(self._cluster_ready(c) for c in needed):
+                    # As gRPC's dependency manager: keep serving the last complete routes
+                    # until every cluster of the new ones has resolved.
+                    route = previous.routes.get(key)
+                    if route is None:
+                        continue
+                    want_cds |= route.cluster_names()
+                routes[key] = route
+                used |= route.cluster_names()
         clusters: dict[str, Cluster] = {}
         endpoints: dict[str, ClusterLoadAssignment] = {}
         want_eds: set[str] = set()

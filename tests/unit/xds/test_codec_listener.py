@@ -10,8 +10,19 @@ import pytest
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 
 from sail.errors import ResourceError
-from sail.model import FaultAbort, FaultPolicy, HttpFilter, RouteConfig, VirtualHost
+from sail.model import (
+    CidrRange,
+    FaultAbort,
+    FaultPolicy,
+    FilterChain,
+    FilterChainMatch,
+    HttpFilter,
+    RouteConfig,
+    SourceType,
+    VirtualHost,
+)
 from sail.xds.codec import decode_listener, parse_resource
+from sail.xds.codec.encode import encode_listener
 
 T = "type.googleapis.com/"
 HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -94,16 +105,76 @@ def test_port_listener_keeps_address_and_decodes_its_hcm() -> None:
     assert listener.hcm.rds_name == "reviews-routes"
 
 
-def test_port_listener_with_two_filter_chains_is_rejected() -> None:
-    chain = {"filters": [{"name": "hcm", "typed_config": hcm()}]}
-    reason = nack(
-        {
-            "name": "ingress",
-            "address": {"socket_address": {"address": "0.0.0.0", "port_value": 1}},
-            "filter_chains": [chain, chain],
-        }
+def port_listener(*chains: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "name": "inbound",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": 1}},
+        "filter_chains": list(chains),
+        **fields,
+    }
+
+
+def chain(rds: str, **match: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"filters": [{"name": "hcm", "typed_config": hcm(
+        rds={"route_config_name": rds, "config_source": {"ads": {}}})}]}
+    if match:
+        out["filter_chain_match"] = match
+    return out
+
+
+def test_port_listener_keeps_every_filter_chain_and_its_match() -> None:
+    listener = decode(port_listener(
+        chain("local", prefix_ranges=[{"address_prefix": "10.0.0.0", "prefix_len": 8}],
+              source_type="SAME_IP_OR_LOOPBACK", source_ports=[9, 7],
+              transport_protocol="raw_buffer"),
+        chain("tls", transport_protocol="tls"),
+        chain("sni", server_names=["a.example"]),
+        default_filter_chain=chain("fallback"),
+    ))
+    assert [c.hcm.rds_name for c in listener.chains()] == ["local", "tls", "sni", "fallback"]
+    assert listener.hcm.rds_name == "local"
+    first = listener.filter_chains[0].match
+    assert first == FilterChainMatch(
+        prefix_ranges=(CidrRange("10.0.0.0", 8),),
+        source_type=SourceType.SAME_IP_OR_LOOPBACK,
+        source_ports=(7, 9),
+        raw_buffer=True,
     )
-    assert reason == "filter_chains: exactly one filter chain is supported, got 2"
+    # fields an in-process server can never match (gRFC A36)
+    assert [c.match.never for c in listener.chains()] == [False, True, True, False]
+    assert listener.route_keys() == (
+        "inbound", "inbound#chain-1", "inbound#chain-2", "inbound#chain-3"
+    )
+    assert decode_listener(encode_listener(listener)) == listener
+
+
+def test_a_single_match_all_chain_is_the_listener_hcm() -> None:
+    listener = decode(port_listener(chain("only")))
+    assert listener.filter_chains == () and listener.default_filter_chain is None
+    assert listener.chains() == (FilterChain(listener.hcm),)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (port_listener(), "filter_chains: a port listener needs a filter chain"),
+        (port_listener(chain("a", source_ports=[1]), chain("b", source_ports=[1])),
+         "filter_chains[1].filter_chain_match: is the same as filter_chains[0]'s"),
+        (port_listener(chain("a", prefix_ranges=[{"address_prefix": "ten"}])),
+         "filter_chains[0].filter_chain_match.prefix_ranges[0].address_prefix: "
+         "'ten' is not an IP address"),
+        (port_listener(chain("a", source_prefix_ranges=[
+            {"address_prefix": "10.0.0.1", "prefix_len": 33}])),
+         "filter_chains[0].filter_chain_match.source_prefix_ranges[0].prefix_len: "
+         "33 is longer than the address"),
+        (port_listener(chain("a"), listener_filters=[{"name": "tls_inspector"}]),
+         "listener_filters: are not supported (gRFC A36)"),
+    ],
+)
+def test_bad_filter_chains_are_rejected_naming_the_field(
+    data: dict[str, Any], reason: str
+) -> None:
+    assert nack(data) == reason
 
 
 def test_listener_needs_api_listener_or_address() -> None:

@@ -4,9 +4,14 @@ Two shapes are accepted:
 
 * **Client (API) listeners**, as gRPC receives them: `api_listener.api_listener` holds an
   `HttpConnectionManager` packed in an `Any`. The listener's name is the service authority.
-* **Port listeners**, as Envoy receives them: `address.socket_address` plus exactly one
-  filter chain whose only network filter is an `HttpConnectionManager`. sail keeps the
-  address; richer filter-chain matching is not supported and is NACKed rather than guessed.
+* **Port listeners**, as Envoy and xDS-enabled gRPC servers (gRFC A36) receive them:
+  `address.socket_address` plus filter chains (and maybe a `default_filter_chain`), each
+  with exactly one network filter, an `HttpConnectionManager`. Each chain's
+  `filter_chain_match` is kept for the server to match connections against
+  (`sail.grpc.xds_server`), read as A36 does: `destination_port`, `server_names` and
+  `application_protocols` can never match, nor can a `transport_protocol` other than
+  `raw_buffer`. `listener_filters` are NACKed (A36), as are two chains with the same match
+  (Envoy refuses them too).
 
 The HCM takes its routes from RDS (`rds`, whose `config_source` must be `ads` or `self`, since
 sail has a single ADS stream) or inline (`route_config`). Its HTTP filters follow gRFC A39:
@@ -20,13 +25,23 @@ The fault filter's own `HTTPFault` config is decoded into `HttpFilter.config`
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from sail.model import FaultPolicy, HttpConnectionManager, HttpFilter, Listener
+from sail.model import (
+    CidrRange,
+    FaultPolicy,
+    FilterChain,
+    FilterChainMatch,
+    HttpConnectionManager,
+    HttpFilter,
+    Listener,
+    SourceType,
+)
 from sail.xds.codec.decode_address import decode_socket_address
 from sail.xds.codec.decode_fault import decode_fault_config
 from sail.xds.codec.decode_route import decode_route_config
@@ -44,6 +59,7 @@ from sail.xds.codec.wellknown import duration_seconds
 __all__ = ["decode_http_connection_manager", "decode_listener"]
 
 _NO_FAULT = FaultPolicy()
+_MATCH_ALL = FilterChainMatch()
 
 
 def decode_listener(msg: Any) -> Listener:
@@ -58,29 +74,104 @@ def decode_listener(msg: Any) -> Listener:
         if msg.address.WhichOneof("address") is not None:
             with at("address"):
                 address = decode_socket_address(msg.address, allow_port_zero=True)
-            return Listener(name=msg.name, hcm=_filter_chain_hcm(msg), address=address)
+            return _port_listener(msg, address)
         raise Invalid("", "a listener needs an api_listener or an address.socket_address")
 
 
-def _filter_chain_hcm(msg: Any) -> HttpConnectionManager:
+def _port_listener(msg: Any, address: tuple[str, int]) -> Listener:
+    if msg.listener_filters:
+        raise Invalid("listener_filters", "are not supported (gRFC A36)")
+    chains: list[FilterChain] = []
+    seen: dict[FilterChainMatch, int] = {}
+    for i, chain in enumerate(msg.filter_chains):
+        with at("filter_chains", i):
+            decoded = _filter_chain(chain)
+            if decoded.match.never:  # never taken: no clash with anything
+                chains.append(decoded)
+                continue
+            if decoded.match in seen:
+                raise Invalid(
+                    "filter_chain_match",
+                    f"is the same as filter_chains[{seen[decoded.match]}]'s",
+                )
+            seen[decoded.match] = i
+            chains.append(decoded)
+    default = None
     if msg.HasField("default_filter_chain"):
-        raise Invalid("default_filter_chain", "is not supported; use one filter_chains entry")
-    if len(msg.filter_chains) != 1:
+        with at("default_filter_chain"):
+            default = _filter_chain(msg.default_filter_chain)
+    if not chains and default is None:
+        raise Invalid("filter_chains", "a port listener needs a filter chain")
+    first = chains[0] if chains else default
+    assert first is not None
+    if default is None and len(chains) == 1 and chains[0].match == _MATCH_ALL:
+        return Listener(name=msg.name, hcm=first.hcm, address=address)  # the common shape
+    return Listener(
+        name=msg.name, hcm=first.hcm, address=address, filter_chains=tuple(chains),
+        default_filter_chain=default,
+    )
+
+
+def _filter_chain(chain: Any) -> FilterChain:
+    match = _MATCH_ALL
+    if chain.HasField("filter_chain_match"):
+        with at("filter_chain_match"):
+            match = _filter_chain_match(chain.filter_chain_match)
+    filters = chain.filters
+    if len(filters) != 1:
         raise Invalid(
-            "filter_chains", f"exactly one filter chain is supported, got {len(msg.filter_chains)}"
+            "filters",
+            "exactly one network filter (an HttpConnectionManager) is supported, "
+            f"got {len(filters)}",
         )
-    with at("filter_chains", 0):
-        filters = msg.filter_chains[0].filters
-        if len(filters) != 1:
-            raise Invalid(
-                "filters",
-                "exactly one network filter (an HttpConnectionManager) is supported, "
-                f"got {len(filters)}",
-            )
-        with at("filters", 0):
-            if filters[0].WhichOneof("config_type") != "typed_config":
-                raise Invalid("typed_config", "is required")
-            return _packed_hcm(filters[0], "typed_config")
+    with at("filters", 0):
+        if filters[0].WhichOneof("config_type") != "typed_config":
+            raise Invalid("typed_config", "is required")
+        hcm = _packed_hcm(filters[0], "typed_config")
+    return FilterChain(hcm, match, str(chain.name))
+
+
+def _filter_chain_match(m: Any) -> FilterChainMatch:
+    never = (
+        m.HasField("destination_port")
+        or bool(m.server_names)
+        or bool(m.application_protocols)
+        or m.transport_protocol not in ("", "raw_buffer")
+    )
+    prefixes = _cidr_ranges("prefix_ranges", m.prefix_ranges)
+    sources = _cidr_ranges("source_prefix_ranges", m.source_prefix_ranges)
+    try:
+        source_type = SourceType(m.source_type)
+    except ValueError:
+        raise Invalid("source_type", f"{m.source_type} is not a source type") from None
+    for i, port in enumerate(m.source_ports):
+        if not 1 <= port <= 65535:
+            raise Invalid(f"source_ports[{i}]", f"{port} is not a port (1-65535)")
+    return FilterChainMatch(
+        prefix_ranges=prefixes,
+        source_type=source_type,
+        source_prefix_ranges=sources,
+        source_ports=tuple(sorted(set(m.source_ports))),
+        raw_buffer=m.transport_protocol == "raw_buffer",
+        never=never,
+    )
+
+
+def _cidr_ranges(field: str, ranges: Any) -> tuple[CidrRange, ...]:
+    out = []
+    for i, r in enumerate(ranges):
+        with at(field, i):
+            try:
+                ip = ipaddress.ip_address(r.address_prefix)
+            except ValueError:
+                raise Invalid(
+                    "address_prefix", f"{r.address_prefix!r} is not an IP address"
+                ) from None
+            length = r.prefix_len.value if r.HasField("prefix_len") else ip.max_prefixlen
+            if length > ip.max_prefixlen:
+                raise Invalid("prefix_len", f"{length} is longer than the address")
+            out.append(CidrRange(str(ip), length))
+    return tuple(out)
 
 
 def _packed_hcm(holder: Any, field: str) -> HttpConnectionManager:

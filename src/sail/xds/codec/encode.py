@@ -29,9 +29,12 @@ from google.protobuf import any_pb2, json_format
 from xds.type.v3 import typed_struct_pb2
 
 from sail.model import (
+    CidrRange,
     Cluster,
     ClusterLoadAssignment,
     DiscoveryType,
+    FilterChain,
+    FilterChainMatch,
     HttpConnectionManager,
     HttpFilter,
     LbPolicy,
@@ -78,17 +81,47 @@ def encode_listener(listener: Listener) -> Any:
             name=listener.name, api_listener=api_listener_pb2.ApiListener(api_listener=hcm)
         )
     host, port = listener.address
-    return listener_pb2.Listener(
+    msg = listener_pb2.Listener(
         name=listener.name,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address=host, port_value=port)
         ),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[listener_components_pb2.Filter(name=HCM_FILTER_NAME, typed_config=hcm)]
-            )
-        ],
     )
+    if not listener.filter_chains and listener.default_filter_chain is None:
+        msg.filter_chains.append(_filter_chain(FilterChain(listener.hcm), listener.name))
+        return msg
+    msg.filter_chains.extend(_filter_chain(c, listener.name) for c in listener.filter_chains)
+    if listener.default_filter_chain is not None:
+        msg.default_filter_chain.CopyFrom(
+            _filter_chain(listener.default_filter_chain, listener.name)
+        )
+    return msg
+
+
+def _filter_chain(chain: FilterChain, stat_prefix: str) -> Any:
+    hcm = _pack(encode_http_connection_manager(chain.hcm, stat_prefix=stat_prefix))
+    msg = listener_components_pb2.FilterChain(
+        name=chain.name,
+        filters=[listener_components_pb2.Filter(name=HCM_FILTER_NAME, typed_config=hcm)],
+    )
+    m = chain.match
+    if m != FilterChainMatch():
+        match = msg.filter_chain_match
+        match.prefix_ranges.extend(_cidr(r) for r in m.prefix_ranges)
+        match.source_type = m.source_type.value
+        match.source_prefix_ranges.extend(_cidr(r) for r in m.source_prefix_ranges)
+        match.source_ports.extend(m.source_ports)
+        if m.raw_buffer:
+            match.transport_protocol = "raw_buffer"
+        if m.never:  # one of the fields no in-process server can match
+            match.application_protocols.append("h2")
+    return msg
+
+
+def _cidr(r: CidrRange) -> Any:
+    out = address_pb2.CidrRange(address_prefix=r.address)
+    out.prefix_len.value = r.prefix_len
+    return out
 
 
 def encode_http_connection_manager(hcm: HttpConnectionManager, stat_prefix: str) -> Any:
