@@ -6,7 +6,11 @@ answers UNAVAILABLE. The mesh (local mode, a file of Envoy resources) has a rout
 retry policy (`retry_on: unavailable`, 2 retries, never the same host twice) and a
 `max_stream_duration` of 1 s for `/demo.Greeter/Slow`.
 
-What you see: calls spread over a, b and c per call; those that land on c are retried on
+`greeter-a` is an xDS-enabled server (gRFC A36, `xds=True`): it opens its port only once
+the mesh has a Listener for its address, which the same file holds.
+
+What you see: greeter-a not serving until the file is written, then serving; calls spread
+over a, b and c per call; those that land on c are retried on
 another workload (the caller gets an answer, and `call.sail` shows the UNAVAILABLE
 attempt); a call to `Slow` without a deadline of its own ends with DEADLINE_EXCEEDED after
 1 s, and the server was told how long it had.
@@ -45,7 +49,7 @@ def handlers(name: str, told: list[float]) -> Any:
     })
 
 
-def mesh_file(path: Path, ports: dict[str, int]) -> None:
+def mesh_file(path: Path, ports: dict[str, int], xds_server: int) -> None:
     retry = {"retry_on": "unavailable", "num_retries": 2,
              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}]}
     routes = [
@@ -58,6 +62,7 @@ def mesh_file(path: Path, ports: dict[str, int]) -> None:
         {**testing.eds_cluster("greeter"), "type": "STATIC",
          "load_assignment": testing.load_assignment(
              "greeter", [("127.0.0.1", port) for port in ports.values()])},
+        testing.server_listener("127.0.0.1", xds_server),  # for greeter-a's own port
     ]
     resources[1].pop("eds_cluster_config")
     resources[1]["load_assignment"].pop("@type")
@@ -72,12 +77,18 @@ def main() -> int:
         mesh = sail.Mesh.local(path, poll_interval=0.2)
         servers = {}
         for name in ("greeter-a", "greeter-b", "greeter-c"):
-            server = mesh.grpc_server("greeter", service_port=50051, drain=0)
+            xds = name == "greeter-a"
+            server = mesh.grpc_server("greeter", service_port=50051, drain=0, xds=xds)
             server.add_generic_rpc_handlers((handlers(name, told),))
             server.start()
             servers[name] = server
-        mesh_file(path, {name: s.port for name, s in servers.items()})
+        a = servers["greeter-a"]
+        state = a.serving_state
+        assert state is not None  # an xDS-enabled server has one
+        print(f"greeter-a serving: {a.serving} ({state.reason})")
+        mesh_file(path, {name: s.port for name, s in servers.items()}, a.port)
         time.sleep(0.5)  # the file is re-read every 0.2 s
+        print(f"greeter-a serving: {a.serving}")
         try:
             with mesh.grpc_channel("greeter:50051") as channel:
                 hello = channel.unary_unary("/demo.Greeter/Hello")

@@ -35,6 +35,9 @@ def test_grpc_example() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    # greeter-a, xDS-enabled, serves once the file holds its Listener
+    assert "greeter-a serving: False (waiting for Listener 'grpc/server?" in out
+    assert "greeter-a serving: True" in out
     assert "retried: 200 grpc-status 14 from" in out  # greeter-c's UNAVAILABLE, retried
     assert "answered by: {'greeter-a': 6, 'greeter-b': 6}" in out
     assert "DEADLINE_EXCEEDED after 1.0 s; the server was told it had 1.0 s" in out
