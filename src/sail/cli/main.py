@@ -1,9 +1,9 @@
 """`sail`: run the registry, change its config, inspect what processes run with.
 
 * `sail registry [--config PATH ...] [--address HOST:PORT] [--envoy-listener HOST:PORT]
-  [--store memory|etcd://HOST:PORT[/PREFIX]]` - run the control plane (token from `--token`
-  or `$SAIL_REGISTRY_TOKEN`), keeping workloads and applied config in memory (the default)
-  or in etcd.
+  [--store memory|etcd://HOST:PORT[/PREFIX]] [--server-listener-template TEMPLATE]` - run
+  the control plane (token from `--token` or `$SAIL_REGISTRY_TOKEN`), keeping workloads and
+  applied config in memory (the default) or in etcd.
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
   `127.0.0.1:15010`).
@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE
 from sail.errors import SailError
 
 __all__ = ["main"]
@@ -111,7 +112,7 @@ def _run_registry(args: argparse.Namespace) -> int:
     async def run() -> None:
         registry = Registry(
             config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
-            store=store,
+            store=store, server_listener_template=args.server_listener_template,
         )
         try:
             port = await registry.start(args.address)
@@ -191,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.add_argument("--store", default="memory", metavar="URL",
                           help="where workloads and applied config live: 'memory' (default) "
                                "or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix /sail/)")
+    registry.add_argument("--server-listener-template", default=DEFAULT_SERVER_LISTENER_TEMPLATE,
+                          metavar="TEMPLATE",
+                          help="the names of xDS-enabled gRPC servers' Listeners, %%s being "
+                               "ip:port (default: %(default)s)")
     for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
         cmd = sub.add_parser(name, help=f"{text} in a running registry")
         cmd.add_argument("-f", "--file", required=True)
