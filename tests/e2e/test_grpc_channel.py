@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -547,3 +548,264 @@ def test_local_mode_names_an_unknown_service(tmp_path: Any) -> None:
                 channel.unary_unary(HELLO)(b"x", timeout=5)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "'nosuch:50051': the mesh has no listener for it" in info.value.details()
+
+
+# -- grpc.aio call semantics: inline or task, cancellation, counters back to zero ----------
+
+def limits_of(mesh: sail.Mesh, name: str = "greeter") -> Any:
+    return mesh._dataplane.state.clusters[name]
+
+
+def check_clean(mesh: sail.Mesh) -> None:
+    c = limits_of(mesh)
+    assert c.limits.active == 0, c.limits.active
+    assert c.limits.retries == 0, c.limits.retries
+    for key in list(c.hosts._hosts):
+        assert c.hosts._hosts[key].active == 0
+
+
+def test_aio_semantics(mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any) -> None:
+    a, b = greeters["a"], greeters["b"]
+    back_off = {"base_interval": "0.5s", "max_interval": "0.5s"}
+    policy = {**RETRY_UNAVAILABLE, "retry_back_off": back_off}
+    serve(xds, {"greeter": [a.endpoint, b.endpoint]},
+          [testing.route("greeter", retry_policy=policy)])
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            hello = channel.unary_unary(HELLO)
+            assert await hello(b"x") in (b"a", b"b")
+            # awaited twice, done, callbacks, code
+            call = hello(b"x")
+            seen: list[Any] = []
+            call.add_done_callback(seen.append)
+            r1 = await call
+            r2 = await call
+            assert r1 == r2 and call.done() and not call.cancelled()
+            await asyncio.sleep(0)
+            assert seen == [call]
+            assert await call.code() is grpc.StatusCode.OK
+            assert call.sail is not None and len(call.sail.attempts) == 1
+            seen2: list[Any] = []
+            call.add_done_callback(seen2.append)
+            await asyncio.sleep(0)
+            assert seen2 == [call]
+            # two made, awaited one after the other: both in flight together
+            a.delay = b.delay = 0.3
+            t0 = time.monotonic()
+            c1, c2 = hello(b"x"), hello(b"x")
+            await c1
+            await c2
+            assert time.monotonic() - t0 < 0.55, time.monotonic() - t0
+            # gather / wait_for
+            t0 = time.monotonic()
+            rs = await asyncio.gather(hello(b"x"), hello(b"x"), hello(b"x"))
+            assert len(rs) == 3 and time.monotonic() - t0 < 0.55
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(hello(b"x"), 0.05)
+            await asyncio.sleep(0.4)
+            check_clean(mesh)
+            # cancel while in flight, inline (from another task)
+            call = hello(b"x")
+            async def canceller() -> None:
+                await asyncio.sleep(0.05)
+                assert call.cancel()
+            t = asyncio.create_task(canceller())
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await t
+            assert call.cancelled() and call.done()
+            assert await call.code() is grpc.StatusCode.CANCELLED
+            assert asyncio.current_task().cancelling() == 0
+            check_clean(mesh)
+            # cancel before it starts
+            call = hello(b"x")
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert call.cancelled()
+            # cancel of the awaiting task
+            async def waiter() -> Any:
+                return await hello(b"x")
+            t = asyncio.create_task(waiter())
+            await asyncio.sleep(0.05)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            check_clean(mesh)
+            # task mode: not awaited right away
+            call = hello(b"x")
+            await asyncio.sleep(0.05)
+            assert not call.done()
+            assert call._task is not None
+            assert await call in (b"a", b"b")
+            call = hello(b"x")
+            await asyncio.sleep(0.05)
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(0.05)
+            check_clean(mesh)
+            a.delay = b.delay = 0.0
+            # retry works inline
+            a.unavailable = b.unavailable = 1
+            call = hello(b"x")
+            assert await call in (b"a", b"b")
+            assert len(call.sail.attempts) >= 2
+            # done callback before it ends
+            call = hello(b"x")
+            seen3: list[Any] = []
+            call.add_done_callback(seen3.append)
+            assert not call.done()
+            await call
+            await asyncio.sleep(0)
+            assert seen3 == [call]
+            # error: code/details/trailing metadata
+            a.unavailable = b.unavailable = 10
+            call = hello(b"x")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+            assert await call.code() is grpc.StatusCode.UNAVAILABLE
+            assert "unavailable" in (await call.details())
+            assert call.done() and not call.cancelled()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+            a.unavailable = b.unavailable = 0
+            # initial metadata without awaiting
+            call = hello(b"x")
+            assert await call.initial_metadata() is not None
+            assert await call in (b"a", b"b")
+            check_clean(mesh)
+            with pytest.raises(AioMeshRpcError):
+                call = channel.unary_unary("nope")(b"x")
+                await call
+            assert await call.code() is grpc.StatusCode.UNIMPLEMENTED
+            # stream unary
+            async def parts() -> Any:
+                yield b"1"
+            collect = channel.stream_unary("/sail.test.Greeter/Collect")
+            assert await collect(parts()) in (b"a:1", b"b:1")
+        gc.collect()
+
+    asyncio.run(main())
+
+
+def test_aio_fault_delay_and_cancel(mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")],
+          http_filters=[{"name": "envoy.filters.http.fault", "typed_config": {
+              "@type": FAULT_TYPE,
+              "delay": {"fixed_delay": "0.3s", "percentage": {"numerator": 100}},
+          }}])
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            hello = channel.unary_unary(HELLO)
+            t0 = time.monotonic()
+            assert await hello(b"x") == b"a"
+            assert time.monotonic() - t0 >= 0.29
+            call = hello(b"x")
+            async def canceller() -> None:
+                await asyncio.sleep(0.05)
+                assert call.cancel()
+            t = asyncio.create_task(canceller())
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await t
+            assert mesh._dataplane.state.services["greeter:50051"].faults.gauge.active == 0
+            check_clean(mesh)
+
+    asyncio.run(main())
+
+
+def test_aio_outside_and_discovery(mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")])
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel(f"127.0.0.1:{a.port}") as channel:
+            assert await channel.unary_unary(HELLO)(b"x") == b"a"
+            call = channel.unary_unary(HELLO)(b"x")
+            assert await call == b"a"
+            assert await call.code() is grpc.StatusCode.OK
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            assert await channel.unary_unary(HELLO)(b"x") == b"a"
+
+    asyncio.run(main())
+
+
+def test_aio_second_awaiter(mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any) -> None:
+    a = greeters["a"]
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")])
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            hello = channel.unary_unary(HELLO)
+            a.delay = 0.2
+            call = hello(b"x")
+            async def second() -> Any:
+                return await call
+            t = asyncio.create_task(second())
+            assert await call == b"a"
+            assert await t == b"a"
+            # the second awaiter cancelled: the call is cancelled, as a task would be
+            call = hello(b"x")
+            seen: list[Any] = []
+            call.add_done_callback(seen.append)
+            t = asyncio.create_task(second())
+            async def cancel_soon() -> None:
+                await asyncio.sleep(0.05)
+                t.cancel()
+            c = asyncio.create_task(cancel_soon())
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await c
+            await asyncio.sleep(0)
+            assert seen == [call] and call.cancelled()
+            a.delay = 0.0
+            await asyncio.sleep(0.3)
+            check_clean(mesh)
+
+    asyncio.run(main())
+
+
+def test_aio_calls_cancelled_during_back_off_give_their_retry_back(
+    mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any
+) -> None:
+    a = greeters["a"]
+    # Back-offs are fully jittered, in [0, 5 s): the cancel, sent as soon as the first
+    # attempt has failed, lands in one (unless it drew under a few ms: 1 in ~2,000).
+    back_off = {"base_interval": "5s", "max_interval": "5s"}
+    policy = {**RETRY_UNAVAILABLE, "retry_back_off": back_off}
+    serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter", retry_policy=policy)])
+
+    async def cancel_in_back_off(call: Any, consume: Any) -> None:
+        calls = a.calls
+        a.unavailable = 1
+
+        async def cancel_soon() -> None:
+            while a.calls == calls:
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.02)  # the failure reaches the client
+            call.cancel()
+
+        canceller = asyncio.create_task(cancel_soon())
+        start = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await consume(call)
+        await canceller
+        assert time.monotonic() - start < 1.0  # cut short, not after the back-off
+        assert a.calls == calls + 1  # and no second attempt
+        check_clean(mesh)  # the retry's budget slot and every counter are back
+
+    async def read_all(call: Any) -> list[Any]:
+        return [m async for m in call]
+
+    async def main() -> None:
+        async with mesh.aio_grpc_channel("greeter:50051") as channel:
+            await cancel_in_back_off(channel.unary_unary(HELLO)(b"x"), lambda c: c)
+            await cancel_in_back_off(channel.unary_stream(STREAM)(b"x"), read_all)
+
+    asyncio.run(main())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -204,7 +204,7 @@ def prepare(
 ) -> Attempts:
     """Route one call and set up its attempts. Raises `MeshRpcError` when the call cannot
     be sent (no route, no endpoint, a route that answers itself)."""
-    headers = MetadataHeaders(metadata)
+    headers = MetadataHeaders(metadata) if metadata else _NO_METADATA
     try:
         target = dataplane.resolve(service, service, method, headers, "POST", state)
     except RequestError as exc:
@@ -237,9 +237,15 @@ def prepare(
     if plan.headers is not None:
         metadata = _mutated(target, metadata)
     fault = None
-    if target.faults is not None:
-        fault = target.faults.decide(target.route, headers)
+    faults = target.faults
+    # The filter decides only when some config applies (its own, or the route's): else
+    # `decide` would say None.
+    if faults is not None and (faults.policy is not None or plan.faults):
+        fault = faults.decide(target.route, headers)
     return Attempts(target, call, metadata, fault)
+
+
+_NO_METADATA = MetadataHeaders(None)  # immutable: shared by the calls without metadata
 
 
 def _mutated(target: Target, metadata: Metadata | None) -> Metadata:
@@ -326,6 +332,14 @@ class Attempts:
     def release(self, host: HostStats | None) -> None:
         """The attempt that counted against `host` has ended (its RPC is over)."""
         self.call.release(host)
+
+    def ok(self, host: HostStats | None) -> None:
+        """The attempt that counted against `host` answered OK: `release` and `succeeded`
+        at once (a unary call's common end)."""
+        call = self.call
+        call.release(host)
+        call.end(self.endpoint.authority, _OK, time.monotonic())
+        call.finish()
 
     def succeeded(self) -> None:
         """The attempt answered (OK, or a streaming call's first message): the result."""
@@ -495,6 +509,20 @@ class ChannelCore:
                 f"service {self.service!r}: the mesh has no listener for it",
             )
         return False
+
+    def _method(self, authority: str, key: object, make: Callable[[Any], Any]) -> Any:
+        """The multicallable `key` on the subchannel of `authority`, made by `make(channel)`
+        the first time (two dict probes once both exist)."""
+        sub = self._subchannels.get(authority)
+        if sub is not None:
+            fn = sub.methods.get(key)
+            if fn is not None:
+                return fn
+        sub = self._subchannel(authority)
+        fn = sub.methods.get(key)
+        if fn is None:
+            fn = sub.methods[key] = make(sub.channel)
+        return fn
 
     def _subchannel(self, authority: str) -> Subchannel:
         sub = self._subchannels.get(authority)

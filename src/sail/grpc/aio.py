@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -190,6 +191,29 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
         authority = self._some_endpoint()
         return None if authority is None else self._subchannel(authority).channel
 
+    def _route(
+        self, method: str, error: MeshRpcError | None, metadata: Metadata | None,
+        timeout: float | None,
+    ) -> Attempts | threading.Event | None:
+        """Route a call without waiting: its attempts (an injected fault, if any, still to
+        apply: `attempts.fault`), `None` for a target outside the mesh, or an event to wait
+        on for the control plane's answer (then `_attempts`). Raises `AioMeshRpcError`."""
+        try:
+            self._mesh.check_fork()
+            state = self._dataplane.state
+            if self.service not in state.services:
+                verdict = self._verdict()
+                if not isinstance(verdict, bool):
+                    return verdict
+                if not verdict:
+                    return None
+                state = self._dataplane.state
+            if error is not None:
+                raise error
+            return prepare(self._dataplane, state, self.service, method, metadata, timeout)
+        except MeshRpcError as exc:
+            raise _aio(exc) from None
+
     async def _attempts(
         self, method: str, error: MeshRpcError | None, metadata: Metadata | None,
         timeout: float | None,
@@ -206,18 +230,8 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
             if error is not None:
                 raise error
             attempts = prepare(self._dataplane, state, self.service, method, metadata, timeout)
-            fault = attempts.fault
-            if fault is not None:
-                if fault.delay:
-                    try:
-                        await asyncio.sleep(fault.delay)
-                    except BaseException:
-                        fault.finish()
-                        attempts.stop()
-                        raise
-                abort = attempts.fault_error()
-                if abort is not None:
-                    raise abort
+            if attempts.fault is not None:
+                await _apply_fault(attempts, asyncio.sleep)
         except MeshRpcError as exc:
             if isinstance(exc, AioMeshRpcError):
                 raise
@@ -260,11 +274,8 @@ class _MultiCallable:
         )
 
     def _inner(self, attempts: Attempts) -> Any:
-        sub = self._channel._subchannel(attempts.endpoint.authority)
-        fn = sub.methods.get(self)
-        if fn is None:
-            fn = sub.methods[self] = self._on(sub.channel)
-        return fn
+        """The inner multicallable on the subchannel of the attempt's endpoint."""
+        return self._channel._method(attempts.endpoint.authority, self, self._on)
 
     def _outside(self) -> Any:
         return self._on(self._channel._plain())
@@ -298,6 +309,7 @@ class _Call:
     _inner: Any
     _attempts: Attempts | None
     _error: BaseException | None
+    _waiting: Any  # what the call waits on besides `_inner` (a back-off...), for `cancel()`
 
     @property
     def sail(self) -> CallInfo | None:
@@ -342,38 +354,154 @@ class _Call:
     def time_remaining(self) -> float | None:
         return None if self._inner is None else self._inner.time_remaining()
 
+    async def _pause(self, delay: float) -> None:
+        """`asyncio.sleep(delay)` that `cancel()` cuts short by cancelling `_waiting`."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting = loop.create_future()
+        timer = loop.call_later(delay, _wake, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._waiting = None
+
 
 async def _maybe(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) or asyncio.isfuture(value) else value
 
 
-class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
-    """A call with one response: runs as a task from its creation, as grpc.aio's do."""
+_PENDING, _RUNNING, _DONE = "pending", "running", "done"
 
-    def __init__(self, task: Callable[[_UnaryCall], Any]) -> None:
-        self._inner = None
-        self._attempts = None
-        self._error = None
-        self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(task(self))
+
+class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+    """A call with one response. It starts at once, as grpc.aio's calls do, but without a
+    task of its own when it can do without one: awaited right away (`await
+    stub.Method(request)`, the common case), it runs in the awaiting task, routed then and
+    there and awaiting its attempts' grpc.aio calls inline. Otherwise (not awaited before
+    the event loop's next turn) it runs as a task, as before. A second awaiter, `done()`
+    callbacks and the `grpc.aio.Call` methods wait on a future made only when asked for.
+
+    `cancel()` while the call runs in its awaiter's task interrupts what the call waits
+    on (the attempt's grpc.aio call, a back-off, a delay, discovery), never the awaiter's
+    task itself: the awaiter gets `CancelledError` from the call, as from a cancelled task.
+    """
+
+    # What most calls never change, left to the class (fewer stores per call).
+    _inner: Any = None
+    _attempts: Attempts | None = None
+    _error: BaseException | None = None
+    _task: asyncio.Task[Any] | None = None
+    _future: asyncio.Future[Any] | None = None
+    _waiting: Any = None  # what the call waits on besides `_inner`, for `cancel()`
+    _cancelling = False
+    _response: Any = None
+    _exception: BaseException | None = None
+
+    def __init__(
+        self, mc: _MultiCallable, first: Any, replay: bool, timeout: float | None,
+        metadata: Metadata | None, credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None, compression: grpc.Compression | None,
+    ) -> None:
+        self._mc = mc
+        self._first = first
+        self._replay = replay
+        self._timeout = timeout
+        self._metadata = metadata
+        self._credentials = credentials
+        self._wait_for_ready = wait_for_ready
+        self._compression = compression
+        self._state = _PENDING
+        self._loop = loop = asyncio.get_running_loop()
+        loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Not awaited before the loop's next turn: run as a task from here on."""
+        if self._state is _PENDING:
+            self._state = _RUNNING
+            self._task = self._loop.create_task(self._run())
 
     def __await__(self) -> Any:
-        return self._task.__await__()
+        if self._state is _PENDING:
+            self._state = _RUNNING
+            return self._run().__await__()
+        if self._state is _RUNNING and self._task is None:
+            return self._join().__await__()
+        return self._outcome().__await__()
+
+    async def _join(self) -> Any:
+        """Await a call that runs in another awaiter's task: as awaiting a task, this
+        awaiter's cancellation cancels the call."""
+        try:
+            return await asyncio.shield(self._outcome())
+        except asyncio.CancelledError:
+            if self._state is not _DONE:
+                self.cancel()
+            raise
+
+    def _outcome(self) -> asyncio.Future[Any]:
+        """The call's outcome as a future: its task, or one made on demand."""
+        if self._task is not None:
+            return self._task
+        future = self._future
+        if future is None:
+            future = self._future = self._loop.create_future()
+            if self._state is _DONE:
+                self._resolve(future)
+        return future
+
+    def _resolve(self, future: asyncio.Future[Any]) -> None:
+        if future.done():
+            return
+        error = self._exception
+        if error is None:
+            future.set_result(self._response)
+        elif isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)
+            future.exception()  # raised to the awaiter already: nothing to log
+
+    def _end(self, response: Any, error: BaseException | None) -> None:
+        self._state = _DONE
+        self._response = response
+        self._exception = error
+        if self._future is not None:
+            self._resolve(self._future)
 
     async def _settle(self) -> None:
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(self._task)
+        if self._state is _PENDING:
+            self._kick()
+        if self._state is not _DONE:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._outcome())
 
     def cancel(self) -> bool:
-        return self._task.cancel()
+        if self._task is not None:
+            return self._task.cancel()
+        if self._state is _DONE:
+            return False
+        if self._state is _PENDING:
+            self._error = error = asyncio.CancelledError()
+            self._end(None, error)
+            return True
+        self._cancelling = True  # running in its awaiter's task: interrupt what it awaits
+        waiting = self._waiting if self._waiting is not None else self._inner
+        if waiting is not None:
+            waiting.cancel()
+        return True
 
     def cancelled(self) -> bool:
-        return self._task.cancelled()
+        if self._task is not None:
+            return self._task.cancelled()
+        return self._state is _DONE and isinstance(self._exception, asyncio.CancelledError)
 
     def done(self) -> bool:
-        return self._task.done()
+        if self._task is not None:
+            return self._task.done()
+        return self._state is _DONE
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._task.add_done_callback(lambda _: callback(self))
+        self._outcome().add_done_callback(lambda _: callback(self))
 
     async def write(self, request: Any) -> None:
         raise asyncio.InvalidStateError("sail's stream-unary calls take a request iterator")
@@ -381,65 +509,121 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
     async def done_writing(self) -> None:
         raise asyncio.InvalidStateError("sail's stream-unary calls take a request iterator")
 
+    async def _sleep(self, delay: float) -> None:
+        """`asyncio.sleep`, which `cancel()` can interrupt."""
+        await self._pause(delay)
+        if self._cancelling:
+            raise asyncio.CancelledError
 
-async def _unary(
-    call: _UnaryCall, mc: _MultiCallable, first: Any, options: _Options, replay: bool,
-) -> Any:
-    """Run a call with one response to its end (retrying as its route says)."""
-    try:
-        attempts = await mc._channel._attempts(
-            mc._method, mc._error, options.metadata, options.timeout
-        )
-    except BaseException as exc:
-        call._error = exc
-        raise
-    if attempts is None:
-        inner = call._inner = options.send(mc._outside(), first, options.timeout,
-                                           options.metadata)
-        return await inner
-    call._attempts = attempts
-    md = attempts.metadata
-    requests = _Replay(first, attempts) if replay else None
-    while True:
+    async def _run(self) -> Any:
+        """Run the call to its end (retrying as its route says)."""
+        mc = self._mc
         try:
-            timeout = attempts.begin()
-        except MeshRpcError as exc:
-            call._error = error = _aio(exc)
-            raise error from None
-        host = attempts.host
-        try:
-            inner = call._inner = options.send(
-                mc._inner(attempts), requests.view() if requests is not None else first,
-                timeout, md,
-            )
-            response = await inner
-        except grpc.aio.AioRpcError as exc:
-            attempts.release(host)
-            wait = attempts.failed(exc.code(), exc.details())
-            if wait is None:
-                final = attempts.give_up(exc)
-                if isinstance(final, MeshRpcError):
-                    final = _aio(final)
-                call._error = final
-                raise final from None
-            try:
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                attempts.advance()
-            except MeshRpcError as exc2:
-                call._error = error = _aio(exc2)
-                raise error from None
-            continue
+            channel = mc._channel
+            routed = channel._route(mc._method, mc._error, self._metadata, self._timeout)
+            if routed is not None and not isinstance(routed, Attempts):
+                # The control plane has yet to answer: wait where `cancel()` can reach.
+                waiting = self._waiting = asyncio.ensure_future(channel._attempts(
+                    mc._method, mc._error, self._metadata, self._timeout
+                ))
+                try:
+                    routed = await waiting
+                finally:
+                    self._waiting = None
+                if self._cancelling:
+                    if routed is not None:
+                        routed.stop()
+                    raise asyncio.CancelledError
+            elif routed is not None and routed.fault is not None:
+                await self._fault(routed)
+            if routed is None:  # outside the mesh
+                inner = self._inner = mc._outside()(
+                    self._first, timeout=self._timeout, metadata=self._metadata,
+                    credentials=self._credentials, wait_for_ready=self._wait_for_ready,
+                    compression=self._compression,
+                )
+                response = await inner
+            else:
+                attempts = self._attempts = routed
+                md = attempts.metadata
+                first = self._first
+                requests = _Replay(first, attempts) if self._replay else None
+                while True:
+                    try:
+                        timeout = attempts.begin()
+                    except MeshRpcError as exc:
+                        raise _aio(exc) from None
+                    host = attempts.host
+                    try:
+                        inner = self._inner = mc._inner(attempts)(
+                            first if requests is None else requests.view(),
+                            timeout=timeout, metadata=md, credentials=self._credentials,
+                            wait_for_ready=self._wait_for_ready, compression=self._compression,
+                        )
+                        response = await inner
+                        if self._cancelling:  # cancelled once answered, before it was read
+                            raise asyncio.CancelledError
+                    except grpc.aio.AioRpcError as exc:
+                        attempts.release(host)
+                        wait = attempts.failed(exc.code(), exc.details())
+                        if wait is None:
+                            final = attempts.give_up(exc)
+                            if isinstance(final, MeshRpcError):
+                                final = _aio(final)
+                            raise final from None
+                        try:
+                            if wait > 0:
+                                await self._sleep(wait)
+                            if self._cancelling:
+                                raise asyncio.CancelledError
+                            attempts.advance()
+                        except MeshRpcError as exc2:
+                            raise _aio(exc2) from None
+                        except BaseException:
+                            attempts.stop()
+                            raise
+                        continue
+                    except BaseException:
+                        attempts.release(host)
+                        attempts.stop()
+                        if self._inner is not None:
+                            self._inner.cancel()
+                        raise
+                    attempts.ok(host)
+                    break
         except BaseException as exc:
-            attempts.release(host)
-            attempts.stop()
-            if call._inner is not None:
-                call._inner.cancel()
-            call._error = exc
+            if self._error is None:
+                self._error = exc
+            self._end(None, exc)
             raise
-        attempts.release(host)
-        attempts.succeeded()
+        self._end(response, None)
         return response
+
+    async def _fault(self, attempts: Attempts) -> None:
+        """Apply the call's injected fault: its delay, then its abort (raised)."""
+        await _apply_fault(attempts, self._sleep)
+
+
+async def _apply_fault(attempts: Attempts, sleep: Callable[[float], Awaitable[Any]]) -> None:
+    """An injected fault: sleep its delay (the fault ends and the call stops if that is
+    interrupted), then raise its abort, if any."""
+    fault = attempts.fault
+    assert fault is not None
+    if fault.delay:
+        try:
+            await sleep(fault.delay)
+        except BaseException:
+            fault.finish()
+            attempts.stop()
+            raise
+    abort = attempts.fault_error()
+    if abort is not None:
+        raise _aio(abort)
+
+
+def _wake(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -450,8 +634,8 @@ class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ig
         credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> _UnaryCall:
-        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
-        return _UnaryCall(lambda call: _unary(call, self, request, options, False))
+        return _UnaryCall(self, request, False, timeout, metadata, credentials, wait_for_ready,
+                          compression)
 
 
 class _StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -464,8 +648,8 @@ class _StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: 
     ) -> _UnaryCall:
         if request_iterator is None:
             raise ValueError("sail's stream-unary calls take a request iterator")
-        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
-        return _UnaryCall(lambda call: _unary(call, self, request_iterator, options, True))
+        return _UnaryCall(self, request_iterator, True, timeout, metadata, credentials,
+                          wait_for_ready, compression)
 
 
 class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  # type: ignore[misc]
@@ -488,6 +672,7 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
         self._outside = False
         self._committed = False
         self._cancelled = False
+        self._waiting = None
         self._callbacks: list[Callable[[Any], None]] = []
 
     async def _start(self) -> None:
@@ -573,8 +758,15 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
             error = attempts.give_up(exc)
             self._error = _aio(error) if isinstance(error, MeshRpcError) else error
             raise self._error from None
-        if wait > 0:
-            await asyncio.sleep(wait)
+        try:
+            if wait > 0:
+                await self._pause(wait)
+            if self._cancelled:  # cancel() came during the back-off
+                raise asyncio.CancelledError
+        except BaseException:
+            attempts.stop()  # the retry's budget slot and the call's counters go back
+            self._error = asyncio.CancelledError()
+            raise
         try:
             attempts.advance()
         except MeshRpcError as exc2:
@@ -616,6 +808,8 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
 
     def cancel(self) -> bool:
         self._cancelled = True
+        if self._waiting is not None:  # a back-off: cut it short
+            self._waiting.cancel()
         if self._attempts is not None and not self._committed:
             self._committed = True
             self._attempts.stop()

@@ -224,11 +224,7 @@ class _MultiCallable:
 
     def _inner(self, attempts: Attempts) -> Any:
         """The inner multicallable on the subchannel of the attempt's endpoint."""
-        sub = self._channel._subchannel(attempts.endpoint.authority)
-        fn = sub.methods.get(self)
-        if fn is None:
-            fn = sub.methods[self] = self._on(sub.channel)
-        return fn
+        return self._channel._method(attempts.endpoint.authority, self, self._on)
 
     def _route(self, metadata: Metadata | None, timeout: float | None) -> Attempts | None:
         return self._channel._attempts(self._method, self._error, metadata, timeout)
@@ -238,16 +234,26 @@ class _MultiCallable:
 
 
 def _blocking(
-    attempts: Attempts, send: Callable[[Any, float | None], Any],
-    inner: Callable[[Attempts], Any],
+    mc: _MultiCallable, attempts: Attempts, with_call: bool, request: Any,
+    replay: _Replay | None, credentials: grpc.CallCredentials | None,
+    wait_for_ready: bool | None, compression: grpc.Compression | None,
 ) -> Any:
-    """Drive a blocking call's attempts: `send(fn, timeout)` sends one on inner
-    multicallable `fn`. Returns what the successful attempt returned."""
+    """Drive a blocking call's attempts, each sent on the inner multicallable of its
+    endpoint (`with_call` or not; the requests of `replay` when given). Returns what the
+    successful attempt returned."""
+    md = attempts.metadata
     while True:
         timeout = attempts.begin()
         host = attempts.host
         try:
-            result = send(inner(attempts), timeout)
+            fn = mc._inner(attempts)
+            if replay is not None:
+                request = replay.view()
+            if with_call:
+                result = fn.with_call(request, timeout, md, credentials, wait_for_ready,
+                                      compression)
+            else:
+                result = fn(request, timeout, md, credentials, wait_for_ready, compression)
         except grpc.RpcError as exc:
             attempts.release(host)
             wait = attempts.failed(exc.code(), exc.details())
@@ -261,8 +267,7 @@ def _blocking(
             attempts.release(host)
             attempts.stop()
             raise
-        attempts.release(host)
-        attempts.succeeded()
+        attempts.ok(host)
         return result
 
 
@@ -274,33 +279,25 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore
         credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        attempts = self._route(metadata, timeout)
+        attempts = self._channel._attempts(self._method, self._error, metadata, timeout)
         if attempts is None:
             return self._outside()(request, timeout, metadata, credentials, wait_for_ready,
                                    compression)
-        md = attempts.metadata
-        return _blocking(
-            attempts,
-            lambda fn, t: fn(request, t, md, credentials, wait_for_ready, compression),
-            self._inner,
-        )
+        return _blocking(self, attempts, False, request, None, credentials, wait_for_ready,
+                         compression)
 
     def with_call(
         self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
         credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
-        attempts = self._route(metadata, timeout)
+        attempts = self._channel._attempts(self._method, self._error, metadata, timeout)
         if attempts is None:
             return self._outside().with_call(  # type: ignore[no-any-return]
                 request, timeout, metadata, credentials, wait_for_ready, compression
             )
-        md = attempts.metadata
-        response, call = _blocking(
-            attempts,
-            lambda fn, t: fn.with_call(request, t, md, credentials, wait_for_ready, compression),
-            self._inner,
-        )
+        response, call = _blocking(self, attempts, True, request, None, credentials,
+                                   wait_for_ready, compression)
         return response, _MeshCall(call, attempts)
 
     def future(
@@ -345,15 +342,9 @@ class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: igno
             return self._outside().with_call(  # type: ignore[no-any-return]
                 request_iterator, timeout, metadata, credentials, wait_for_ready, compression
             )
-        md = attempts.metadata
         replay = _Replay(request_iterator, attempts)
-        response, call = _blocking(
-            attempts,
-            lambda fn, t: fn.with_call(
-                replay.view(), t, md, credentials, wait_for_ready, compression
-            ),
-            self._inner,
-        )
+        response, call = _blocking(self, attempts, True, None, replay, credentials,
+                                   wait_for_ready, compression)
         return response, _MeshCall(call, attempts)
 
     def future(

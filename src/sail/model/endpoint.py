@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 
 import attrs
 
@@ -60,8 +61,10 @@ class Endpoint:
     health: HealthStatus = HealthStatus.UNKNOWN
     hostname: str = ""
 
-    @property
+    @functools.cached_property
     def authority(self) -> str:
+        """`host:port` (`[v6]:port`); built once per endpoint (the request path reads it
+        several times per call)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
 
