@@ -163,7 +163,7 @@ def _after_fork_in_child() -> None:
     # The child inherits no threads. Reset every client's stream state here, but start
     # nothing: a thread started inside an at-fork hook can crash the child, and gRPC
     # must not be touched before the child runs its own code. The owner restarts the
-    # client on first use in the child (`Mesh` checks `os.getpid()`); the parent's
+    # client on first use in the child (`Mesh.check_fork`); the parent's
     # channels are never touched, and until then the child serves from the snapshot it
     # inherited.
     for client in list(_clients):
