@@ -115,7 +115,7 @@ class Call:
         if cap is not None:
             self.max_attempts = min(self.max_attempts, cap)
         self.started = 0
-        self.grpc_aware = bool(policy.retry_on & GRPC_CONDITIONS)
+        self.grpc_aware = not policy.retry_on.isdisjoint(GRPC_CONDITIONS)
         self.screens_answers = not policy.retry_on.isdisjoint(ANSWER_CONDITIONS)
         self.retries_held = 0
         self.retry_reason: str | None = None
