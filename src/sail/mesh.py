@@ -66,6 +66,8 @@ class _Source(Protocol):
 
     def request(self, name: str) -> threading.Event | None: ...
 
+    def forget(self, name: str) -> None: ...
+
     def after_fork(self) -> None: ...
 
     def close(self) -> None: ...
@@ -108,6 +110,10 @@ class _XdsSource:
             self.client.call_soon(lambda: self.resolver.add_interest([name]))
         return event
 
+    def forget(self, name: str) -> None:
+        if self._started:
+            self.client.call_soon(lambda: self.resolver.remove_interest([name]))
+
     def close(self) -> None:
         self.client.close()
 
@@ -124,6 +130,9 @@ class _LocalSource:
 
     def request(self, name: str) -> None:
         return None
+
+    def forget(self, name: str) -> None:
+        return None  # every listener of the file is watched
 
     def after_fork(self) -> None:
         self.config.start_watching()
@@ -254,6 +263,11 @@ class Mesh:
         self._track(watcher)
         self.check_fork()
         self._source.request(listener)
+
+    def _unwatch(self, watcher: _Retiring, listener: str) -> None:
+        """Undo `_watch`: no more calls to `watcher`, and `listener` is no longer asked for."""
+        self._transports.discard(watcher)
+        self._source.forget(listener)
 
     def _listener_error(self, listener: str) -> str | None:
         """Why the control plane's `listener` was rejected, if it was."""

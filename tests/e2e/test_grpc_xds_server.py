@@ -7,6 +7,7 @@ Each test runs against both servers (`Running` drives either from the test's thr
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -230,4 +231,30 @@ def test_each_call_takes_the_filter_chain_of_its_connection(
               chain("tls", False, transport_protocol="tls"))
         wait_until(lambda: "no filter chain matches" in outcome(running))
     finally:
+        running.close()
+
+
+def test_a_port_it_cannot_open_yet_is_tried_again_and_stop_unsubscribes(
+    kind: str, mesh: sail.Mesh, xds: testing.XdsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sail.grpc.server._LISTEN_RETRY", 0.1)
+    running = Running(kind, mesh, xds=True)
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", running.server.port))  # someone else has the port
+        squatter.listen()
+        running.start()
+        xds.put(listener(running))
+        wait_until(lambda: running.server.serving_state.serving)  # the Listener says serve
+        time.sleep(0.3)  # a few tries
+        assert not running.server.serving  # but the port is taken
+        squatter.close()
+        wait_until(lambda: running.server.serving)  # taken at the next try
+        assert outcome(running) == "ok"
+        name = f"test/server/127.0.0.1:{running.server.port}"
+        assert name in mesh._source.resolver.interest
+        assert running.stop(None).wait(15)
+        wait_until(lambda: name not in mesh._source.resolver.interest)  # no longer asked for
+    finally:
+        squatter.close()
         running.close()

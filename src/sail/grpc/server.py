@@ -61,6 +61,9 @@ _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # future (~2**63 ns, about 292 years); grpc.aio's is `None`. Anything this far is no deadline.
 _NO_DEADLINE = 1e8
 _POLL = 0.05  # how often a drain looks at the traffic
+# An xDS-enabled server that may serve but cannot open its port tries again this often
+# (gRFC A36: "opening the port must be retried automatically").
+_LISTEN_RETRY = 5.0
 _CACHE_LIMIT = 1024
 _END = object()
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -654,7 +657,11 @@ class MeshServer(_MeshServerBase):
                 try:
                     self._listen(self.port)
                 except OSError:
-                    log.exception("sail: %s may serve but cannot listen", self.workload.key)
+                    log.exception("sail: %s may serve but cannot listen; trying again in "
+                                  "%.0fs", self.workload.key, _LISTEN_RETRY)
+                    retry = threading.Timer(_LISTEN_RETRY, self._apply_serving)
+                    retry.daemon = True
+                    retry.start()
                     return
                 self._server.start()
                 self._listening = True
@@ -681,6 +688,8 @@ class MeshServer(_MeshServerBase):
 
     def _drain_then_stop(self, grace: float | None) -> None:
         assert self._stopped is not None
+        if self._scope.watch is not None:
+            self._scope.watch.stop()
         try:
             if self._registered:
                 self._begin_drain()
@@ -838,7 +847,9 @@ class AioMeshServer(_MeshServerBase):
                 try:
                     self._listen(self.port)
                 except OSError:
-                    log.exception("sail: %s may serve but cannot listen", self.workload.key)
+                    log.exception("sail: %s may serve but cannot listen; trying again in "
+                                  "%.0fs", self.workload.key, _LISTEN_RETRY)
+                    asyncio.get_running_loop().call_later(_LISTEN_RETRY, self._kick)
                     return
                 await self._server.start()
                 self._listening = True
@@ -857,6 +868,8 @@ class AioMeshServer(_MeshServerBase):
         await asyncio.shield(self._stopping)
 
     async def _drain_then_stop(self, grace: float | None) -> None:
+        if self._scope.watch is not None:
+            self._scope.watch.stop()
         try:
             if self._registered:
                 if self.health is not None:

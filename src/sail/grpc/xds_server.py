@@ -237,6 +237,10 @@ class ServingWatch:
         self._mesh._watch(self, self.name)
         self.retire(frozenset())
 
+    def stop(self) -> None:
+        """Stop watching (the server is stopping): no more verdicts, the Listener unasked."""
+        self._mesh._unwatch(self, self.name)
+
     def retire(self, live: frozenset[str]) -> None:
         """Called by the mesh after every config update: re-judge."""
         state = self._judge()

@@ -75,6 +75,13 @@ class ConfigResolver:
             self._interest |= new
             self._recompute()
 
+    def remove_interest(self, names: Iterable[str]) -> None:
+        """Stop watching listeners (an xDS-enabled server that stopped); the rest stay."""
+        gone = set(names) & self._interest
+        if gone:
+            self._interest -= gone
+            self._recompute()
+
     @property
     def interest(self) -> frozenset[str]:
         return frozenset(self._interest)
