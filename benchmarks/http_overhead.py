@@ -39,8 +39,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,13 +49,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from _bench import (
+    fmt,
+    free_port,
+    port_open,
+    proc_cpu_seconds,
+    rss_kib,
+    stop,
+    table,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-STARTUP_TIMEOUT = 30.0
 SEQUENTIAL_BLOCK = 200  # requests a contender sends before the next one takes its turn
 CONCURRENT_BLOCK = 400
 
@@ -69,61 +75,6 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(
-    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path
-) -> None:
-    """Poll `ready()` until it is true; fail, quoting the end of `log`, if `proc` exits or
-    STARTUP_TIMEOUT passes."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            problem = f"{what} exited with status {proc.returncode} while starting"
-            break
-        if ready():
-            return
-        time.sleep(0.05)
-    else:
-        problem = f"{what} not ready after {STARTUP_TIMEOUT:.0f} s"
-    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
-    raise RuntimeError("\n    ".join([problem, *tail]))
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID, then SIGKILL if it is still there after 5 s."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def rss_kib(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def start_upstream(
@@ -503,23 +454,6 @@ def profile_sail(mesh: Any, requests: int, warmup: int, top: int = 25) -> str:
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def ratios(result: dict[str, dict[str, Any]], sail_name: str) -> dict[str, float | None]:

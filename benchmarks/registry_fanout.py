@@ -53,8 +53,6 @@ import os
 import platform
 import queue
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,13 +64,24 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import grpc
+from _bench import (
+    CLOCK_TICK,
+    STARTUP_TIMEOUT,
+    free_port,
+    log_tail,
+    port_open,
+    proc_cpu_seconds,
+    rss_kib,
+    sail_command,
+    stop,
+    table,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 HERE = Path(__file__).resolve()
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-STARTUP_TIMEOUT = 30.0
 TOKEN = "bench-registry-token"
 SERVICE, SERVICE_PORT = "reviews", 9080
 WEIGHTS = ({"v1": 90, "v2": 10}, {"v1": 50, "v2": 50})  # alternated, change by change
@@ -85,52 +94,6 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def log_tail(log: Path, lines: int = 20) -> list[str]:
-    return log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
-
-
-def wait_until(
-    ready: Callable[[], bool], proc: subprocess.Popen[Any], what: str, log: Path,
-    timeout: float = STARTUP_TIMEOUT,
-) -> None:
-    """Poll `ready()` until it is true; fail, quoting the end of `log`, if `proc` exits or
-    `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            problem = f"{what} exited with status {proc.returncode}"
-            break
-        if ready():
-            return
-        time.sleep(0.05)
-    else:
-        problem = f"{what}: not done after {timeout:.0f} s"
-    raise RuntimeError("\n    ".join([problem, *log_tail(log)]))
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM by PID, then SIGKILL if it is still there after 5 s."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def connections(port: int) -> int:
@@ -146,12 +109,6 @@ def connections(port: int) -> int:
     return count
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
 def thread_cpu_seconds(pid: int) -> Counter[str]:
     """CPU seconds of each thread of `pid` so far, summed by thread name (`main` for the
     main thread; gRPC names its C++ threads, e.g. `event_engine`)."""
@@ -162,13 +119,6 @@ def thread_cpu_seconds(pid: int) -> Counter[str]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             out[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICK
     return out
-
-
-def rss_kib(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 @contextlib.contextmanager
@@ -183,14 +133,6 @@ def affinity(cpus: set[int] | None) -> Any:
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-def sail_command() -> list[str]:
-    """The `sail` console script next to this Python, else `python -m sail.cli.main`."""
-    script = Path(sys.executable).with_name("sail")
-    if os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "sail.cli.main"]
 
 
 # `sail registry` as the console script runs it (`sail.cli.main.main`), with one addition:
@@ -850,14 +792,6 @@ def medians(changes: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def ms(value: float | None) -> str:
