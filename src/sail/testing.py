@@ -35,6 +35,7 @@ import grpc.aio
 
 from sail._loop import background_loop
 from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, parse_bootstrap
+from sail.model import host_port
 from sail.resilience.retry import is_testing, set_testing
 from sail.xds.codec.envoy_json import load_resources
 from sail.xds.server import AckRecord, AdsServer, ResourceStore
@@ -253,7 +254,6 @@ def server_listener(
     Named as gRPC's usual template names it (`name` to override); one filter chain whose HCM
     routes every call with `non_forwarding_action` (or `routes`, or routes from RDS `rds`),
     `http_filters` going before the router."""
-    hostport = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": "inbound",
@@ -274,7 +274,7 @@ def server_listener(
         }
     return {
         "@type": LISTENER,
-        "name": name or DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", hostport),
+        "name": name or DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", host_port(address, port)),
         "address": {"socket_address": {"address": address, "port_value": port}},
         "filter_chains": [
             {

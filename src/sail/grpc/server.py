@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sail.grpc._calls import POLL, AioInterceptor, Interceptor, Scope, drain_wait
 from sail.grpc.xds_server import ServingState, ServingWatch
-from sail.model import HealthStatus
+from sail.model import HealthStatus, host_port
 from sail.registration import Registrar, Workload
 
 if TYPE_CHECKING:
@@ -123,8 +123,7 @@ class _MeshServerBase:
         self._set_port(self._listen(port))
 
     def _listen(self, port: int) -> int:
-        host = f"[{self._address}]" if ":" in self._address else self._address
-        target = f"{host}:{port}"
+        target = host_port(self._address, port)
         credentials = self._credentials
         try:
             if credentials is None:

@@ -31,14 +31,13 @@ there is no default chain, fails with UNAVAILABLE.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, cast
 
 import attrs
 
 from sail.errors import NoRoute
-from sail.model import CidrRange, FilterChainMatch, Listener, SourceType
+from sail.model import CidrRange, FilterChainMatch, Listener, SourceType, host_port
 from sail.routing.request import Headers
 from sail.routing.router import Router
 from sail.xds.codec.extensions import ROUTER
@@ -47,9 +46,6 @@ if TYPE_CHECKING:
     from sail.mesh import Mesh
 
 __all__ = ["ChainSelector", "ServingState", "ServingWatch"]
-
-log = logging.getLogger("sail")
-
 
 @attrs.frozen
 class ServingState:
@@ -150,11 +146,11 @@ class ChainSelector:
         local = self._local
         candidates = [(c, _scores(c, source, port, local)) for c in self._chains]
         for stage in range(_STAGES):
-            scored = [(c, scores) for c, scores in candidates if scores[stage] is not None]
+            scored = [(c, s, v) for c, s in candidates if (v := s[stage]) is not None]
             if not scored:
                 return self._default
-            best = max(scores[stage] or 0 for _, scores in scored)
-            candidates = [(c, scores) for c, scores in scored if scores[stage] == best]
+            best = max(v for _, _, v in scored)
+            candidates = [(c, s) for c, s, v in scored if v == best]
         return candidates[0][0].key if candidates else self._default
 
 
@@ -223,8 +219,7 @@ class ServingWatch:
         port: int,
         on_change: Callable[[ServingState], None],
     ) -> None:
-        hostport = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        self.name = mesh.server_listener_name(hostport)
+        self.name = mesh.server_listener_name(host_port(address, port))
         self._mesh = mesh
         self._address = address
         self._port = port

@@ -12,6 +12,7 @@ from sail.model.endpoint import (
     HealthStatus,
     Locality,
     LocalityEndpoints,
+    host_port,
 )
 from sail.model.fault import FaultAbort, FaultDelay, FaultPolicy
 from sail.model.headers import (
@@ -112,5 +113,6 @@ __all__ = [
     "Thresholds",
     "VirtualHost",
     "escape_header_value",
+    "host_port",
     "literal_header_value",
 ]

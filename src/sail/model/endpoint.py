@@ -13,6 +13,7 @@ __all__ = [
     "HealthStatus",
     "Locality",
     "LocalityEndpoints",
+    "host_port",
 ]
 
 
@@ -65,8 +66,12 @@ class Endpoint:
     def authority(self) -> str:
         """`host:port` (`[v6]:port`); built once per endpoint (the request path reads it
         several times per call)."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return host_port(self.address, self.port)
+
+
+def host_port(address: str, port: int) -> str:
+    """`address:port`, an IPv6 address in brackets (`[::1]:80`), as URLs and gRPC write it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ from sail.model import (
     RouteConfig,
     RouteMatch,
     VirtualHost,
+    host_port,
 )
 from sail.registration import Workload
 from sail.registry.translate import ROUTER_FILTER
@@ -42,16 +43,12 @@ _EVERY_CALL = Route(RouteMatch(PathMatch(PathMatchKind.PREFIX, "/")), None, name
 _INBOUND = RouteConfig("inbound", (VirtualHost("inbound", ("*",), (_EVERY_CALL,)),))
 
 
-def _hostport(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def server_listener_names(
     workload: Workload, template: str = DEFAULT_TEMPLATE
 ) -> list[tuple[str, str]]:
     """`(listener name, address)` for each address `workload` may listen on."""
     addresses = [workload.address, *(w for w in _WILDCARDS if w != workload.address)]
-    return [(template.replace("%s", _hostport(a, workload.port)), a) for a in addresses]
+    return [(template.replace("%s", host_port(a, workload.port)), a) for a in addresses]
 
 
 def server_listeners(
