@@ -552,6 +552,19 @@ def test_local_mode_names_an_unknown_service(tmp_path: Any) -> None:
 
 # -- grpc.aio call semantics: inline or task, cancellation, counters back to zero ----------
 
+async def cancelled_soon(call: Any) -> None:
+    """Await `call` while another task cancels it 50 ms in: it must end cancelled."""
+
+    async def canceller() -> None:
+        await asyncio.sleep(0.05)
+        assert call.cancel()
+
+    task = asyncio.create_task(canceller())
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await task
+
+
 def limits_of(mesh: sail.Mesh, name: str = "greeter") -> Any:
     return mesh._dataplane.state.clusters[name]
 
@@ -607,13 +620,7 @@ def test_aio_semantics(mesh: sail.Mesh, xds: testing.XdsServer, greeters: Any) -
             check_clean(mesh)
             # cancel while in flight, inline (from another task)
             call = hello(b"x")
-            async def canceller() -> None:
-                await asyncio.sleep(0.05)
-                assert call.cancel()
-            t = asyncio.create_task(canceller())
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            await t
+            await cancelled_soon(call)
             assert call.cancelled() and call.done()
             assert await call.code() is grpc.StatusCode.CANCELLED
             assert asyncio.current_task().cancelling() == 0
@@ -705,13 +712,7 @@ def test_aio_fault_delay_and_cancel(mesh: sail.Mesh, xds: testing.XdsServer, gre
             assert await hello(b"x") == b"a"
             assert time.monotonic() - t0 >= 0.29
             call = hello(b"x")
-            async def canceller() -> None:
-                await asyncio.sleep(0.05)
-                assert call.cancel()
-            t = asyncio.create_task(canceller())
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            await t
+            await cancelled_soon(call)
             assert mesh._dataplane.state.services["greeter:50051"].faults.gauge.active == 0
             check_clean(mesh)
 
