@@ -12,10 +12,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -101,3 +102,31 @@ def table(rows: list[list[str]]) -> str:
 
 def fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def percentile(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal counts."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def blocks(total: int, size: int) -> list[int]:
+    """`total` split into blocks of `size` (the last one maybe shorter)."""
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def interleaved(contenders: list[T], round_: int, block: int) -> list[T]:
+    """The order of the contenders in one block: shifted each block and each round, so that
+    each one takes every position equally often."""
+    shift = (round_ + block) % len(contenders)
+    return contenders[shift:] + contenders[:shift]
+
+
+def progress(line: str) -> None:
+    """One self-erasing status line on a terminal; nothing when stderr is not one."""
+    if sys.stderr.isatty():
+        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)

@@ -72,11 +72,16 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 from _bench import (
+    blocks,
     fmt,
     free_port,
+    interleaved,
+    percentile,
     port_open,
     proc_cpu_seconds,
+    progress,
     sail_command,
+    shares,
     stop,
     table,
     wait_until,
@@ -236,11 +241,6 @@ class Contender:
     call: Any = None  # the unary-unary multicallable on `channel`
 
 
-def percentile(ordered: list[int], q: float) -> int:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
 @dataclass
 class Tally:
     """What one contender measured in one round, added up over its blocks."""
@@ -272,23 +272,6 @@ class Tally:
             "cpu_us": self.cpu / n * 1e6,
             "server_cpu_us": self.server_cpu / n * 1e6,
         }
-
-
-def shares(total: int, parts: int) -> list[int]:
-    """`total` split into `parts` near-equal counts."""
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
-def blocks(total: int, size: int) -> list[int]:
-    """`total` split into blocks of `size` (the last one maybe shorter)."""
-    return [min(size, total - start) for start in range(0, total, size)]
-
-
-def interleaved(contenders: list[Contender], round_: int, block: int) -> list[Contender]:
-    """The order of the contenders in one block: shifted each block and each round, so that
-    each one takes every position equally often."""
-    shift = (round_ + block) % len(contenders)
-    return contenders[shift:] + contenders[:shift]
 
 
 class CallFailed(RuntimeError):
@@ -662,12 +645,6 @@ def report(results: dict[str, Any]) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def progress(line: str) -> None:
-    """One self-erasing status line on a terminal; nothing when stderr is not one."""
-    if sys.stderr.isatty():
-        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

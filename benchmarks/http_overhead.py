@@ -50,11 +50,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from _bench import (
+    blocks,
     fmt,
     free_port,
+    interleaved,
+    percentile,
     port_open,
     proc_cpu_seconds,
+    progress,
     rss_kib,
+    shares,
     stop,
     table,
     wait_until,
@@ -222,11 +227,6 @@ class Contender:
     sidecar_pid: int | None = None
 
 
-def percentile(ordered: list[int], q: float) -> int:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
 def summarize(
     latencies_ns: list[int], seconds: float, cpu: float, sidecar_cpu: float | None
 ) -> dict[str, float | None]:
@@ -271,23 +271,6 @@ class Tally:
 
     def summary(self) -> dict[str, float | None]:
         return summarize(self.latencies, self.seconds, self.cpu, self.sidecar_cpu)
-
-
-def shares(total: int, parts: int) -> list[int]:
-    """`total` split into `parts` near-equal counts."""
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
-def blocks(total: int, size: int) -> list[int]:
-    """`total` split into blocks of `size` (the last one maybe shorter)."""
-    return [min(size, total - start) for start in range(0, total, size)]
-
-
-def interleaved(contenders: list[Contender], round_: int, block: int) -> list[Contender]:
-    """The order of the contenders in one block: shifted each block and each round, so that
-    each one takes every position equally often."""
-    shift = (round_ + block) % len(contenders)
-    return contenders[shift:] + contenders[:shift]
 
 
 def sequential_round(
@@ -523,12 +506,6 @@ def report(results: dict[str, Any]) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def progress(line: str) -> None:
-    """One self-erasing status line on a terminal; nothing when stderr is not one."""
-    if sys.stderr.isatty():
-        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)
 
 
 def find_envoy(given: str | None) -> str:

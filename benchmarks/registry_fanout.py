@@ -71,6 +71,7 @@ from _bench import (
     log_tail,
     port_open,
     proc_cpu_seconds,
+    progress,
     rss_kib,
     sail_command,
     stop,
@@ -886,12 +887,6 @@ def report(results: dict[str, Any]) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def progress(line: str) -> None:
-    """One self-erasing status line on a terminal; nothing when stderr is not one."""
-    if sys.stderr.isatty():
-        print(f"\r  {line:<60}", end="" if line else "\r", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
