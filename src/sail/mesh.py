@@ -1,37 +1,23 @@
-"""`Mesh`: the object a service holds. It owns the config source, the data plane state, and
-makes clients and server decorators.
-
-Which hosts belong to the mesh (the rule `mesh.client()` follows, in order):
-
-1. a host whose listener the mesh already has is a mesh host;
-2. in local mode, nothing else is;
-3. IP literals, `localhost`, and names with a dot that do not end in one of the
-   `mesh_domains` are outside hosts: they go to the ordinary transport at once, with no
-   lookup at all (so outside calls never wait on discovery);
-4. any other name (a single label such as `reviews`, or a name under a mesh domain) is
-   asked of the control plane once, as a Listener named `host` or `host:port`. The first
-   request waits until the answer is in (one round trip with sail's registry; at most
-   the 15 s does-not-exist timer with a server that stays silent); the answer is cached,
-   and later requests do not wait.
+"""`Mesh`: the object a service holds. It owns the config source and the data plane
+state, and makes clients, channels and servers, handing each a `sail.seam.MeshSeam` (which
+hosts are the mesh's is that module's rule).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio.to_thread
 import httpx
 
 from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, load_bootstrap
 from sail.dataplane import Dataplane
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
+from sail.seam import MeshSeam
 from sail.xds.resolver import LDS, ConfigResolver
 
 if TYPE_CHECKING:
@@ -46,38 +32,14 @@ __all__ = ["Mesh"]
 log = logging.getLogger("sail")
 
 _POOL_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "trust_env")
-_OUTSIDE_CACHE_LIMIT = 4096
-
-# How many times this process is a forked child of a child...: `os.fork()` bumps it in the
-# child, so a mesh sees it was forked without a `getpid()` system call per request.
-_forks = [0]
-
-
-def _after_fork_in_child() -> None:
-    _forks[0] += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 T = TypeVar("T")
 
 
-class _Source(Protocol):
-    resolver: ConfigResolver
-
-    def request(self, name: str) -> threading.Event | None: ...
-
-    def forget(self, name: str) -> None: ...
-
-    def after_fork(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _Retiring(Protocol):
-    def retire(self, live: frozenset[str]) -> None: ...
-
-
 class _XdsSource:
+    """Config from xDS, through the bootstrap's servers."""
+
+    dynamic = True
+
     def __init__(
         self,
         bootstrap: Bootstrap,
@@ -114,11 +76,21 @@ class _XdsSource:
         if self._started:
             self.client.call_soon(lambda: self.resolver.remove_interest([name]))
 
+    def listener_error(self, name: str) -> str | None:
+        return self.resolver.errors().get(LDS, {}).get(name)
+
+    def server_listener_name(self, address: str) -> str:
+        return self.bootstrap.server_listener_name(address)
+
     def close(self) -> None:
         self.client.close()
 
 
 class _LocalSource:
+    """Config from a local file, which holds every listener there is."""
+
+    dynamic = False
+
     def __init__(
         self, path: str | os.PathLike[str], publish: Callable[[MeshSnapshot], None],
         poll_interval: float,
@@ -133,6 +105,12 @@ class _LocalSource:
 
     def forget(self, name: str) -> None:
         return None  # every listener of the file is watched
+
+    def listener_error(self, name: str) -> str | None:
+        return self.resolver.errors().get(LDS, {}).get(name)
+
+    def server_listener_name(self, address: str) -> str:
+        return DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", address)
 
     def after_fork(self) -> None:
         self.config.start_watching()
@@ -156,21 +134,18 @@ class Mesh:
 
     def __init__(
         self,
-        source: Callable[[Callable[[MeshSnapshot], None]], _Source],
+        source: Callable[[Callable[[MeshSnapshot], None]], _XdsSource | _LocalSource],
         *,
         mesh_domains: Iterable[str] = (),
         discovery_timeout: float = 15.0,
         registrar: Registrar | None = None,
     ) -> None:
         self._dataplane = Dataplane()
-        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._outside: dict[str, bool] = {}
-        self._domains = tuple("." + d.strip(".").lower() for d in mesh_domains)
-        self._timeout = discovery_timeout
         self.registrar: Registrar = registrar or InProcessRegistrar()
         self._source = source(self._publish)
-        self._dynamic = not isinstance(self._source, _LocalSource)
-        self._forks = _forks[0]
+        self._seam = MeshSeam(
+            self._dataplane, self._source, tuple(mesh_domains), discovery_timeout
+        )
 
     @classmethod
     def from_bootstrap(
@@ -235,12 +210,8 @@ class Mesh:
         return self._dataplane.state.snapshot
 
     def check_fork(self) -> None:
-        """Restart the config source's thread in a forked child. Cheap (one list read and
-        compare, no system call); the transports call it on every request, since a child
-        forked from a process with a running mesh inherits no threads."""
-        if self._forks != _forks[0]:
-            self._forks = _forks[0]
-            self._source.after_fork()
+        """Restart the config source's thread in a forked child (cheap: no system call)."""
+        self._seam.check_fork()
 
     def _publish(self, snapshot: MeshSnapshot) -> None:
         try:
@@ -249,88 +220,27 @@ class Mesh:
             log.exception("sail: could not build config version %d; keeping the last one",
                           snapshot.version)
             return
-        for transport in list(self._transports):
+        for watcher in list(self._seam.watchers):
             try:
-                transport.retire(state.authorities)
+                watcher.retire(state.authorities)
             except Exception:
                 log.exception("sail: closing connections to departed endpoints failed")
-
-    def _track(self, transport: _Retiring) -> None:
-        self._transports.add(transport)
-
-    def _watch(self, watcher: _Retiring, listener: str) -> None:
-        """Subscribe to `listener` and call `watcher.retire` after every config update."""
-        self._track(watcher)
-        self.check_fork()
-        self._source.request(listener)
-
-    def _unwatch(self, watcher: _Retiring, listener: str) -> None:
-        """Undo `_watch`: no more calls to `watcher`, and `listener` is no longer asked for."""
-        self._transports.discard(watcher)
-        self._source.forget(listener)
-
-    def _listener_error(self, listener: str) -> str | None:
-        """Why the control plane's `listener` was rejected, if it was."""
-        errors = self._source.resolver.errors().get(LDS, {})
-        return errors.get(listener)
 
     def server_listener_name(self, address: str) -> str:
         """The Listener an xDS-enabled server listening on `address` (`ip:port`) watches:
         the bootstrap's `server_listener_resource_name_template` (a `BootstrapError` when
         it has none), or in local mode gRPC's usual `grpc/server?...=%s`."""
-        if isinstance(self._source, _XdsSource):
-            return self._source.bootstrap.server_listener_name(address)
-        return DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", address)
-
-    # -- which hosts are the mesh's ---------------------------------------------------------
-
-    def _classify(self, host: str, name: str) -> bool | threading.Event:
-        """True/False when known; an event to wait on when the control plane is asked."""
-        self.check_fork()
-        if name in self._dataplane.state.services:
-            return True
-        cached = self._outside.get(name)
-        if cached is not None:
-            return cached
-        if not self._dynamic or not self._is_candidate(host):
-            if len(self._outside) >= _OUTSIDE_CACHE_LIMIT:
-                self._outside.clear()
-            self._outside[name] = False
-            return False
-        event = self._source.request(name)
-        if event is None or event.is_set():
-            return name in self._dataplane.state.snapshot.listeners
-        return event
-
-    def _is_candidate(self, host: str) -> bool:
-        host = host.lower()
-        if host == "localhost":
-            return False
-        try:
-            ipaddress.ip_address(host)
-            return False
-        except ValueError:
-            pass
-        if "." not in host:
-            return True
-        return bool(self._domains) and host.endswith(self._domains)
+        return self._seam.server_listener_name(address)
 
     def is_mesh_host(self, host: str, name: str) -> bool:
         """Whether requests to `name` (`host` or `host:port`) go through the mesh; may wait
-        for the control plane the first time a candidate name is seen."""
-        verdict = self._classify(host, name)
-        if isinstance(verdict, bool):
-            return verdict
-        verdict.wait(self._timeout)
-        return name in self._dataplane.state.snapshot.listeners
+        for the control plane the first time a candidate name is seen (the rule is in
+        `sail.seam`)."""
+        return self._seam.is_mesh_host(host, name)
 
     async def ais_mesh_host(self, host: str, name: str) -> bool:
         """`is_mesh_host` for async code: waits without blocking the event loop."""
-        verdict = self._classify(host, name)
-        if isinstance(verdict, bool):
-            return verdict
-        await anyio.to_thread.run_sync(verdict.wait, self._timeout)
-        return name in self._dataplane.state.snapshot.listeners
+        return await self._seam.ais_mesh_host(host, name)
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -344,7 +254,8 @@ class Mesh:
 
         pool_options = {k: kwargs.pop(k) for k in _POOL_OPTIONS if k in kwargs}
         passthrough = kwargs.pop("transport", None) or httpx.HTTPTransport(**pool_options)
-        return httpx.Client(transport=MeshTransport(self, passthrough, pool_options), **kwargs)
+        transport = MeshTransport(self._seam, passthrough, pool_options)
+        return httpx.Client(transport=transport, **kwargs)
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """The `httpx.AsyncClient` twin of `client()`."""
@@ -353,7 +264,7 @@ class Mesh:
         pool_options = {k: kwargs.pop(k) for k in _POOL_OPTIONS if k in kwargs}
         passthrough = kwargs.pop("transport", None) or httpx.AsyncHTTPTransport(**pool_options)
         return httpx.AsyncClient(
-            transport=AsyncMeshTransport(self, passthrough, pool_options), **kwargs
+            transport=AsyncMeshTransport(self._seam, passthrough, pool_options), **kwargs
         )
 
     def grpc_channel(
@@ -373,7 +284,7 @@ class Mesh:
         from sail.grpc.channel import MeshChannel
 
         return MeshChannel(
-            self, target, credentials=credentials, options=options, compression=compression
+            self._seam, target, credentials=credentials, options=options, compression=compression
         )
 
     def aio_grpc_channel(
@@ -388,7 +299,7 @@ class Mesh:
         from sail.grpc.aio import AioMeshChannel
 
         return AioMeshChannel(
-            self, target, credentials=credentials, options=options, compression=compression
+            self._seam, target, credentials=credentials, options=options, compression=compression
         )
 
     # -- servers ----------------------------------------------------------------------------
@@ -469,7 +380,7 @@ class Mesh:
             weight=weight,
             service_port=service_port,
             drain=drain,
-            xds=self if xds else None,
+            xds=self._seam if xds else None,
             **server_options,
         )
 
@@ -501,7 +412,7 @@ class Mesh:
             weight=weight,
             service_port=service_port,
             drain=drain,
-            xds=self if xds else None,
+            xds=self._seam if xds else None,
             **server_options,
         )
 

@@ -34,9 +34,9 @@ from sail.resilience.retry import DEFAULT_POLICY, REPLAY_LIMIT
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
     from sail.dataplane import Dataplane, DataplaneState, Target
-    from sail.mesh import Mesh
     from sail.model import Endpoint
     from sail.resilience.fault import FaultDecision
+    from sail.seam import MeshSeam
 
 __all__ = [
     "REPLAY_LIMIT",
@@ -456,7 +456,7 @@ class ChannelCore:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: MeshSeam,
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
@@ -464,7 +464,7 @@ class ChannelCore:
         compression: grpc.Compression | None = None,
     ) -> None:
         self._mesh = mesh
-        self._dataplane = mesh._dataplane
+        self._dataplane = mesh.dataplane
         self._host, self.service = target_name(target)
         self._credentials = credentials
         self._options = tuple(options)
@@ -472,8 +472,8 @@ class ChannelCore:
         self._subchannels: dict[str, Subchannel] = {}
         self._outside: Any = None
         self._closed = False
-        mesh._classify(self._host, self.service)  # asks the control plane, without waiting
-        mesh._track(self)
+        mesh.classify(self._host, self.service)  # asks the control plane, without waiting
+        mesh.track(self)
 
     def _open(self, target: str) -> Any:
         raise NotImplementedError
@@ -493,7 +493,7 @@ class ChannelCore:
         """Whether the target is a mesh service, or an event to wait on for the control
         plane's answer (then `_settled()`). Raises `MeshRpcError` for a mesh name the mesh
         does not have."""
-        verdict = self._mesh._classify(self._host, self.service)
+        verdict = self._mesh.classify(self._host, self.service)
         if verdict is False:
             return self._settled()
         return verdict
@@ -503,7 +503,7 @@ class ChannelCore:
         mesh name the mesh does not have; `False` is a target outside the mesh."""
         if self.service in self._dataplane.state.snapshot.listeners:
             return True
-        if self._mesh._is_candidate(self._host):
+        if self._mesh.is_candidate(self._host):
             raise MeshRpcError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"service {self.service!r}: the mesh has no listener for it",

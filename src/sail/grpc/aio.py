@@ -36,8 +36,8 @@ from sail.grpc._core import (
 )
 
 if TYPE_CHECKING:
-    from sail.mesh import Mesh
     from sail.resilience.call import CallInfo
+    from sail.seam import MeshSeam
 
 __all__ = ["AioMeshChannel", "AioMeshRpcError"]
 
@@ -68,7 +68,7 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: MeshSeam,
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
@@ -178,7 +178,9 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
         verdict = self._verdict()
         if isinstance(verdict, bool):
             return verdict
-        limit = self._mesh._timeout if timeout is None else min(timeout, self._mesh._timeout)
+        limit = self._mesh.discovery_timeout
+        if timeout is not None:
+            limit = min(timeout, limit)
         await anyio.to_thread.run_sync(verdict.wait, limit)
         return self._settled()
 

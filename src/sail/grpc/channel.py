@@ -155,7 +155,7 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
         channel of a target outside the mesh)."""
         verdict = self._verdict()
         if not isinstance(verdict, bool):
-            verdict.wait(self._mesh._timeout)
+            verdict.wait(self._mesh.discovery_timeout)
             verdict = self._settled()
         if not verdict:
             return self._plain()
@@ -172,8 +172,8 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
         if self.service not in state.services:
             verdict = self._verdict()
             if not isinstance(verdict, bool):
-                verdict.wait(self._mesh._timeout if timeout is None
-                             else min(timeout, self._mesh._timeout))
+                limit = self._mesh.discovery_timeout
+                verdict.wait(limit if timeout is None else min(timeout, limit))
                 verdict = self._settled()
             if not verdict:
                 return None

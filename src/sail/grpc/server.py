@@ -45,7 +45,7 @@ from sail.model import HealthStatus, host_port
 from sail.registration import Registrar, Workload
 
 if TYPE_CHECKING:
-    from sail.mesh import Mesh
+    from sail.seam import MeshSeam
 
 __all__ = ["AioMeshServer", "MeshServer"]
 
@@ -88,7 +88,7 @@ class _MeshServerBase:
         service_port: int | None,
         drain: float,
         quiet: float,
-        xds: Mesh | None,
+        xds: MeshSeam | None,
         on_serving: Callable[[ServingState], None] | None,
     ) -> None:
         self._registrar = registrar
@@ -250,7 +250,7 @@ class MeshServer(_MeshServerBase):
     * `handlers`, `options`, `maximum_concurrent_rpcs`, `compression` - as `grpc.server`.
     * `credentials` - `grpc.ServerCredentials` to listen with TLS; `None` for plaintext.
     * `health` - serve `grpc.health.v1.Health` (default). `.health` is the servicer.
-    * `xds` - a `Mesh` whose control plane gives this server its Listener (gRFC A36; see
+    * `xds` - the seam of a `Mesh` whose control plane gives this server its Listener (gRFC A36; see
       `sail.grpc.xds_server`): the port opens once the Listener arrives, and calls are
       served as its routes say. `on_serving(state)` is called (on the mesh's config thread)
       each time the `ServingState` changes; changes are logged either way.
@@ -277,7 +277,7 @@ class MeshServer(_MeshServerBase):
         compression: Any = None,
         credentials: Any = None,
         health: bool = True,
-        xds: Mesh | None = None,
+        xds: MeshSeam | None = None,
         on_serving: Callable[[ServingState], None] | None = None,
     ) -> None:
         super().__init__(
@@ -464,7 +464,7 @@ class AioMeshServer(_MeshServerBase):
         compression: Any = None,
         credentials: Any = None,
         health: bool = True,
-        xds: Mesh | None = None,
+        xds: MeshSeam | None = None,
         on_serving: Callable[[ServingState], None] | None = None,
     ) -> None:
         super().__init__(

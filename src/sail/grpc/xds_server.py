@@ -43,7 +43,7 @@ from sail.routing.router import Router
 from sail.xds.codec.extensions import ROUTER
 
 if TYPE_CHECKING:
-    from sail.mesh import Mesh
+    from sail.seam import MeshSeam
 
 __all__ = ["ChainSelector", "ServingState", "ServingWatch"]
 
@@ -214,7 +214,7 @@ class ServingWatch:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: MeshSeam,
         address: str,
         port: int,
         on_change: Callable[[ServingState], None],
@@ -229,12 +229,12 @@ class ServingWatch:
 
     def start(self) -> None:
         """Subscribe to the Listener and take the verdict of the config at hand."""
-        self._mesh._watch(self, self.name)
+        self._mesh.watch(self, self.name)
         self.retire(frozenset())
 
     def stop(self) -> None:
         """Stop watching (the server is stopping): no more verdicts, the Listener unasked."""
-        self._mesh._unwatch(self, self.name)
+        self._mesh.unwatch(self, self.name)
 
     def retire(self, live: frozenset[str]) -> None:
         """Called by the mesh after every config update: re-judge."""
@@ -244,10 +244,10 @@ class ServingWatch:
             self._on_change(state)
 
     def _judge(self) -> ServingState:
-        mesh_state = self._mesh._dataplane.state
+        mesh_state = self._mesh.dataplane.state
         listener = mesh_state.snapshot.listeners.get(self.name)
         if listener is None:
-            error = self._mesh._listener_error(self.name)
+            error = self._mesh.listener_error(self.name)
             if error:
                 return ServingState(False, f"Listener {self.name!r} was rejected: {error}")
             if self.name in mesh_state.snapshot.absent:

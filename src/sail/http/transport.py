@@ -46,8 +46,8 @@ from sail.routing.mirror import mirrors, shadow_authority
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
     from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
-    from sail.mesh import Mesh
     from sail.model import Endpoint
+    from sail.seam import MeshSeam
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -634,19 +634,19 @@ class MeshTransport(httpx.BaseTransport):
 
     **Parameters**
 
-    * `mesh` - where config comes from.
+    * `seam` - what the transport sees of its mesh.
     * `passthrough` - the transport for hosts outside the mesh.
     * `pool_options` - keyword arguments for each endpoint's `httpx.HTTPTransport`.
     """
 
     def __init__(
         self,
-        mesh: Mesh,
+        seam: MeshSeam,
         passthrough: httpx.BaseTransport,
         pool_options: dict[str, object] | None = None,
     ) -> None:
-        self._mesh = mesh
-        self._dataplane = mesh._dataplane
+        self._mesh = seam
+        self._dataplane = seam.dataplane
         self._passthrough = passthrough
         options = dict(pool_options or {})
         self._pools: _PoolSet[httpx.HTTPTransport] = _PoolSet(
@@ -654,7 +654,7 @@ class MeshTransport(httpx.BaseTransport):
         )
         self._reaper: threading.Timer | None = None
         self._shadows: concurrent.futures.ThreadPoolExecutor | None = None
-        mesh._track(self)
+        seam.track(self)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._mesh.check_fork()
@@ -833,19 +833,19 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        mesh: Mesh,
+        seam: MeshSeam,
         passthrough: httpx.AsyncBaseTransport,
         pool_options: dict[str, object] | None = None,
     ) -> None:
-        self._mesh = mesh
-        self._dataplane = mesh._dataplane
+        self._mesh = seam
+        self._dataplane = seam.dataplane
         self._passthrough = passthrough
         options = dict(pool_options or {})
         self._pools: _PoolSet[httpx.AsyncHTTPTransport] = _PoolSet(
             lambda: httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
         )
         self._shadows: set[asyncio.Task[None]] = set()
-        mesh._track(self)
+        seam.track(self)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._pools.draining:
