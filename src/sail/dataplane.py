@@ -45,8 +45,11 @@ from sail.routing import Headers, Router, RouteResult
 
 if TYPE_CHECKING:
     from sail.resilience.call import Call
+    from sail.resilience.events import AttemptObserver
 
-__all__ = ["ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state", "repick"]
+__all__ = [
+    "ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state", "pick", "repick",
+]
 
 
 @attrs.define(eq=False)
@@ -218,10 +221,12 @@ def _cluster_runtime(
 
 
 class Dataplane:
-    """Holds the current `DataplaneState`; `update` swaps it, `resolve` reads it."""
+    """Holds the current `DataplaneState`; `update` swaps it, `resolve` reads it.
+    `observer` hears of every attempt of the calls made on it (`Mesh.observe`)."""
 
     def __init__(self) -> None:
         self.state = build_state(MeshSnapshot())
+        self.observer: AttemptObserver | None = None
 
     def update(self, snapshot: MeshSnapshot) -> DataplaneState:
         self.state = build_state(snapshot, self.state)
@@ -262,7 +267,7 @@ class Dataplane:
                 authority=authority, method=method,
             )
         try:
-            endpoint = cluster.picker.pick(request_hash.value)
+            endpoint = pick(cluster, request_hash.value)
         except NoHealthyUpstream as exc:
             raise NoHealthyUpstream(
                 f"service {service!r} route {_route_name(result)}: {exc}"
@@ -278,22 +283,34 @@ class Dataplane:
         return Target(service, result, endpoint, host, cluster, request_hash, runtime.faults)
 
 
-def repick(target: Target, call: Call) -> Endpoint:
-    """The endpoint of a call's next attempt: a fresh pick (by the request's hash, for
-    hashing policies), then, when the retry policy has the `previous_hosts` predicate and
-    that endpoint was tried already, up to `host_selection_retry_max_attempts` picks without
-    the hash. Raises `NoHealthyUpstream`."""
-    assert target.cluster is not None
-    picker = target.cluster.picker
-    endpoint = picker.pick(target.hash.value)
-    policy = call.policy
-    if policy.previous_hosts:
+def pick(
+    cluster: ClusterRuntime, hash_value: int | None = None, call: Call | None = None
+) -> Endpoint:
+    """The one pick of the request path: an endpoint of `cluster` for a request hashed to
+    `hash_value` (`None`: not hashed). Every pick goes through here - the route's, a retry's
+    or a hedge's (`call`: the call it is for), a mirror's, a channel's connectivity probe -
+    so that what a pick must respect is said once.
+
+    For a retry or a hedge, when the call's policy has the `previous_hosts` predicate and
+    the endpoint picked was tried already, up to `host_selection_retry_max_attempts` more
+    picks are made without the hash (Envoy's host selection retries). Raises
+    `NoHealthyUpstream`."""
+    picker = cluster.picker
+    endpoint = picker.pick(hash_value)
+    if call is not None and call.policy.previous_hosts:
         tried = call.tried
-        for _ in range(policy.host_selection_retry_max_attempts):
+        for _ in range(call.policy.host_selection_retry_max_attempts):
             if endpoint.authority not in tried:
                 break
             endpoint = picker.pick()
     return endpoint
+
+
+def repick(target: Target, call: Call) -> Endpoint:
+    """The endpoint of a call's next attempt (`pick` on the target's cluster, by the
+    request's hash). Raises `NoHealthyUpstream`."""
+    assert target.cluster is not None
+    return pick(target.cluster, target.hash.value, call)
 
 
 def _route_name(result: RouteResult) -> str:

@@ -17,6 +17,7 @@ from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, load_boo
 from sail.dataplane import Dataplane
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
+from sail.resilience.events import AttemptObserver, Observers
 from sail.seam import MeshSeam
 from sail.xds.resolver import LDS, ConfigResolver
 
@@ -141,6 +142,7 @@ class Mesh:
         registrar: Registrar | None = None,
     ) -> None:
         self._dataplane = Dataplane()
+        self._observers: tuple[AttemptObserver, ...] = ()
         self.registrar: Registrar = registrar or InProcessRegistrar()
         self._source = source(self._publish)
         self._seam = MeshSeam(
@@ -225,6 +227,15 @@ class Mesh:
                 watcher.retire(state.authorities)
             except Exception:
                 log.exception("sail: closing connections to departed endpoints failed")
+
+    def observe(self, observer: AttemptObserver) -> None:
+        """Have `observer` hear of every attempt of every call made through this mesh's
+        clients and channels, from now on (`sail.resilience.events`: where tracing and
+        metrics plug in). Observers add up; with none, calls pay nothing for them."""
+        self._observers = (*self._observers, observer)
+        self._dataplane.observer = (
+            observer if len(self._observers) == 1 else Observers(self._observers)
+        )
 
     def server_listener_name(self, address: str) -> str:
         """The Listener an xDS-enabled server listening on `address` (`ip:port`) watches:

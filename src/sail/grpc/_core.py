@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from sail.dataplane import repick
+from sail.dataplane import pick, repick
 from sail.errors import (
     DeadlineExceeded,
     NoHealthyUpstream,
@@ -233,7 +233,10 @@ def prepare(
     limits = cluster.limits
     if plan.priority and cluster.high_limits is not None:
         limits = cluster.high_limits
-    call = Call(plan.retry or DEFAULT_POLICY, limits, deadline, outlier=cluster.outlier)
+    call = Call(
+        plan.retry or DEFAULT_POLICY, limits, deadline, outlier=cluster.outlier,
+        observer=dataplane.observer, service=service,
+    )
     if plan.headers is not None:
         metadata = _mutated(target, metadata)
     fault = None
@@ -321,7 +324,7 @@ class Attempts:
         now = time.monotonic()
         host = self.host = cluster.hosts.host(self.endpoint)
         try:
-            timeout = self.call.begin(now, host)
+            timeout = self.call.begin(now, host, self.endpoint.authority)
         except RequestError as exc:
             self.call.finish()
             raise MeshRpcError.of(exc) from None
@@ -555,7 +558,7 @@ class ChannelCore:
                     cluster = state.clusters.get(name)
                     if cluster is not None and cluster.assignment is not None:
                         try:
-                            return cluster.picker.pick().authority
+                            return pick(cluster).authority
                         except NoHealthyUpstream:
                             continue
         return None

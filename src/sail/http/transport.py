@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 import httpx
 
-from sail.dataplane import repick
+from sail.dataplane import pick, repick
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.http.errors import to_httpx
 from sail.model import RouteAction
@@ -115,7 +115,7 @@ def _mirror_requests(
         if cluster is None:
             continue
         try:
-            endpoint = cluster.picker.pick(target.hash.value)
+            endpoint = pick(cluster, target.hash.value)
         except NoHealthyUpstream:
             continue
         headers = request.headers.copy()

@@ -21,6 +21,11 @@ to retry (`sail.resilience.retry`, `sail.resilience.classify`): the policy's con
 must match, attempts must remain, the body must be replayable (or never sent), the wait
 must end before the deadline, and the cluster's retry budget must have room. `release`
 ends the attempt's share of the counters.
+
+`begin` and `end` are also where a mesh's attempt observers hear of each attempt
+(`sail.resilience.events`): every shell drives this one object, so an observer sees every
+attempt of every protocol. Without an observer (`observer=None`) an attempt costs one
+`None` check more.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ from sail.resilience.retry import backoff, rate_limited_wait, testing_attempts
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
     from sail.model import RetryPolicy
+    from sail.resilience.events import AttemptObserver
     from sail.resilience.limits import ClusterLimits
     from sail.resilience.outlier import OutlierDetector
 
 __all__ = ["Attempt", "Call", "CallInfo"]
 
 _TIMED_OUT = Outcome(local=Local.TIMEOUT)
+_CANCELLED = Outcome(local=Local.CANCELLED)
 
 
 class Attempt(NamedTuple):
@@ -84,6 +91,7 @@ class Call:
         "grpc_aware",
         "limits",
         "max_attempts",
+        "observer",
         "outlier",
         "policy",
         "rand",
@@ -91,7 +99,9 @@ class Call:
         "retries_held",
         "retry_reason",
         "screens_answers",
+        "service",
         "started",
+        "token",
     )
 
     def __init__(
@@ -102,9 +112,14 @@ class Call:
         replayable: bool | Callable[[], bool] = True,
         rand: Callable[[], float] = random.random,
         outlier: OutlierDetector | None = None,
+        observer: AttemptObserver | None = None,
+        service: str = "",
     ) -> None:
         self.policy = policy
         self.outlier = outlier
+        self.observer = observer
+        self.service = service
+        self.token: object = None
         self.limits = limits
         self.deadline = deadline
         self.replayable = replayable
@@ -125,10 +140,18 @@ class Call:
         """The endpoints already tried (for the `previous_hosts` predicate)."""
         return frozenset(a.endpoint for a in self.attempts)
 
-    def begin(self, now: float, host: HostStats | None = None) -> float | None:
-        """Start an attempt (to the endpoint whose counters are `host`, for the load-aware
+    @property
+    def cluster(self) -> str:
+        """The name of the cluster the call's attempts go to."""
+        return self.limits.name
+
+    def begin(
+        self, now: float, host: HostStats | None = None, endpoint: str = ""
+    ) -> float | None:
+        """Start an attempt (to `endpoint`, whose counters are `host`, for the load-aware
         balancers); returns its timeout in seconds (`None`: no limit). Raises
-        `DeadlineExceeded` past the deadline and `UpstreamOverflow` over a threshold."""
+        `DeadlineExceeded` past the deadline and `UpstreamOverflow` over a threshold.
+        With an observer, `token` is what it returned for this attempt."""
         limits = self.limits
         deadline = self.deadline
         if self.outlier is not None:
@@ -145,6 +168,8 @@ class Call:
         if host is not None:
             host.active += 1
         self.started += 1
+        if self.observer is not None:
+            self.token = self.observer.attempt_started(self, endpoint, now)
         timeout = self.policy.per_try_timeout
         if deadline is not None:
             left = deadline - now
@@ -152,11 +177,18 @@ class Call:
                 timeout = left
         return timeout
 
-    def end(self, endpoint: str, outcome: Outcome, now: float) -> float | None:
+    def end(
+        self, endpoint: str, outcome: Outcome, now: float, token: object = None
+    ) -> float | None:
         """Record how the attempt to `endpoint` ended; the wait before the next attempt,
         or `None` when this outcome is the call's result. Never raises: a local failure
-        past the deadline is for the transport to report (`expired`)."""
-        self.attempts.append(Attempt(endpoint, outcome))
+        past the deadline is for the transport to report (`expired`). `token`: the
+        observer's token of this attempt when attempts overlap (a hedge), else the latest
+        attempt's."""
+        attempt = Attempt(endpoint, outcome)
+        self.attempts.append(attempt)
+        if self.observer is not None:
+            self._ended(attempt, token, now)
         if self.outlier is not None:
             _report(self.outlier, endpoint, outcome)
         limits = self.limits
@@ -230,6 +262,18 @@ class Call:
         self.limits.active -= 1
         if host is not None:
             host.active -= 1
+
+    def _ended(self, attempt: Attempt, token: object, now: float) -> None:
+        assert self.observer is not None
+        if token is None:
+            token, self.token = self.token, None
+        self.observer.attempt_ended(self, token, attempt, now)
+
+    def abandon(self, endpoint: str, now: float, token: object = None) -> None:
+        """An attempt to `endpoint` ends with no outcome (the caller cancelled it, or it
+        lost a hedge): only the observers hear of it, as `Local.CANCELLED`."""
+        if self.observer is not None:
+            self._ended(Attempt(endpoint, _CANCELLED), token, now)
 
     def finish(self) -> None:
         """The call is over: give back the retries it still holds (reserved for attempts

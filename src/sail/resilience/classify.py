@@ -67,6 +67,9 @@ class Local(enum.Enum):
     REFUSED_STREAM = "refused-stream"
     RESET = "reset"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    """Abandoned by the caller (or a hedge that lost): never a retry condition, only
+    what attempt observers hear (`sail.resilience.events`)."""
 
     @property
     def reached_server(self) -> bool:
