@@ -1,9 +1,12 @@
 """`sail`: run the registry, change its config, inspect what processes run with.
 
-* `sail registry [--config PATH ...] [--address HOST:PORT] [--envoy-listener HOST:PORT]
+* `sail registry [--config PATH ...] [--address HOST:PORT]
+  [--envoy-listener HOST:PORT | --no-envoy-listeners]
   [--store memory|etcd://HOST:PORT[/PREFIX]] [--server-listener-template TEMPLATE]` - run
   the control plane (token from `--token` or `$SAIL_REGISTRY_TOKEN`), keeping workloads and
-  applied config in memory (the default) or in etcd.
+  applied config in memory (the default) or in etcd. Envoy clients get a loopback port
+  listener per service port (`127.0.0.1:9080`), or the one `--envoy-listener` names, or
+  none with `--no-envoy-listeners`.
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
   `127.0.0.1:15010`).
@@ -112,6 +115,7 @@ def _run_registry(args: argparse.Namespace) -> int:
     async def run() -> None:
         registry = Registry(
             config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
+            envoy_listeners=not args.no_envoy_listeners,
             store=store, server_listener_template=args.server_listener_template,
         )
         try:
@@ -187,8 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="Istio-style YAML file or folder (repeatable)")
     registry.add_argument("--address", default=DEFAULT_REGISTRY, help="HOST:PORT to serve on")
     registry.add_argument("--token", help="registration/admin API token")
-    registry.add_argument("--envoy-listener", type=_address, metavar="HOST:PORT",
-                          help="serve a port listener for Envoy clients there")
+    envoy = registry.add_mutually_exclusive_group()
+    envoy.add_argument("--envoy-listener", type=_address, metavar="HOST:PORT",
+                       help="serve Envoy clients one port listener there, routing every "
+                            "service by Host, instead of one per service port on 127.0.0.1")
+    envoy.add_argument("--no-envoy-listeners", action="store_true",
+                       help="serve Envoy clients no port listeners (by default each service "
+                            "port gets one on 127.0.0.1)")
     registry.add_argument("--store", default="memory", metavar="URL",
                           help="where workloads and applied config live: 'memory' (default) "
                                "or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix /sail/)")

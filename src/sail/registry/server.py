@@ -1,7 +1,8 @@
 """`Registry`: the control plane assembled. One grpc.aio server, one port:
 
 * ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService`, State of the World) for
-  sail, Envoy and grpcio's `xds:///` clients;
+  sail, Envoy and grpcio's `xds:///` clients (Envoy, which subscribes to every listener,
+  also gets a loopback port listener per service port);
 * CSDS (`envoy.service.status.v3.ClientStatusDiscoveryService`) with each client's sync state;
 * the registration and admin API (`sail.registry.v1.Registry`, see `sail.registry.api`).
 
@@ -41,7 +42,7 @@ from sail.registry.leases import run_expiry
 from sail.registry.server_listener import DEFAULT_TEMPLATE, server_listeners
 from sail.registry.status import CsdsServer, sync_status
 from sail.registry.store import MemoryStore, Store
-from sail.registry.translate import Resources, translate
+from sail.registry.translate import Resources, port_listeners, translate
 from sail.xds.codec.encode import (
     encode_cluster,
     encode_cluster_load_assignment,
@@ -67,8 +68,16 @@ class Registry:
       starts it and closes it.
     * `token` - the bearer token the registration/admin API requires (`None`: no auth,
       for local development only).
-    * `envoy_listener` - `(address, port)` of the port listener served for Envoy clients;
-      `None` serves none.
+    * `envoy_listeners` - serve Envoy clients Istio-shaped outbound port listeners, one
+      per service port on loopback (`127.0.0.1_9080` with routes `9080`, see
+      `sail.registry.translate.port_listeners`). Default True; they go only to clients
+      subscribing to every listener (Envoy), never to gRPC or sail clients, which ask for
+      listeners by name. An Envoy that cannot bind one (the port is in use) NACKs it and
+      keeps the others; the registry goes on.
+    * `envoy_listener` - `(address, port)`: instead of those, one port listener there
+      whose routes (`sail_outbound`) hold a virtual host per service, chosen by Host
+      (`sail.registry.envoy_listener`). `None` (the default): the per-port ones, if
+      `envoy_listeners`.
     * `expiry_interval` - how often expired workload leases are swept, in seconds.
     * `registration_grace` - seconds after start before the first config is served, so
       that after a restart the workloads' next heartbeats (answered NOT_FOUND) have
@@ -87,6 +96,7 @@ class Registry:
         store: Store | None = None,
         token: str | None = None,
         envoy_listener: tuple[str, int] | None = None,
+        envoy_listeners: bool = True,
         expiry_interval: float = 1.0,
         registration_grace: float = 3.0,
         server_listener_template: str = DEFAULT_TEMPLATE,
@@ -99,6 +109,7 @@ class Registry:
         self._static: list[IstioObject] = load_paths(config_paths)
         validate(self._static, None)
         self._envoy_listener = envoy_listener
+        self._port_listeners = envoy_listeners
         self._server_template = server_listener_template
         self._expiry_interval = expiry_interval
         self._server: grpc.aio.Server | None = None
@@ -201,6 +212,10 @@ class Registry:
         if self._envoy_listener is not None:
             listeners.append(outbound_listener(*self._envoy_listener))
             routes.append(outbound_routes(routes))
+        elif self._port_listeners:
+            port_lds, port_rds = port_listeners(routes)
+            listeners.extend(port_lds)
+            routes.extend(port_rds)
         return [
             *(encode_listener(x) for x in listeners),
             *(encode_route_configuration(x) for x in routes),

@@ -28,7 +28,12 @@ For each service `S` and port `P` the output has:
 ServiceEntry hosts: `STATIC` entries are EDS clusters of their endpoints; `DNS` entries are
 `STRICT_DNS` clusters carrying their endpoints inline (no separate load assignment).
 
-Port listeners for Envoy are not made here. PeerAuthentication and AuthorizationPolicy are
+**Port listeners for Envoy** (`port_listeners`, which the registry adds unless told not
+to): Envoy ignores API listeners, so for each port P of any service it also gets a listener
+`127.0.0.1_P` bound to loopback (as Istio's Sidecar egress listeners with
+`captureMode: NONE` are), whose routes come over RDS from the route configuration `P`
+(Istio names outbound route configurations by port): one virtual host `S:P` per service on
+that port, chosen by Host. PeerAuthentication and AuthorizationPolicy are
 not translated (they carry no routing). The output is sorted by name and built only from
 its inputs, so unchanged config and workloads give equal `Resources`. Objects are assumed
 validated (`sail.registry.istio.validate`); what cannot be translated raises
@@ -71,7 +76,15 @@ from sail.registry.istio.service_entry import Resolution
 from sail.registry.istio.validate import check_supported
 from sail.xds.codec.extensions import FAULT, ROUTER, ROUTER_NAME
 
-__all__ = ["FAULT_FILTER", "HTTP_FILTERS", "ROUTER_FILTER", "Resources", "translate"]
+__all__ = [
+    "FAULT_FILTER",
+    "HTTP_FILTERS",
+    "LOOPBACK",
+    "ROUTER_FILTER",
+    "Resources",
+    "port_listeners",
+    "translate",
+]
 
 ROUTER_FILTER = HttpFilter(ROUTER_NAME, ROUTER)
 """The router filter every HTTP connection manager ends with (peers need it)."""
@@ -143,6 +156,48 @@ def translate(
         clusters=tuple(clusters),
         load_assignments=tuple(assignments),
     )
+
+
+LOOPBACK = "127.0.0.1"
+"""Where `port_listeners` bind by default."""
+
+
+def port_listeners(
+    route_configs: Sequence[RouteConfig], address: str = LOOPBACK
+) -> tuple[list[Listener], list[RouteConfig]]:
+    """Istio-shaped outbound port listeners for Envoy, from the route configurations
+    `translate` made: for each port P, the listener `<address>_P` on `address:P` (an HCM
+    with the usual HTTP filters taking routes over RDS) and the route configuration `P`
+    holding, for each service S on port P, the virtual host of S's configuration `S:P`
+    named `S:P`, its domains less the catch-all `*` (there Host must choose). A domain
+    claimed by two services on one port stays with the first by name, so Envoy never sees
+    a duplicate. Both lists are sorted by port."""
+    by_port: dict[int, list[VirtualHost]] = {}
+    for config in sorted(route_configs, key=lambda c: c.name):
+        _, sep, number = config.name.rpartition(":")
+        if not sep or not number.isdigit() or not config.virtual_hosts:
+            continue  # `S` repeats `S:P` for S's first port
+        vhost = attrs.evolve(config.virtual_hosts[0], name=config.name)
+        by_port.setdefault(int(number), []).append(vhost)
+    listeners: list[Listener] = []
+    routes: list[RouteConfig] = []
+    for port, vhosts in sorted(by_port.items()):
+        claimed: set[str] = set()
+        hosts: list[VirtualHost] = []
+        for vhost in vhosts:
+            domains = tuple(d for d in vhost.domains if d != "*" and d.lower() not in claimed)
+            if domains:
+                claimed.update(d.lower() for d in domains)
+                hosts.append(attrs.evolve(vhost, domains=domains))
+        routes.append(RouteConfig(str(port), tuple(hosts)))
+        listeners.append(
+            Listener(
+                name=f"{address}_{port}",
+                hcm=HttpConnectionManager(rds_name=str(port), http_filters=HTTP_FILTERS),
+                address=(address, port),
+            )
+        )
+    return listeners, routes
 
 
 def _listener(name: str) -> Listener:
