@@ -264,11 +264,18 @@ def test_known_filters_are_kept_in_order() -> None:
         {"name": "cors", "typed_config": {"@type": CORS}},
         ROUTER_FILTER,
     ]
-    decoded = decode(api_listener(http_filters=filters)).hcm.http_filters
-    assert decoded == (
+    server = port_listener({"filters": [{"name": "hcm", "typed_config": hcm(
+        http_filters=filters)}]})
+    assert decode(server).hcm.http_filters == (
         HttpFilter("fault", FAULT),
         HttpFilter("rbac", RBAC, is_optional=True),
         HttpFilter("cors", CORS),
+        HttpFilter("envoy.filters.http.router", ROUTER),
+    )
+    # a client knows only the filters it applies: optional server-only ones are skipped
+    client = decode(api_listener(http_filters=[filters[0], filters[1], ROUTER_FILTER]))
+    assert client.hcm.http_filters == (
+        HttpFilter("fault", FAULT),
         HttpFilter("envoy.filters.http.router", ROUTER),
     )
 

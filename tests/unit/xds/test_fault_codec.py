@@ -269,10 +269,16 @@ def test_filter_config_wrapper_and_typed_struct_are_read() -> None:
     )
 
 
-def test_per_filter_configs_of_other_filters_are_not_kept() -> None:
+def test_per_filter_configs_of_other_filters_are_refused_unless_optional() -> None:
     rbac = {"@type": T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"}
+    reason = nack_r(routes(route_extra={"typed_per_filter_config": {"rbac": rbac}}))
+    assert reason.startswith(
+        "virtual_hosts[0].routes[0].typed_per_filter_config[rbac]: "
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute: sail does not apply"
+    )
+    optional = {"@type": FILTER_CONFIG, "config": rbac, "is_optional": True}
     (route,) = (
-        decode_r(routes(route_extra={"typed_per_filter_config": {"rbac": rbac}}))
+        decode_r(routes(route_extra={"typed_per_filter_config": {"rbac": optional}}))
         .virtual_hosts[0]
         .routes
     )

@@ -12,7 +12,10 @@
   5 gateway failures enforced at 0 %, success rate enforced at 100 % (5 hosts of 100
   requests), failure percentage enforced at 0 %, 10 s interval, 30 s base ejection up to
   300 s, 10 % max ejected.
-* `transport_socket` is not read yet: TLS comes from sail's own security settings.
+* `transport_socket` must be plaintext (`raw_buffer`, or unset), as must every
+  `transport_socket_matches[].transport_socket`, and `transport_socket_matcher` is refused:
+  sail does not do upstream TLS yet, so an `UpstreamTlsContext` would otherwise be accepted
+  and the cluster's traffic sent in plaintext (`sail.xds.codec.transport_socket`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sail.model import (
 )
 from sail.xds.codec.decode_endpoint import decode_load_assignment
 from sail.xds.codec.decode_lb_policy import decode_lb_policy
+from sail.xds.codec.transport_socket import check_plaintext
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import bool_value, duration_seconds, enum_name, uint32_value
 
@@ -54,6 +58,7 @@ def decode_cluster(msg: Any) -> Cluster:
         if not msg.name:
             raise Invalid("name", "must not be empty")
         discovery, eds_name, assignment = _discovery(msg)
+        _check_transport_sockets(msg)
         return Cluster(
             name=msg.name,
             discovery=discovery,
@@ -93,6 +98,25 @@ def _discovery(msg: Any) -> tuple[DiscoveryType, str, ClusterLoadAssignment | No
         if discovery is DiscoveryType.LOGICAL_DNS and count != 1:
             raise Invalid("", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
     return discovery, "", assignment
+
+
+_NO_UPSTREAM_TLS = (
+    "sail does not do upstream TLS yet, so this cluster's traffic would go out in plaintext"
+)
+
+
+def _check_transport_sockets(msg: Any) -> None:
+    if msg.HasField("transport_socket"):
+        check_plaintext(msg.transport_socket, "transport_socket", _NO_UPSTREAM_TLS)
+    for i, match in enumerate(msg.transport_socket_matches):
+        if match.HasField("transport_socket"):
+            with at("transport_socket_matches", i):
+                check_plaintext(match.transport_socket, "transport_socket", _NO_UPSTREAM_TLS)
+    if msg.HasField("transport_socket_matcher"):
+        raise Invalid(
+            "transport_socket_matcher",
+            f"is not supported: it chooses transport sockets, and {_NO_UPSTREAM_TLS}",
+        )
 
 
 def _check_ip_addresses(assignment: ClusterLoadAssignment) -> None:

@@ -14,7 +14,12 @@ apply (as in an Envoy whose runtime does not set those keys). Refused: `downstre
 
 A `percentage` left out is 0 %, as in Envoy (`FractionalPercent`'s default).
 
-Per-filter configs of other filter types are not kept (sail acts on none of them).
+`typed_per_filter_config` follows gRFC A39: an entry of a type sail applies (the fault
+filter's `HTTPFault`) is decoded; a `FilterConfig` with `disabled: true` turns the filter
+off there; an entry of any other type (`RBACPerRoute`, CORS, ...) is a NACK naming it,
+since sail would otherwise drop it and apply the route without it, unless it is wrapped in
+a `FilterConfig` with `is_optional: true`, which is skipped. A `FilterConfig` with neither
+`config` nor `disabled` is a NACK too (Envoy refuses it), unless `is_optional`.
 """
 
 from __future__ import annotations
@@ -122,7 +127,8 @@ def decode_per_filter_configs(configs: Any) -> FilterConfigs:
     """A `typed_per_filter_config` map: the fault configs in it, sorted by filter name.
 
     A `FilterConfig` with `disabled: true` becomes `None` (the filter is off there); one
-    wrapping an `HTTPFault` is that config. Other types are skipped."""
+    wrapping an `HTTPFault` is that config; an optional `FilterConfig` of another type is
+    skipped; any other entry is refused (see the module docstring)."""
     out: list[tuple[str, FaultPolicy | None]] = []
     for name in sorted(configs):
         with at(f"typed_per_filter_config[{name}]"):
@@ -135,15 +141,33 @@ def decode_per_filter_configs(configs: Any) -> FilterConfigs:
 
 
 def _per_filter_config(config: Any) -> tuple[bool, FaultPolicy | None]:
-    """`(kept, policy)`: `kept` is false for a config of another filter type."""
+    """`(kept, policy)`: `kept` is false for an optional config sail skips."""
     if config.type_url != FILTER_CONFIG:
-        if configured_type(config)[0] != FAULT:
-            return False, None
+        type_url = configured_type(config)[0]
+        if type_url != FAULT:
+            raise _not_applied(type_url)
         return True, decode_fault_config(config)
     wrapper = unpack_into(config, rc_pb2.FilterConfig())
     if wrapper.disabled:
         return True, None
-    if not wrapper.HasField("config") or configured_type(wrapper.config)[0] != FAULT:
-        return False, None
+    if not wrapper.HasField("config"):
+        if wrapper.is_optional:
+            return False, None
+        raise Invalid("config", "is required unless disabled is true")
     with at("config"):
+        type_url = configured_type(wrapper.config)[0]
+        if type_url != FAULT:
+            if wrapper.is_optional:
+                return False, None
+            raise _not_applied(type_url)
         return True, decode_fault_config(wrapper.config)
+
+
+def _not_applied(type_url: str) -> Invalid:
+    name = type_url.rsplit("/", 1)[-1] or "an empty config"
+    return Invalid(
+        "",
+        f"{name}: sail does not apply this filter's per-route config, so it is refused rather "
+        f"than ignored (wrap it in {FILTER_CONFIG.rsplit('/', 1)[-1]} with is_optional: true"
+        " to have it skipped)",
+    )

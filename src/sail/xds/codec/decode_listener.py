@@ -11,12 +11,19 @@ Two shapes are accepted:
   (`sail.grpc.xds_server`), read as A36 does: `destination_port`, `server_names` and
   `application_protocols` can never match, nor can a `transport_protocol` other than
   `raw_buffer`. `listener_filters` are NACKed (A36), as are two chains with the same match
-  (Envoy refuses them too).
+  (Envoy refuses them too), and a chain whose `transport_socket` is not plaintext (a
+  `DownstreamTlsContext`...): sail servers cannot terminate TLS yet, and would otherwise
+  serve that chain in plaintext (`sail.xds.codec.transport_socket`).
 
 The HCM takes its routes from RDS (`rds`, whose `config_source` must be `ads` or `self`, since
 sail has a single ADS stream) or inline (`route_config`). Its HTTP filters follow gRFC A39:
 the router filter must be present and last; a filter type sail does not know is a NACK
-unless the filter is `is_optional`, in which case it is skipped. Filters that are
+unless the filter is `is_optional`, in which case it is skipped. As in gRPC, the known types
+depend on the side: a client (API) listener knows only the filters a client applies, the
+router and fault (`CLIENT_HTTP_FILTERS`); a server-only filter there (RBAC, gRFC A41; CORS)
+is a NACK naming it, since a client would ignore it, unless it is `is_optional`. Port
+listeners also know RBAC and CORS (`HTTP_FILTERS`), which an xDS-enabled server refuses to
+serve with (`sail.grpc.xds_server`). Filters that are
 `disabled` are skipped too (nothing in sail turns them on per route), except the fault
 filter, which routes can configure by name: a disabled one is NACKed, as is a second one.
 The fault filter's own `HTTPFault` config is decoded into `HttpFilter.config`
@@ -46,13 +53,16 @@ from sail.xds.codec.decode_address import decode_socket_address
 from sail.xds.codec.decode_fault import decode_fault_config
 from sail.xds.codec.decode_route import decode_route_config
 from sail.xds.codec.extensions import (
+    CLIENT_HTTP_FILTERS,
     FAULT,
     HCM,
     HTTP_FILTERS,
     ROUTER,
+    SERVER_ONLY_FILTERS,
     configured_type,
     unpack_into,
 )
+from sail.xds.codec.transport_socket import check_plaintext
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import duration_seconds
 
@@ -60,6 +70,7 @@ __all__ = ["decode_http_connection_manager", "decode_listener"]
 
 _NO_FAULT = FaultPolicy()
 _MATCH_ALL = FilterChainMatch()
+_NO_SERVER_TLS = "sail servers cannot terminate TLS yet, so this chain would be served in plaintext"
 
 
 def decode_listener(msg: Any) -> Listener:
@@ -69,7 +80,7 @@ def decode_listener(msg: Any) -> Listener:
             raise Invalid("name", "must not be empty")
         if msg.HasField("api_listener"):
             with at("api_listener"):
-                hcm = _packed_hcm(msg.api_listener, "api_listener")
+                hcm = _packed_hcm(msg.api_listener, "api_listener", client=True)
             return Listener(name=msg.name, hcm=hcm)
         if msg.address.WhichOneof("address") is not None:
             with at("address"):
@@ -127,7 +138,9 @@ def _filter_chain(chain: Any) -> FilterChain:
     with at("filters", 0):
         if filters[0].WhichOneof("config_type") != "typed_config":
             raise Invalid("typed_config", "is required")
-        hcm = _packed_hcm(filters[0], "typed_config")
+        hcm = _packed_hcm(filters[0], "typed_config", client=False)
+    if chain.HasField("transport_socket"):
+        check_plaintext(chain.transport_socket, "transport_socket", _NO_SERVER_TLS)
     return FilterChain(hcm, match, str(chain.name))
 
 
@@ -174,18 +187,19 @@ def _cidr_ranges(field: str, ranges: Any) -> tuple[CidrRange, ...]:
     return tuple(out)
 
 
-def _packed_hcm(holder: Any, field: str) -> HttpConnectionManager:
+def _packed_hcm(holder: Any, field: str, *, client: bool) -> HttpConnectionManager:
     packed = getattr(holder, field)
     with at(field):
         if packed.type_url != HCM:
             got = packed.type_url or "nothing"
             raise Invalid("", f"expected an HttpConnectionManager ({HCM}), got {got}")
         hcm = unpack_into(packed, hcm_pb2.HttpConnectionManager())
-        return decode_http_connection_manager(hcm)
+        return decode_http_connection_manager(hcm, client=client)
 
 
-def decode_http_connection_manager(h: Any) -> HttpConnectionManager:
-    """Decode an `HttpConnectionManager`, raising `Invalid`."""
+def decode_http_connection_manager(h: Any, *, client: bool) -> HttpConnectionManager:
+    """Decode an `HttpConnectionManager`, raising `Invalid`. `client` says it is a client
+    (API) listener's, which knows only the HTTP filters a client applies."""
     rds_name = None
     route_config = None
     which = h.WhichOneof("route_specifier")
@@ -206,7 +220,7 @@ def decode_http_connection_manager(h: Any) -> HttpConnectionManager:
     return HttpConnectionManager(
         rds_name=rds_name,
         route_config=route_config,
-        http_filters=_http_filters(h.http_filters),
+        http_filters=_http_filters(h.http_filters, client),
         max_stream_duration=max_stream,
     )
 
@@ -221,7 +235,7 @@ def _rds_name(rds: Any) -> str:
     return str(rds.route_config_name)
 
 
-def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
+def _http_filters(filters: Any, client: bool) -> tuple[HttpFilter, ...]:
     out: list[HttpFilter] = []
     names: set[str] = set()
     router_index: int | None = None
@@ -239,7 +253,7 @@ def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
             if f.name in names:
                 raise Invalid("name", f"duplicate filter name {f.name!r}")
             names.add(f.name)
-            type_url = _filter_type(f)
+            type_url = _filter_type(f, client)
             if type_url is None:
                 continue
             config = None
@@ -266,7 +280,7 @@ def _http_filters(filters: Any) -> tuple[HttpFilter, ...]:
     return tuple(out)
 
 
-def _filter_type(f: Any) -> str | None:
+def _filter_type(f: Any, client: bool) -> str | None:
     """The filter's config type URL, or `None` for an optional filter sail skips."""
     which = f.WhichOneof("config_type")
     if which == "config_discovery":
@@ -277,10 +291,17 @@ def _filter_type(f: Any) -> str | None:
         raise Invalid("typed_config", "is required")
     with at("typed_config"):
         type_url, _ = configured_type(f.typed_config)
-    if type_url in HTTP_FILTERS:
+    if type_url in (CLIENT_HTTP_FILTERS if client else HTTP_FILTERS):
         return type_url
     if f.is_optional:
         return None
+    if client and type_url in SERVER_ONLY_FILTERS:
+        raise Invalid(
+            "typed_config",
+            f"filter {f.name!r} ({type_url.rsplit('/', 1)[-1]}) {SERVER_ONLY_FILTERS[type_url]}:"
+            " a client listener does not apply it, so it is refused rather than ignored"
+            " (set is_optional to skip it)",
+        )
     raise Invalid(
         "typed_config",
         f"filter {f.name!r} has unsupported type {type_url} (set is_optional to skip it)",

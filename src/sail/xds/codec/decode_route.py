@@ -15,7 +15,8 @@ The route actions themselves (clusters, rewrites, retries, hashing) are in
 
 Each level (configuration, virtual host, route) keeps its header mutations
 (`decode_header_mutations`) and its fault filter configs from `typed_per_filter_config`
-(`decode_fault`); the configuration keeps `most_specific_header_mutations_wins`.
+(`decode_fault`, which refuses the per-filter configs of filters sail does not apply unless
+they are optional); the configuration keeps `most_specific_header_mutations_wins`.
 """
 
 from __future__ import annotations

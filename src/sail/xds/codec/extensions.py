@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "CLIENT_HTTP_FILTERS",
     "CORS",
     "FAULT",
     "HCM",
@@ -50,6 +51,7 @@ __all__ = [
     "RBAC",
     "ROUTER",
     "ROUTER_NAME",
+    "SERVER_ONLY_FILTERS",
     "TYPE_PREFIX",
     "WRR_LOCALITY",
     "configured_type",
@@ -75,9 +77,22 @@ RBAC = type_url_of(rbac_pb2.RBAC)
 CORS = type_url_of(cors_pb2.Cors)
 
 HTTP_FILTERS: frozenset[str] = frozenset({ROUTER, FAULT, RBAC, CORS})
-"""HTTP filter types sail accepts. Only the router does something yet; the others are kept in
-the model (so config dumps show them, and later work can act on them) but not enforced. Any
-other type is a NACK unless the filter is `is_optional`."""
+"""HTTP filter types a port (server) listener may have. The router and the fault filter are
+applied (the fault filter on the client side); RBAC and CORS are kept in the model of a port
+listener, where an xDS-enabled server refuses to serve with them (`sail.grpc.xds_server`).
+Any other type is a NACK unless the filter is `is_optional`."""
+
+CLIENT_HTTP_FILTERS: frozenset[str] = frozenset({ROUTER, FAULT})
+"""HTTP filter types a client (API) listener may have: those a sail client applies. As in
+gRPC (gRFC A39), a client knows its own set of filters; any other type is a NACK unless the
+filter is `is_optional`."""
+
+SERVER_ONLY_FILTERS: Mapping[str, str] = {
+    RBAC: "is server-only (gRFC A41: RBAC authorizes the calls a server receives)",
+    CORS: "is server-only (CORS answers browsers' requests to a server)",
+}
+"""Filters a client listener refuses with a reason of their own, since a client would ignore
+them (an authorization policy ignored would allow every call)."""
 
 WRR_LOCALITY = type_url_of(wrr_locality_pb2.WrrLocality)
 

@@ -14,6 +14,13 @@ back exactly those, so a policy round-trips unchanged. Nested and special fields
 * `use_hostname_for_hashing` (ring_hash, maglev) is read from `consistent_hashing_lb_config`
   (or, for ring_hash, the deprecated field of the same name; for the `lb_policy` enum, from
   the cluster's `common_lb_config.consistent_hashing_lb_config`).
+* `weighted_round_robin` (`ClientSideWeightedRoundRobin`) is sail's round robin, which
+  honours the endpoints' EDS weights; it takes no weights from ORCA load reports. So its
+  only option is `slow_start_config` (as round robin's), and every option that needs load
+  reports is a NACK naming it rather than being ignored: `blackout_period`,
+  `weight_expiration_period`, `weight_update_period`, `oob_reporting_period`,
+  `error_utilization_penalty`, `metric_names_for_computing_utilization`, and
+  `enable_oob_load_report` unless it is `false`.
 * Fields sail does not implement are not recorded and have no effect: `locality_lb_config`
   (locality weights are always on), `hash_balance_factor` (bounded load),
   `enable_full_scan` (deprecated; Envoy reads `selection_method`).
@@ -81,14 +88,7 @@ _FIELDS: Mapping[str, Mapping[str, str]] = {
         "use_hostname_for_hashing": "hostname",
     },
     "maglev": {"table_size": "wrapper", "use_hostname_for_hashing": "hostname"},
-    "weighted_round_robin": {
-        "enable_oob_load_report": "wrapper",
-        "oob_reporting_period": "duration",
-        "blackout_period": "duration",
-        "weight_expiration_period": "duration",
-        "weight_update_period": "duration",
-        "error_utilization_penalty": "wrapper",
-    },
+    "weighted_round_robin": {"slow_start_config": "slow_start"},
     "pick_first": {"shuffle_address_list": "bool"},
 }
 
@@ -104,6 +104,8 @@ def message_class_for(type_url: str) -> Any | None:
 
 def typed_options(name: str, config: Any) -> tuple[tuple[str, object], ...]:
     """Options of a typed policy config (`RingHash`, `LeastRequest`, ...), validated."""
+    if name == "weighted_round_robin":
+        _refuse_load_report_options(config)
     options = _read(name, config, None)
     _check(name, options)
     return tuple(sorted(options.items()))
@@ -205,6 +207,22 @@ def _slow_start(config: Any) -> tuple[tuple[str, object], ...]:
             raise Invalid("min_weight_percent.value", f"{percent} is not in 0-100")
         values["min_weight_percent"] = percent
     return tuple(sorted(values.items()))
+
+
+def _refuse_load_report_options(config: Any) -> None:
+    """NACK any `ClientSideWeightedRoundRobin` option sail cannot honour (see the module
+    docstring): all but `slow_start_config`, and `enable_oob_load_report: false`."""
+    for field, value in config.ListFields():
+        if field.name == "slow_start_config":
+            continue
+        if field.name == "enable_oob_load_report" and not value.value:
+            continue
+        raise Invalid(
+            field.name,
+            "is not supported: sail's weighted_round_robin is round robin by the endpoints' "
+            "EDS weights and reads no ORCA load reports, so it cannot honour this option; "
+            "refused rather than ignored",
+        )
 
 
 def _check(name: str, options: dict[str, Any]) -> None:
