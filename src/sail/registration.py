@@ -1,9 +1,21 @@
 """Workloads and where they are registered.
 
-A `Registrar` records that a workload of a service is up (with its address, labels and
-weight), changes its health (DRAINING on graceful shutdown), and removes it. The
-in-process registrar here keeps them in memory and tells subscribers, which is what
-`sail.testing` builds endpoints from; the registry work adds a remote registrar with leases.
+A `Workload` is one instance of a service: where it listens, its labels, locality, weight
+and the service port clients call. A `Registrar` records that a workload is up
+(`register`), changes its health (`set_health`: DRAINING on graceful shutdown) and removes
+it (`deregister`); the servers a mesh makes (`@mesh.service`, `mesh.grpc_server()`) call
+it as they start, drain and stop.
+
+Two registrars exist:
+
+* `InProcessRegistrar` (here), a `Mesh`'s default: keeps the workloads in memory and calls
+  its subscribers with the whole set after every change. Nothing outside the process
+  sees them; it is for tests and for meshes whose endpoints come from elsewhere.
+* `sail.registry.remote.RemoteRegistrar` (`Mesh.from_bootstrap(register=True)`): registers
+  with a `sail registry` under a lease that a background thread renews, so the workload
+  reaches every client's EDS, and leaves it when the lease lapses.
+
+The registry itself keeps registered `Workload`s in its store (`sail.registry.store`).
 """
 
 from __future__ import annotations

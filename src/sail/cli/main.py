@@ -13,9 +13,10 @@
 * `sail status` - one row per connected xDS client: node, service, ACKed version,
   SYNCED / STALE / NACKED and why (like `istioctl proxy-status`).
 * `sail check FILE` - validate a local-mode file as xDS would (exit 1 with the errors).
-* `sail config-dump (--local FILE | --bootstrap PATH) [--service NAME ...]` - resolve the
-  config and print, as JSON, the listeners, routes, clusters and endpoints a process would
-  run with.
+* `sail config-dump (--local FILE | --bootstrap PATH) [--service NAME ...] [--wait N]` -
+  resolve the config and print, as JSON, the listeners, routes, clusters and endpoints a
+  process would run with; from xDS it waits at most N seconds (default 15) for the named
+  services, then prints what it has.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,12 +75,24 @@ def _dump(args: argparse.Namespace) -> int:
     if args.local:
         mesh = Mesh.local(args.local, poll_interval=0)
     else:
-        mesh = Mesh.from_bootstrap(args.bootstrap, services=args.service)
-        deadline = time.monotonic() + args.wait
-        for name in args.service:
-            mesh.is_mesh_host(name.split(":")[0], name)
-            if time.monotonic() > deadline:
-                break
+        wait = max(args.wait, 0.0)
+        mesh = Mesh.from_bootstrap(
+            args.bootstrap, services=args.service, discovery_timeout=wait
+        )
+        # Each service waits in its own thread, all at once, so that together they take at
+        # most `wait` seconds however many there are; threads still waiting then are left
+        # behind (daemons, and none waits past `wait` anyway).
+        deadline = time.monotonic() + wait
+        waits = [
+            threading.Thread(
+                target=mesh.is_mesh_host, args=(name.split(":")[0], name), daemon=True
+            )
+            for name in args.service
+        ]
+        for thread in waits:
+            thread.start()
+        for thread in waits:
+            thread.join(max(deadline - time.monotonic(), 0.0))
     try:
         print(json.dumps(_jsonable(mesh.snapshot), indent=2, sort_keys=True))
     finally:
@@ -185,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--local", metavar="FILE", help="a local-mode config file")
     source.add_argument("--bootstrap", metavar="PATH", help="an xDS bootstrap file")
     dump.add_argument("--service", action="append", default=[], help="service to resolve")
-    dump.add_argument("--wait", type=float, default=15.0, help="seconds to wait for xDS")
+    dump.add_argument("--wait", type=float, default=15.0, metavar="N",
+                      help="wait at most N seconds for the services' config (default 15)")
     registry = sub.add_parser("registry", help="run the control plane")
     registry.add_argument("--config", action="append", default=[], metavar="PATH",
                           help="Istio-style YAML file or folder (repeatable)")
