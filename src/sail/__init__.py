@@ -24,6 +24,7 @@ from sail.errors import (
     ResourceError,
     SailError,
     UnknownService,
+    UnsupportedRequest,
     UpstreamOverflow,
     XdsError,
 )
@@ -31,11 +32,13 @@ from sail.mesh import Mesh
 from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload
 from sail.resilience.call import Attempt, CallInfo
+from sail.resilience.events import AttemptObserver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "AttemptObserver",
     "Bootstrap",
     "BootstrapError",
     "CallInfo",
@@ -52,6 +55,7 @@ __all__ = [
     "ResourceError",
     "SailError",
     "UnknownService",
+    "UnsupportedRequest",
     "UpstreamOverflow",
     "Workload",
     "XdsError",

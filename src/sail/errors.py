@@ -11,7 +11,9 @@ SailError
     ├── NoRoute(RequestError)                    no virtual host / route matched
     ├── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
     ├── UpstreamOverflow(RequestError)           a circuit breaker threshold is reached
-    └── DeadlineExceeded(RequestError)           the route timeout passed, over all attempts
+    ├── DeadlineExceeded(RequestError)           the route timeout passed, over all attempts
+    └── UnsupportedRequest(RequestError)         sail will not send it as asked (https:// to
+                                                 a mesh host before mTLS): never downgraded
 ```
 
 On the HTTP path these errors reach callers as `httpx` exceptions so that an existing
@@ -33,6 +35,7 @@ __all__ = [
     "ResourceError",
     "SailError",
     "UnknownService",
+    "UnsupportedRequest",
     "UpstreamOverflow",
     "XdsError",
 ]
@@ -99,3 +102,9 @@ class UpstreamOverflow(RequestError):
 class DeadlineExceeded(RequestError):
     """The call's deadline (the route timeout, or what the caller had left) passed before a
     response arrived; no further attempt is made (Envoy answers 504)."""
+
+
+class UnsupportedRequest(RequestError):
+    """sail will not send this request as asked, and sends nothing rather than something
+    weaker: an `https://` URL to a mesh host, while sail does not originate mTLS, is
+    refused instead of being sent in plaintext."""

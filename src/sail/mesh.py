@@ -144,10 +144,9 @@ class Mesh:
         self._dataplane = Dataplane()
         self._observers: tuple[AttemptObserver, ...] = ()
         self.registrar: Registrar = registrar or InProcessRegistrar()
+        self._seam = MeshSeam(self._dataplane, tuple(mesh_domains), discovery_timeout)
         self._source = source(self._publish)
-        self._seam = MeshSeam(
-            self._dataplane, self._source, tuple(mesh_domains), discovery_timeout
-        )
+        self._seam.attach(self._source)
 
     @classmethod
     def from_bootstrap(

@@ -90,9 +90,11 @@ class MeshSeam:
     **Parameters**
 
     * `dataplane` - the data plane; a request reads `dataplane.state` once.
-    * `source` - the config source, for subscriptions.
     * `mesh_domains` - DNS suffixes whose names are asked of the control plane.
     * `discovery_timeout` - the longest a first request to an unknown name waits.
+
+    The config source is attached once made (`attach`): a local source publishes its first
+    config while it is being made, and that goes to the seam's watchers already.
     """
 
     __slots__ = ("_domains", "_forks", "_outside", "_source", "dataplane",
@@ -101,17 +103,19 @@ class MeshSeam:
     def __init__(
         self,
         dataplane: Dataplane,
-        source: ConfigSource,
         mesh_domains: tuple[str, ...] = (),
         discovery_timeout: float = 15.0,
     ) -> None:
         self.dataplane = dataplane
         self.discovery_timeout = discovery_timeout
         self.watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
-        self._source = source
         self._domains = tuple("." + d.strip(".").lower() for d in mesh_domains)
         self._outside: dict[str, bool] = {}
         self._forks = _forks[0]
+
+    def attach(self, source: ConfigSource) -> None:
+        """Take `source` as the mesh's config source (once, when the mesh is made)."""
+        self._source = source
 
     def check_fork(self) -> None:
         """Restart the config source's thread in a forked child. Cheap (one list read and

@@ -8,6 +8,7 @@ def test_exported_names() -> None:
     assert sorted(sail.__all__) == sorted(
         [
             "Attempt",
+            "AttemptObserver",
             "Bootstrap",
             "BootstrapError",
             "CallInfo",
@@ -24,6 +25,7 @@ def test_exported_names() -> None:
             "ResourceError",
             "SailError",
             "UnknownService",
+            "UnsupportedRequest",
             "UpstreamOverflow",
             "Workload",
             "XdsError",

@@ -10,6 +10,8 @@ httpx.ConnectError
 └── UpstreamOverflowError   (also sail.errors.UpstreamOverflow)
 httpx.TimeoutException
 └── DeadlineExceededError   (also sail.errors.DeadlineExceeded)
+httpx.UnsupportedProtocol
+└── UnsupportedRequestError (also sail.errors.UnsupportedRequest)
 ```
 
 The connect errors all mean that nothing was sent to any server.
@@ -25,6 +27,7 @@ from sail.errors import (
     NoRoute,
     RequestError,
     UnknownService,
+    UnsupportedRequest,
     UpstreamOverflow,
 )
 
@@ -33,6 +36,7 @@ __all__ = [
     "NoHealthyUpstreamError",
     "NoRouteError",
     "UnknownServiceError",
+    "UnsupportedRequestError",
     "UpstreamOverflowError",
     "to_httpx",
 ]
@@ -58,12 +62,17 @@ class DeadlineExceededError(httpx.TimeoutException, DeadlineExceeded):
     pass
 
 
+class UnsupportedRequestError(httpx.UnsupportedProtocol, UnsupportedRequest):
+    pass
+
+
 _MAP: dict[type[RequestError], type[httpx.TransportError]] = {
     UnknownService: UnknownServiceError,
     NoRoute: NoRouteError,
     NoHealthyUpstream: NoHealthyUpstreamError,
     UpstreamOverflow: UpstreamOverflowError,
     DeadlineExceeded: DeadlineExceededError,
+    UnsupportedRequest: UnsupportedRequestError,
 }
 
 

@@ -1,0 +1,720 @@
+"""One HTTP request through the mesh, written once, with no I/O: the exchange that the sync
+and the async httpx transports both drive (`sail.http.transport`).
+
+`exchange(...)` is a generator. It yields what to do - send this request to that
+endpoint's pool, sleep, close a response, send a shadow copy, start a hedged attempt, wait
+for one - and is sent back what happened: a response or the `httpx.TransportError` of a
+`Send`, the finished `Launched` attempt of a `Wait` (or `None` when it timed out). It
+returns the response for the caller, or raises: sail's own `RequestError`s (the shell
+maps them to httpx's at its one boundary, `sail.http.errors.to_httpx`) or the last
+attempt's own transport error. A shell that is interrupted while it performs an action
+(a cancellation, a KeyboardInterrupt) throws that into the generator, which gives back
+what the attempt held and re-raises.
+
+```python
+flow = exchange(dataplane, state, request, name)
+result = None
+while True:
+    try:
+        action = flow.send(result)
+    except StopIteration as done:
+        return done.value                   # the response
+    result = perform(action)                # the shell's I/O: sync, or with await
+```
+
+The stages of one request, in order, and why each sits where it does:
+
+1. **route** (`sail.dataplane.resolve`): the listener named by the authority, the virtual
+   host by Host, the first matching route, the weighted cluster, the first pick. Everything
+   after needs the route's policy, so it comes first.
+2. **faults** (Envoy's HTTP fault filter sits before the router): the delay, then an
+   injected abort answered locally. Before any header change or attempt, so an aborted
+   request is never sent, mirrored or counted against a cluster.
+3. **direct response**: a route that answers itself ends here.
+4. **request header changes, then mirrors**: the shadow copies carry the changed headers,
+   as Envoy's router mirrors what it forwards; they are fire and forget.
+5. **attempts** (`sail.resilience.call.Call`): each attempt passes the circuit breakers and
+   the deadline (`Call.begin`, where attempt observers hear it start), gets its share of
+   the deadline, is sent on the **endpoint connection** (the pool of the picked endpoint),
+   and is classified (`Call.end`, where observers hear it end): return it, or retry on a
+   re-pick (`sail.dataplane.pick`) after a back-off. With `hedge_on_per_try_timeout` the
+   attempts overlap instead (`_hedged`).
+6. **response**: the attempts made (`CallInfo`), the hash policy's cookie, the route's
+   response header changes; its body releases the attempt's counters when closed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+import httpx
+
+from sail.dataplane import pick, repick
+from sail.errors import DeadlineExceeded, NoHealthyUpstream, UnsupportedRequest
+from sail.model import RouteAction
+from sail.resilience.call import Call, CallInfo
+from sail.resilience.classify import Local, Outcome
+from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
+from sail.resilience.retry import DEFAULT_POLICY, REPLAY_LIMIT
+from sail.routing.mirror import mirrors, shadow_authority
+
+if TYPE_CHECKING:
+    from sail.balancing.stats import HostStats
+    from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
+    from sail.model import Endpoint
+    from sail.resilience.events import AttemptObserver
+    from sail.resilience.fault import FaultDecision
+
+__all__ = [
+    "RETRY_BODY_LIMIT",
+    "Close",
+    "Flow",
+    "Launch",
+    "Launched",
+    "Mirror",
+    "Send",
+    "Sleep",
+    "Wait",
+    "exchange",
+]
+
+
+# -- the actions a shell performs ------------------------------------------------------------
+
+
+class Send(NamedTuple):
+    """Send `request` on the pool of `authority`; answer with the response, or the
+    `httpx.TransportError` it raised."""
+
+    authority: str
+    request: httpx.Request
+
+
+class Sleep(NamedTuple):
+    """Sleep `seconds` (a fault's delay, a retry's back-off); answer `None`."""
+
+    seconds: float
+
+
+class Close(NamedTuple):
+    """Close `response` (an attempt that is retried or lost); answer `None`."""
+
+    response: httpx.Response
+
+
+class Mirror(NamedTuple):
+    """Send the shadow copy `request` on the pool of `authority`, fire and forget (its
+    answer and errors are dropped); answer `None` at once."""
+
+    authority: str
+    request: httpx.Request
+
+
+class Launch(NamedTuple):
+    """Start sending `attempt.request` on the pool of `attempt.endpoint.authority` while the
+    exchange goes on (a hedged attempt); answer `None` at once. When it ends, set
+    `attempt.response` or `attempt.error` and hand it to the next `Wait`."""
+
+    attempt: Launched
+
+
+class Wait(NamedTuple):
+    """Wait for the next launched attempt to end, for at most `timeout` seconds (`None`: no
+    limit); answer that `Launched`, or `None` when the time ran out."""
+
+    timeout: float | None
+
+
+Action = Send | Sleep | Close | Mirror | Launch | Wait
+Flow = Generator[Action, object, httpx.Response]
+
+
+def exchange(
+    dataplane: Dataplane, state: DataplaneState, request: httpx.Request, name: str
+) -> Flow:
+    """The exchange of one request to mesh service `name` on `state` (see the module
+    docstring for the stages)."""
+    if request.url.scheme == "https":
+        # sail does not originate TLS yet: sending it as http:// would be a downgrade.
+        raise UnsupportedRequest(
+            f"service {name!r}: https:// to a mesh host is refused: sail does not do mTLS "
+            "yet, and never downgrades a request to plaintext (use http:// inside the mesh)"
+        )
+    target = dataplane.resolve(
+        name,
+        request.headers.get("host", name),
+        request.url.raw_path.decode("ascii"),
+        request.headers,
+        request.method,
+        state,
+    )
+    if target.faults is not None:
+        decision = target.faults.decide(target.route, request.headers)
+        if decision is not None:
+            try:
+                if decision.delay:
+                    yield Sleep(decision.delay)
+                if decision.abort:
+                    return _abort_response(decision, request)
+            finally:
+                decision.finish()
+    if target.endpoint is None:
+        return _direct_response(target, request)
+    plan = target.route.policy
+    if plan.headers is not None:
+        _mutate_request(target, request)
+    if plan.mirrors:
+        for authority, copy in _mirror_requests(target, request, state):
+            yield Mirror(authority, copy)
+    call = _start_call(request, target, dataplane.observer)
+    if plan.hedge and call.policy.per_try_timeout is not None:
+        return (yield from _hedged(call, target, request))
+    return (yield from _attempts(call, target, request))
+
+
+def _attempts(call: Call, target: Target, request: httpx.Request) -> Flow:
+    """Attempts one after the other: retry on a re-pick after a back-off, or return."""
+    url = request.url
+    endpoint = target.endpoint
+    cluster = target.cluster
+    assert endpoint is not None and cluster is not None
+    timeouts = request.extensions.get("timeout")
+    try:
+        while True:
+            host = _begin(call, request, timeouts, cluster, endpoint)
+            authority = endpoint.authority
+            request.url = _to_endpoint(request, target, endpoint)
+            try:
+                result = yield Send(authority, request)
+            except BaseException:  # interrupted: the attempt is over all the same
+                call.release(host)
+                call.abandon(authority, time.monotonic())
+                raise
+            finally:
+                request.url = url
+            if isinstance(result, httpx.Response):
+                wait = call.end(authority, _response_outcome(result, call), time.monotonic())
+                if wait is None:
+                    result.stream = Releasing(
+                        result.stream,  # type: ignore[arg-type]
+                        call,
+                        host,
+                    )
+                    _finish(result, target, call)
+                    return result
+                try:
+                    yield Close(result)
+                finally:
+                    call.release(host)
+            else:
+                assert isinstance(result, httpx.TransportError)
+                call.release(host)
+                wait = _after_error(call, authority, result)
+            if wait > 0:
+                yield Sleep(wait)
+            endpoint = repick(target, call)
+    finally:
+        call.finish()
+
+
+def _hedged(call: Call, target: Target, request: httpx.Request) -> Flow:
+    """Attempts that overlap (Envoy's `hedge_on_per_try_timeout`): when the latest
+    attempt's per-try timeout fires, it goes on and another starts (if `Call.hedge`
+    allows). The first response that is not a retriable failure wins; a retriable one
+    starts a retry if the call allows, else is kept to be returned if nothing better
+    comes; when every attempt has ended without a winner, the last kept response is
+    returned, or the last error raised. When the exchange ends, the shell closes and
+    releases what is left: the attempts still out, and `Hedge.leftovers()`."""
+    hedge = Hedge(call, target, request)
+    try:
+        assert target.endpoint is not None
+        yield Launch(hedge.begin(target.endpoint))
+        while True:
+            item = yield Wait(hedge.until_hedge())
+            if item is None:
+                if hedge.should_hedge():
+                    yield Launch(hedge.begin(repick(target, call)))
+                continue
+            assert isinstance(item, Launched)
+            verdict = hedge.settle(item)
+            for lost in hedge.take_discarded():
+                yield from _dispose(lost)
+            if isinstance(verdict, Launched):
+                response = verdict.response
+                assert response is not None
+                response.stream = Releasing(
+                    response.stream,  # type: ignore[arg-type]
+                    call,
+                    verdict.host,
+                )
+                _finish(response, target, call)
+                return response
+            if verdict is not None:
+                if verdict > 0:
+                    yield Sleep(verdict)
+                yield Launch(hedge.begin(repick(target, call)))
+    finally:
+        call.finish()
+
+
+def _dispose(item: Launched) -> Generator[Action, object, None]:
+    """Close a finished attempt that lost, and end its share of the counters."""
+    try:
+        if item.response is not None:
+            yield Close(item.response)
+    finally:
+        item.release()
+
+
+# -- one hedged attempt ----------------------------------------------------------------------
+
+
+class Launched:
+    """One attempt of a hedged call, sent by the shell while the exchange goes on; the
+    shell sets `response` or `error` when it ends."""
+
+    __slots__ = ("call", "ended", "endpoint", "error", "hedge", "host", "request", "response",
+                 "token")
+
+    def __init__(
+        self, hedge: Hedge, endpoint: Endpoint, host: HostStats, request: httpx.Request
+    ) -> None:
+        self.hedge = hedge
+        call = self.call = hedge.call
+        self.endpoint = endpoint
+        self.host = host
+        self.request = request
+        self.token = call.token
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+        self.ended = False
+
+    def release(self) -> None:
+        """The attempt is over and its response (if any) closed: end its share of the
+        counters (and tell the observers, if it never ended with an outcome)."""
+        self.call.release(self.host)
+        if not self.ended:
+            self.ended = True
+            self.call.abandon(self.endpoint.authority, time.monotonic(), self.token)
+
+
+class Hedge:
+    """The bookkeeping of a hedged call, for `_hedged` (the decisions) and the shell
+    (`leftovers`: what to close when the exchange is over)."""
+
+    __slots__ = ("call", "cluster", "discard", "hedge_at", "kept", "pending", "request",
+                 "target", "timeouts")
+
+    def __init__(self, call: Call, target: Target, request: httpx.Request) -> None:
+        assert target.cluster is not None
+        self.call = call
+        self.target = target
+        self.cluster = target.cluster
+        self.request = request
+        self.timeouts = request.extensions.get("timeout")
+        self.pending = 0
+        self.hedge_at = math.inf
+        self.kept: Launched | None = None
+        self.discard: list[Launched] = []
+
+    def begin(self, endpoint: Endpoint) -> Launched:
+        host = self.cluster.hosts.host(endpoint)
+        now = time.monotonic()
+        self.call.begin(now, host, endpoint.authority)
+        request = _hedged_request(self.request, self.target, endpoint, self.timeouts)
+        deadline = self.call.deadline
+        if deadline is not None:  # the per-try timeout starts a hedge; it cuts nothing
+            left = max(deadline - now, 0.001)
+            if isinstance(self.timeouts, dict):
+                request.extensions["timeout"] = {
+                    k: left if v is None or v > left else v for k, v in self.timeouts.items()
+                }
+            request.headers[EXPECTED_TIMEOUT_HEADER] = str(max(1, int(left * 1000)))
+        per_try = self.call.policy.per_try_timeout
+        self.hedge_at = now + per_try if per_try is not None else math.inf
+        self.pending += 1
+        return Launched(self, endpoint, host, request)
+
+    def until_hedge(self) -> float | None:
+        """Seconds until the latest attempt's per-try timeout (`None`: none pending)."""
+        if self.hedge_at == math.inf:
+            return None
+        return max(0.0, self.hedge_at - time.monotonic())
+
+    def should_hedge(self) -> bool:
+        self.hedge_at = math.inf
+        return self.call.hedge(time.monotonic())
+
+    def settle(self, item: Launched) -> Launched | float | None:
+        """An attempt ended: the winning attempt, a wait before a retry, or `None` (keep
+        waiting for the attempts still out)."""
+        self.pending -= 1
+        call = self.call
+        response, error = item.response, item.error
+        if response is None:
+            assert error is not None
+            outcome = _local_outcome(error) if isinstance(error, httpx.TransportError) else None
+            if outcome is None:
+                item.release()
+                raise error
+        else:
+            outcome = _response_outcome(response, call)
+        item.ended = True
+        wait = call.end(item.endpoint.authority, outcome, time.monotonic(), item.token)
+        good = outcome.answered and wait is None
+        if response is not None and (good or wait is None):
+            if self.kept is not None:
+                self.discard.append(self.kept)
+            self.kept = None
+            if good:
+                return item
+            self.kept = item
+        elif response is not None:
+            self.discard.append(item)
+        else:
+            item.release()
+        if wait is not None:
+            return wait
+        if self.pending:
+            return None
+        if self.kept is not None:
+            kept, self.kept = self.kept, None
+            return kept
+        assert isinstance(error, httpx.TransportError)
+        raise _failed(call, error)
+
+    def take_discarded(self) -> list[Launched]:
+        """Finished attempts that lost, for the exchange to close and release."""
+        out, self.discard = self.discard, []
+        return out
+
+    def leftovers(self) -> list[Launched]:
+        """When the exchange is over: the finished attempts it still holds, for the shell
+        to close and release (with those still out, which the shell holds)."""
+        out, self.discard = self.discard, []
+        if self.kept is not None:
+            out.append(self.kept)
+            self.kept = None
+        return out
+
+
+# -- the stages' steps -----------------------------------------------------------------------
+
+
+def _direct_response(target: Target, request: httpx.Request) -> httpx.Response:
+    action = target.route.route.action
+    status, body = (action.status, action.body) if action is not None else (404, b"")  # type: ignore[union-attr]
+    response = httpx.Response(status, content=body, request=request)
+    _mutate_response(target, response)
+    return response
+
+
+def _abort_response(decision: FaultDecision, request: httpx.Request) -> httpx.Response:
+    """The local answer of an injected abort, as Envoy's fault filter writes it."""
+    if decision.grpc_status is not None:
+        headers = {
+            "content-type": "application/grpc",
+            "grpc-status": str(decision.grpc_status),
+            "grpc-message": "fault filter abort",
+        }
+        return httpx.Response(200, headers=headers, request=request)
+    assert decision.http_status is not None
+    return httpx.Response(
+        decision.http_status, text="fault filter abort", request=request,
+        headers={"content-type": "text/plain"},
+    )
+
+
+def _mutate_request(target: Target, request: httpx.Request) -> None:
+    """The route's request header changes (`request_headers_to_add/remove`)."""
+    mutation = target.route.policy.headers
+    if mutation is not None and mutation.request:
+        request.headers = httpx.Headers(mutation.apply_request(request.headers.multi_items()))
+
+
+def _mutate_response(target: Target, response: httpx.Response) -> None:
+    """The route's response header changes (`response_headers_to_add/remove`)."""
+    mutation = target.route.policy.headers
+    if mutation is not None and mutation.response:
+        response.headers = httpx.Headers(mutation.apply_response(response.headers.multi_items()))
+
+
+def _mirror_requests(
+    target: Target, request: httpx.Request, state: DataplaneState
+) -> list[tuple[str, httpx.Request]]:
+    """Copies of `request` for the route's `request_mirror_policies` that fire this time:
+    `(endpoint authority, request)` each, with Host suffixed `-shadow` as Envoy sends them.
+    A streamed body cannot be copied, so such a request is not mirrored."""
+    action = target.route.route.action
+    if not isinstance(action, RouteAction) or not action.request_mirror_policies:
+        return []
+    if not isinstance(request.stream, httpx.ByteStream):
+        return []
+    copies = []
+    host = shadow_authority(request.headers.get("host", target.service))
+    for name in mirrors(action):
+        cluster = state.clusters.get(name)
+        if cluster is None:
+            continue
+        try:
+            endpoint = pick(cluster, target.hash.value)
+        except NoHealthyUpstream:
+            continue
+        headers = request.headers.copy()
+        headers["host"] = host
+        copies.append((endpoint.authority, httpx.Request(
+            request.method,
+            httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+                      raw_path=target.route.path.encode("ascii")),
+            headers=headers,
+            stream=request.stream,
+        )))
+    return copies
+
+
+class _EndpointURL:
+    """The parts of a URL that `httpx.HTTPTransport` reads to send a request (`raw_scheme`,
+    `raw_host`, `port`, `raw_path`), for the picked endpoint.
+
+    Building a real `httpx.URL` re-parses and re-validates it: about 30 µs a request,
+    most of what sail added to a request before. This costs well under 1 µs.
+    `tests/e2e/test_http_mesh.py` would fail at once if httpx stopped reading just these.
+    """
+
+    __slots__ = ("port", "raw_host", "raw_path")
+    raw_scheme = b"http"
+
+    def __init__(self, raw_host: bytes, port: int, raw_path: bytes) -> None:
+        self.raw_host = raw_host
+        self.port = port
+        self.raw_path = raw_path
+
+    def __str__(self) -> str:
+        return f"http://{self.raw_host.decode()}:{self.port}{self.raw_path.decode()}"
+
+
+def _host_for(target: Target, endpoint: Endpoint) -> str | None:
+    """The Host to send to `endpoint`: the route's rewrite, or for a retry's endpoint under
+    `auto_host_rewrite`, that endpoint's own hostname (`None`: keep the caller's)."""
+    if endpoint is not target.endpoint and endpoint.hostname:
+        action = target.route.route.action
+        if isinstance(action, RouteAction) and action.auto_host_rewrite:
+            return endpoint.hostname
+    return target.host
+
+
+def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> httpx.URL:
+    """What to put in `request.url` while `endpoint`'s pool sends it; sets Host if the
+    route rewrites it (for a retry's endpoint, `auto_host_rewrite` takes its hostname)."""
+    host = _host_for(target, endpoint)
+    if host is not None:
+        request.headers["host"] = host
+    url = _EndpointURL(
+        endpoint.address.encode("ascii"), endpoint.port, target.route.path.encode("ascii")
+    )
+    return url  # type: ignore[return-value]
+
+
+#: Request bodies up to this size are kept for retries (a larger or streamed body is only
+#: retried when it was never sent: a connect failure).
+RETRY_BODY_LIMIT = REPLAY_LIMIT
+
+
+def _replayable(request: httpx.Request) -> Callable[[], bool]:
+    """Whether the body can be sent again: asked only when a retry is being decided."""
+
+    def replayable() -> bool:
+        if not isinstance(request.stream, httpx.ByteStream):
+            return False
+        length = request.headers.get("content-length")
+        return length is None or int(length) <= RETRY_BODY_LIMIT
+
+    return replayable
+
+
+def _start_call(
+    request: httpx.Request, target: Target, observer: AttemptObserver | None
+) -> Call:
+    plan = target.route.policy  # resolved once per route when the router was built
+    cluster = target.cluster
+    assert cluster is not None
+    limits = cluster.limits
+    if plan.priority and cluster.high_limits is not None:
+        limits = cluster.high_limits  # a HIGH priority route has thresholds of its own
+    return Call(
+        plan.retry or DEFAULT_POLICY,
+        limits,
+        call_deadline(plan.timeout, request.headers, time.monotonic()),
+        _replayable(request),
+        outlier=cluster.outlier,
+        observer=observer,
+        service=target.service,
+    )
+
+
+def _begin(
+    call: Call, request: httpx.Request, timeouts: object, cluster: ClusterRuntime,
+    endpoint: Endpoint,
+) -> HostStats:
+    """Start an attempt: circuit breakers, the endpoint's in-flight count, and this
+    attempt's share of the deadline in its timeouts and in `x-envoy-expected-rq-timeout-ms`.
+    Returns the endpoint's counters, for `call.release`."""
+    host = cluster.hosts.host(endpoint)
+    timeout = call.begin(time.monotonic(), host, endpoint.authority)
+    if timeout is not None:
+        if isinstance(timeouts, dict) and timeout < _shortest(timeouts):
+            request.extensions["timeout"] = {
+                k: timeout if v is None or v > timeout else v for k, v in timeouts.items()
+            }
+        _set_expected_timeout(request.headers, timeout)
+    return host
+
+
+_EXPECTED = EXPECTED_TIMEOUT_HEADER.encode()
+
+
+def _set_expected_timeout(headers: httpx.Headers, timeout: float) -> None:
+    """Set `x-envoy-expected-rq-timeout-ms`. On httpx's header list directly when it is
+    not there yet (the common case: `__setitem__` re-encodes and scans for duplicates)."""
+    value = str(int(timeout * 1000) or 1)
+    entries = getattr(headers, "_list", None)
+    if isinstance(entries, list):
+        for entry in entries:
+            if entry[1] == _EXPECTED:
+                break
+        else:
+            entries.append((_EXPECTED, _EXPECTED, value.encode()))
+            return
+    headers[EXPECTED_TIMEOUT_HEADER] = value
+
+
+def _shortest(timeouts: dict[str, float | None]) -> float:
+    """The shortest of httpx's timeouts (`inf` when none is set)."""
+    shortest = math.inf
+    for value in timeouts.values():
+        if value is not None and value < shortest:
+            shortest = value
+    return shortest
+
+
+def _hedged_request(
+    request: httpx.Request, target: Target, endpoint: Endpoint, timeouts: object
+) -> httpx.Request:
+    """A request of its own for one attempt of a hedged call (attempts overlap, so they
+    cannot share the caller's request object as sequential attempts do)."""
+    headers = request.headers.copy()
+    host = _host_for(target, endpoint)
+    if host is not None:
+        headers["host"] = host
+    extensions = dict(request.extensions)
+    if isinstance(timeouts, dict):
+        extensions["timeout"] = request.extensions.get("timeout", timeouts)
+    return httpx.Request(
+        request.method,
+        httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+                  raw_path=target.route.path.encode("ascii")),
+        headers=headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
+
+
+def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
+    """What a transport error means for retries, or `None` for errors that are not the
+    upstream's doing (a bad URL, an unsupported protocol...)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Outcome(local=Local.CONNECT_FAILURE)
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome(local=Local.TIMEOUT)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        if "REFUSED_STREAM" in str(exc):
+            return Outcome(local=Local.REFUSED_STREAM)
+        return Outcome(local=Local.RESET)
+    return None
+
+
+def _response_outcome(response: httpx.Response, call: Call) -> Outcome:
+    """The outcome of a response. Its `grpc-status` header is read only for a policy with
+    gRPC conditions (a gRPC call over httpx, where the trailers-only answer carries it)."""
+    if not call.grpc_aware:
+        return Outcome(response.status_code, None, None, response.headers)
+    grpc = response.headers.get("grpc-status")
+    grpc_status = int(grpc) if grpc is not None and grpc.isdigit() else None
+    return Outcome(response.status_code, None, grpc_status or None, response.headers)
+
+
+def _after_error(call: Call, authority: str, exc: httpx.TransportError) -> float:
+    """An attempt to `authority` failed with `exc` (its counters released): the wait
+    before the next attempt. Raises when the call ends here (`exc` itself when it is not
+    the upstream's doing)."""
+    outcome = _local_outcome(exc)
+    if outcome is None:
+        call.abandon(authority, time.monotonic())
+        raise exc
+    wait = call.end(authority, outcome, time.monotonic())
+    if wait is None:
+        raise _failed(call, exc)
+    return wait
+
+
+def _failed(call: Call, exc: httpx.TransportError) -> Exception:
+    """The error a call ends with after `exc` ended its last attempt (chained to it)."""
+    if call.expired(time.monotonic()):
+        error: Exception = DeadlineExceeded(call.describe("the deadline passed"))
+        error.__cause__ = exc
+        return error
+    exc.add_note(f"sail: {call.describe('gave up')}")
+    return exc
+
+
+def _finish(response: httpx.Response, target: Target, call: Call) -> None:
+    """What the returned response carries: the call's attempts, and the cookie a hash
+    policy generated (Envoy sets it on the response, so the caller's jar sends it back)."""
+    response.extensions["sail"] = CallInfo(
+        target.service, target.route.cluster or "", tuple(call.attempts)
+    )
+    cookies = target.hash.set_cookies
+    if cookies:
+        response.headers = httpx.Headers(
+            [*response.headers.multi_items(), *(("set-cookie", c) for c in cookies)]
+        )
+    if target.route.policy.headers is not None:
+        _mutate_response(target, response)
+
+
+class Releasing(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that ends its attempt's share of the circuit counters when closed,
+    for the sync and the async transport alike (each uses its own half)."""
+
+    __slots__ = ("_call", "_host", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream, call: Call, host: HostStats) -> None:
+        self._stream = stream
+        self._call: Call | None = call
+        self._host = host
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)  # no generator of our own between httpx and the body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()  # type: ignore[attr-defined,no-any-return]
+
+    def _release(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.release(self._host)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._release()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._release()
