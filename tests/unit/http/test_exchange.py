@@ -156,7 +156,7 @@ def test_retries_go_to_other_hosts_after_a_backoff(make_mesh: Any, clock: Clock)
 
 def test_the_default_policy_retries_a_connect_failure_once(make_mesh: Any, clock: Clock) -> None:
     mesh = make_mesh()
-    flow, request = start(mesh)
+    flow, _ = start(mesh)
     first = next(flow)
     assert isinstance(first, Send)
     error = httpx.ConnectError("refused", request=first.request)
