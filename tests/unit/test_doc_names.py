@@ -81,13 +81,15 @@ def test_sail_http_exports_its_errors() -> None:
     import sail.http
     import sail.http.errors
 
-    assert sorted(sail.http.__all__) == [
+    # every error class there, whatever gets added
+    assert set(sail.http.__all__) == {n for n in sail.http.errors.__all__ if n.endswith("Error")}
+    assert set(sail.http.__all__) >= {
         "DeadlineExceededError",
         "NoHealthyUpstreamError",
         "NoRouteError",
         "UnknownServiceError",
         "UpstreamOverflowError",
-    ]
+    }
     for name in sail.http.__all__:
         cls = getattr(sail.http, name)
         assert cls is getattr(sail.http.errors, name)

@@ -5,35 +5,16 @@
 * `@mesh.service(...)` - an ASGI app made a mesh workload, with the request context and the
   caller's deadline (`sail.http.server`).
 
-sail's own failures of a request raise one of these, each both an `httpx` exception (so an
-existing `except httpx.HTTPError` keeps working) and the matching `sail.errors` class
-(`sail.http.errors`):
-
-```
-httpx.ConnectError
-├── UnknownServiceError     (also sail.UnknownService)     no listener for the host
-├── NoRouteError            (also sail.NoRoute)            no virtual host or route matched
-├── NoHealthyUpstreamError  (also sail.NoHealthyUpstream)  no endpoint can take the call
-└── UpstreamOverflowError   (also sail.UpstreamOverflow)   a circuit breaker is full
-httpx.TimeoutException
-└── DeadlineExceededError   (also sail.DeadlineExceeded)   the deadline passed
-```
+sail's own failures of a request raise the error classes of `sail.http.errors`, exported
+here: each is both an `httpx` exception (so an existing `except httpx.HTTPError` keeps
+working) and the matching `sail.errors` class. `UnknownServiceError`, `NoRouteError`,
+`NoHealthyUpstreamError` and `UpstreamOverflowError` are `httpx.ConnectError`s (nothing was
+sent); `DeadlineExceededError` is an `httpx.TimeoutException`.
 """
 
 from __future__ import annotations
 
-from sail.http.errors import (
-    DeadlineExceededError,
-    NoHealthyUpstreamError,
-    NoRouteError,
-    UnknownServiceError,
-    UpstreamOverflowError,
-)
+from sail.http import errors as _errors
+from sail.http.errors import *  # noqa: F403  (every error class of sail.http.errors)
 
-__all__ = [
-    "DeadlineExceededError",
-    "NoHealthyUpstreamError",
-    "NoRouteError",
-    "UnknownServiceError",
-    "UpstreamOverflowError",
-]
+__all__ = [name for name in _errors.__all__ if name.endswith("Error")]
