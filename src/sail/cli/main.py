@@ -116,7 +116,7 @@ def _run_registry(args: argparse.Namespace) -> int:
     import signal
 
     from sail.registry.server import Registry
-    from sail.registry.store import open_store
+    from sail.registry.stores import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")

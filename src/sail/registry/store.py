@@ -6,7 +6,10 @@
   stops; workloads re-register on their next heartbeat (answered NOT_FOUND).
 * `sail.registry.etcd.EtcdStore` (`sail registry --store etcd://HOST:PORT`): state lives in
   etcd, so a restarted registry finds every workload and config document, and several
-  registries sharing one etcd serve the same mesh. `open_store(url)` makes either.
+  registries sharing one etcd serve the same mesh.
+
+`sail.registry.stores.open_store(url)` makes either from a `--store` URL (it is kept apart,
+so that this module never imports the etcd one, which imports it).
 
 **Writes are async, reads are not.** The write methods (`put_workload`, `heartbeat`,
 `set_health`, `remove_workload`, `put_config`, `delete_config`) are coroutines: an etcd
@@ -69,7 +72,6 @@ __all__ = [
     "Store",
     "StoreConflict",
     "StoreUnavailable",
-    "open_store",
 ]
 
 log = logging.getLogger("sail.registry.store")
@@ -161,22 +163,6 @@ class Store(Protocol):
     def status(self) -> dict[str, Any]:
         """What the store is and how it is doing, JSON-serializable (`{"kind": ...}`)."""
         ...
-
-
-def open_store(url: str) -> Store:
-    """The store a `--store` URL names: `memory` (the default) or
-    `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (see `sail.registry.etcd`). `ValueError` for
-    anything else."""
-    text = url.strip()
-    if text in ("memory", "memory:", "memory://"):
-        return MemoryStore()
-    if text.startswith("etcd://"):
-        from sail.registry.etcd import EtcdStore
-
-        return EtcdStore.from_url(text)
-    raise ValueError(
-        f"unknown store {url!r}: expected 'memory' or 'etcd://HOST:PORT[/PREFIX]'"
-    )
 
 
 class Watchers:

@@ -13,7 +13,8 @@ from sail.model import HealthStatus, Locality
 from sail.registration import Workload
 from sail.registry.etcd import EtcdStore
 from sail.registry.leases import run_expiry
-from sail.registry.store import DEFAULT_TTL, MemoryStore, Store, open_store
+from sail.registry.store import DEFAULT_TTL, MemoryStore, Store
+from sail.registry.stores import open_store
 from tests.unit.registry.test_api_harness import FakeClock
 
 pytestmark = pytest.mark.timeout(10)
@@ -225,3 +226,21 @@ def test_memory_store_lifecycle_and_status(store):
     done(store.start())
     assert store.status() == {"kind": "memory"}
     done(store.close())
+
+
+def test_the_store_module_does_not_import_the_etcd_one():
+    # etcd.py imports store.py (the interface it implements); the factory that knows both
+    # lives in stores.py, so there is no import circle.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sail.registry.store; "
+        "print('sail.registry.etcd' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "False"
+    import sail.registry.store
+
+    assert not hasattr(sail.registry.store, "open_store")
