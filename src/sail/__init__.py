@@ -12,6 +12,7 @@ with mesh.client() as http:                # an httpx.Client
 
 from __future__ import annotations
 
+from sail._version import __version__ as __version__
 from sail.bootstrap import Bootstrap, load_bootstrap, parse_bootstrap
 from sail.context import RequestContext, current_request, operation
 from sail.errors import (
@@ -33,8 +34,6 @@ from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload
 from sail.resilience.call import Attempt, CallInfo
 from sail.resilience.events import AttemptObserver
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Attempt",

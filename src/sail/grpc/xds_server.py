@@ -40,7 +40,6 @@ from sail.errors import NoRoute
 from sail.model import CidrRange, FilterChainMatch, Listener, SourceType, host_port
 from sail.routing.request import Headers
 from sail.routing.router import Router
-from sail.xds.codec.extensions import ROUTER
 
 if TYPE_CHECKING:
     from sail.seam import MeshSeam
@@ -72,7 +71,7 @@ def _unsupported_filter(listener: Listener) -> str | None:
     """The first HTTP filter a server cannot apply (not skippable), or None."""
     for chain in listener.chains():
         for f in chain.hcm.http_filters:
-            if f.type_url != ROUTER and not f.is_optional:
+            if not f.is_router and not f.is_optional:
                 return f"{f.name} ({f.type_url})"
     return None
 

@@ -14,10 +14,15 @@ __all__ = [
     "FilterChain",
     "FilterChainMatch",
     "HttpConnectionManager",
+    "ROUTER_TYPE_URL",
     "HttpFilter",
     "Listener",
     "SourceType",
 ]
+
+
+ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+"""The type URL of Envoy's router filter, the last HTTP filter of every HCM."""
 
 
 @attrs.frozen
@@ -32,6 +37,10 @@ class HttpFilter:
     type_url: str
     is_optional: bool = False
     config: FaultPolicy | None = None
+
+    @property
+    def is_router(self) -> bool:
+        return self.type_url == ROUTER_TYPE_URL
 
 
 @attrs.frozen

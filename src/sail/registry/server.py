@@ -40,7 +40,7 @@ from sail.registry.istio.parse import load_documents, load_paths
 from sail.registry.istio.validate import validate
 from sail.registry.leases import run_expiry
 from sail.registry.server_listener import DEFAULT_TEMPLATE, server_listeners
-from sail.registry.status import CsdsServer, sync_status
+from sail.registry.status import sync_status
 from sail.registry.store import MemoryStore, Store
 from sail.registry.translate import Resources, port_listeners, translate
 from sail.xds.codec.encode import (
@@ -49,6 +49,7 @@ from sail.xds.codec.encode import (
     encode_listener,
     encode_route_configuration,
 )
+from sail.xds.csds import CsdsServer
 from sail.xds.server import AdsServer, ResourceStore
 
 __all__ = ["Registry"]

@@ -53,6 +53,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from sail._version import __version__
 from sail.bootstrap import Bootstrap, XdsServer
 from sail.errors import ResourceError
 from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name, unpack
@@ -671,7 +672,5 @@ def _short(type_url: str) -> str:
 
 
 def _version() -> str:
-    from sail import __version__
-
     return __version__
 

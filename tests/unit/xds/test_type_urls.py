@@ -1,0 +1,12 @@
+"""Type URLs the model spells out so that no shell imports the wire's codec for them."""
+
+from __future__ import annotations
+
+from sail.model.listener import ROUTER_TYPE_URL, HttpFilter
+from sail.xds.codec.extensions import ROUTER
+
+
+def test_the_model_names_the_router_as_the_codec_does() -> None:
+    assert ROUTER_TYPE_URL == ROUTER
+    assert HttpFilter("envoy.filters.http.router", ROUTER).is_router
+    assert not HttpFilter("envoy.filters.http.fault", ROUTER + "x").is_router
