@@ -10,11 +10,11 @@ from sail.model.fault import FaultPolicy
 from sail.model.route import RouteConfig
 
 __all__ = [
+    "ROUTER_TYPE_URL",
     "CidrRange",
     "FilterChain",
     "FilterChainMatch",
     "HttpConnectionManager",
-    "ROUTER_TYPE_URL",
     "HttpFilter",
     "Listener",
     "SourceType",
