@@ -111,10 +111,14 @@ def _serve_sail(
     stopping: threading.Event,
 ) -> int:
     mesh = sail.Mesh.from_bootstrap(registrar=registrar) if os.environ.get("XDS") == "1" else None
-    server = MeshServer(
-        service, registrar, port=port, labels=labels, service_port=SERVICE_PORT,
-        handlers=[_handler(name.encode())], drain=1.0, quiet=0.2, xds=mesh,
+    options: dict[str, Any] = dict(
+        port=port, labels=labels, service_port=SERVICE_PORT,
+        handlers=[_handler(name.encode())], drain=1.0, quiet=0.2,
     )
+    if mesh is not None:  # an xDS-enabled server of this mesh
+        server = mesh.grpc_server(service, xds=True, **options)
+    else:
+        server = MeshServer(service, registrar, **options)
     server.start()
     print("ready", flush=True)
     while not stopping.wait(0.2):
