@@ -22,7 +22,7 @@ Supported, and translated to cluster settings:
 * `trafficPolicy.tls.mode: DISABLE` (plaintext, what sail does today).
 
 Parsed and validated but refused by `validate` as "not supported yet":
-`loadBalancer.simple: PASSTHROUGH`, other `tls` modes.
+`loadBalancer.simple: PASSTHROUGH`, other `tls` modes (sail does not do upstream TLS yet).
 A subset's `trafficPolicy` replaces the rule's, section by section (`loadBalancer`,
 `connectionPool`, ...), as in Istio.
 """

@@ -14,7 +14,9 @@ skipped.
 Reading is strict, because a field the registry ignored would be config that silently
 does nothing: an unknown field anywhere is an error naming the file, the object and the
 field's path, as are wrong types, bad durations, unknown kinds, duplicate YAML keys (which
-YAML itself would let the last one win) and invalid YAML (with its line and column).
+YAML itself would let the last one win) and invalid YAML (with its line and column). A
+RequestAuthentication, a kind sail knows but does not enforce (nor parse) yet, is refused
+with the reason `sail.registry.istio.validate.not_enforced` gives every such kind.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import yaml
 from sail.registry.istio.errors import FieldError, IstioConfigError
 from sail.registry.istio.model import KINDS, NETWORKING, SECURITY, IstioObject, ObjectMeta
 from sail.registry.istio.schema import build
+from sail.registry.istio.validate import NOT_ENFORCED, not_enforced
 
 __all__ = ["API_VERSIONS", "load_documents", "load_paths"]
 
@@ -97,6 +100,14 @@ def _object(document: object, source: str, number: int) -> IstioObject:
         raise IstioConfigError("expected a mapping (an Istio object)", source=source, object=label)
     kind = document.get("kind")
     cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None and isinstance(kind, str) and kind in NOT_ENFORCED:
+        try:
+            meta = build(ObjectMeta, document.get("metadata"), "metadata")
+        except FieldError as exc:
+            raise IstioConfigError(
+                exc.reason, source=source, object=f"{kind} ({label})", field=exc.field
+            ) from None
+        raise not_enforced(kind, f"{kind} {meta.namespace}/{meta.name}", source)
     if cls is None:
         known = ", ".join(KINDS)
         got = "no kind" if kind is None else f"unknown kind {kind!r}"

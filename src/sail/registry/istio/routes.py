@@ -3,7 +3,8 @@
 How each part becomes Envoy's (sail's model's) route:
 
 * each `match` of a rule becomes one route (Istio ORs the matches), all with the rule's
-  action, in rule order; a rule without `match` matches every request (prefix `/`);
+  action, in rule order; a rule without `match` matches every request (prefix `/`). The
+  route is named as Istio names it: the rule's `name`, `.` and the match's `name`;
 * `uri` exact/prefix/regex → the path match (`path`, `prefix`, `safe_regex`);
   `headers` → header matchers (names lower-cased), `method` → a matcher on `:method`,
   `queryParams` → query parameter matchers, each sorted by name;
@@ -126,7 +127,7 @@ def build_routes(
                     Route(
                         _match(m),
                         action,
-                        name=rule.name or "",
+                        name=_route_name(rule.name, m.name if m is not None else None),
                         header_mutations=mutations,
                         typed_per_filter_config=faults,
                     )
@@ -135,6 +136,12 @@ def build_routes(
     if not routes:
         routes.append(Route(_EVERYTHING, RouteAction(cluster=use(service, port, "")), "default"))
     return tuple(routes)
+
+
+def _route_name(rule: str | None, match: str | None) -> str:
+    """Istio's route name: the rule's `name`, then `.` and the match's `name` when both are
+    set, or whichever is."""
+    return ".".join(n for n in (rule, match) if n)
 
 
 def _action(

@@ -1,5 +1,7 @@
-"""`PeerAuthentication` and `AuthorizationPolicy` (security.istio.io): parsed, validated and
-stored; nothing is translated from them yet (the security work reads them).
+"""`PeerAuthentication` and `AuthorizationPolicy` (security.istio.io): parsed and validated,
+then refused (`sail.registry.istio.validate.check_supported`), since sail does not enforce
+them yet: sail fails closed, rather than accept a STRICT mTLS policy or a DENY rule and
+serve plaintext or allow the call. The security work will translate them from these specs.
 
 Supported fields:
 

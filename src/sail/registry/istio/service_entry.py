@@ -4,13 +4,17 @@ Supported:
 
 * `hosts` (each becomes a service, with a listener per port as registered services have);
 * `ports[]`: `number`, `name`, `protocol` (`HTTP`, `HTTP2`, `GRPC`, `GRPC-WEB`: sail's
-  listeners speak HTTP), `targetPort` (the endpoints' port when they do not name one);
+  listeners speak HTTP, and a sail client speaks the protocol of the library that makes
+  the call; the other Istio protocols are refused), `targetPort` (the endpoints' port
+  when they do not name one);
 * `resolution`: `STATIC` (the `endpoints` are IP addresses, served by EDS) or `DNS` (a
   `STRICT_DNS` cluster resolves each endpoint address; without `endpoints`, the hosts
   themselves);
 * `endpoints[]`: `address`, `ports` (port name → number), `labels` (for subsets),
   `weight`, `locality` (`region/zone/subzone`);
-* `location` (`MESH_EXTERNAL`, `MESH_INTERNAL`) is accepted and has no effect yet.
+* `location: MESH_EXTERNAL` (Istio's default), which is what sail does with every
+  ServiceEntry host: plaintext, no server-side policy. `MESH_INTERNAL` parses but is
+  refused by `validate.check_supported` until sail has mesh security.
 
 Istio's default `resolution`, `NONE` (pass through to the address the caller resolved), has
 no meaning for a proxyless client, so `resolution` is required.

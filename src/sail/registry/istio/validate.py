@@ -7,8 +7,16 @@ file, the object and the field:
 * what parses but cannot be translated (`check_supported`, which `translate` runs too): a
   VirtualService's `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a
   matched prefix); a DestinationRule's `loadBalancer.simple: PASSTHROUGH`, or `tls` other
-  than `mode: DISABLE`. The registry refuses these rather than serve config that quietly does
-  less than it says;
+  than `mode: DISABLE` (sail does not do upstream TLS yet); a ServiceEntry's
+  `location: MESH_INTERNAL`. The registry refuses these rather than serve config that
+  quietly does less than it says;
+* a kind sail does not enforce yet (`NOT_ENFORCED`): PeerAuthentication and
+  AuthorizationPolicy are parsed and validated (for the security work) but refused by
+  `check_supported` with `not_enforced`'s reason; RequestAuthentication, which sail does not
+  parse, is refused by the parser with the same reason. sail fails closed: accepting a STRICT
+  mTLS policy or a DENY rule and then serving plaintext, or allowing the call, would be a
+  security hole. Since `sail apply` (`Registry.check_configs`) and `sail registry --config`
+  both read through the parser and `validate`, both refuse them the same way;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
 * a route or mirror destination (or its `subset`) that does not exist: the host must be a
@@ -21,22 +29,42 @@ Hosts are compared in their short form (`sail.registry.istio.hosts.short_host`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from sail.registry.istio.destination_rule import SimpleLB, TLSMode, TrafficPolicy
 from sail.registry.istio.errors import IstioConfigError
 from sail.registry.istio.hosts import short_host
 from sail.registry.istio.model import (
+    AuthorizationPolicy,
     DestinationRule,
     IstioObject,
+    PeerAuthentication,
     ServiceEntry,
     VirtualService,
 )
+from sail.registry.istio.service_entry import Location
 from sail.registry.istio.virtual_service import Destination, HTTPRoute
 
-__all__ = ["check_supported", "validate"]
+__all__ = ["NOT_ENFORCED", "check_supported", "not_enforced", "validate"]
 
 _NOT_YET = "not supported yet"
+
+NOT_ENFORCED: Mapping[str, str] = {
+    "PeerAuthentication": "serving plaintext whatever its mtls mode",
+    "AuthorizationPolicy": "allowing every call",
+    "RequestAuthentication": "letting requests with any token, or a forged one, through",
+}
+"""The Istio kinds sail does not enforce yet, and what accepting one would do instead."""
+
+
+def not_enforced(kind: str, ref: str, source: str) -> IstioConfigError:
+    """The error refusing an object of a `NOT_ENFORCED` kind (`ref` is `Kind ns/name`)."""
+    return IstioConfigError(
+        f"not enforced by sail yet (sail fails closed: refusing it rather than accepting it "
+        f"and {NOT_ENFORCED[kind]})",
+        source=source,
+        object=ref,
+    )
 
 
 def validate(objects: Sequence[IstioObject], known_hosts: Collection[str] | None) -> None:
@@ -60,8 +88,11 @@ def validate(objects: Sequence[IstioObject], known_hosts: Collection[str] | None
 
 
 def check_supported(objects: Sequence[IstioObject]) -> None:
-    """Raise `IstioConfigError` for the first field that parses but is not translated yet."""
+    """Raise `IstioConfigError` for the first object of a kind sail does not enforce yet
+    (`not_enforced`), or field that parses but is not translated yet."""
     for obj in objects:
+        if isinstance(obj, PeerAuthentication | AuthorizationPolicy):
+            raise not_enforced(obj.kind, obj.ref, obj.source)
         for field, reason in _unsupported(obj):
             raise _error(obj, field, reason)
 
@@ -83,6 +114,12 @@ def _unsupported(obj: IstioObject) -> Iterator[tuple[str, str]]:
             yield from _unsupported_policy(
                 f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy
             )
+    elif isinstance(obj, ServiceEntry) and obj.spec.location is Location.MESH_INTERNAL:
+        yield (
+            "spec.location",
+            f"MESH_INTERNAL: {_NOT_YET} (only MESH_EXTERNAL): sail treats every ServiceEntry "
+            "host as outside the mesh (plaintext, no server-side policy)",
+        )
 
 
 def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tuple[str, str]]:
@@ -92,7 +129,11 @@ def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tup
     if lb is not None and lb.simple is SimpleLB.PASSTHROUGH:
         yield f"{path}.loadBalancer.simple", f"PASSTHROUGH: {_NOT_YET}"
     if policy.tls is not None and policy.tls.mode is not TLSMode.DISABLE:
-        yield f"{path}.tls.mode", f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE)"
+        yield (
+            f"{path}.tls.mode",
+            f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE): sail does not do upstream "
+            "TLS yet, and would send this traffic in plaintext",
+        )
 
 
 def _check_duplicates(objects: Sequence[IstioObject]) -> None:
