@@ -19,6 +19,8 @@ from sail.registry.istio import IstioConfigError, load_documents, validate
 from sail.registry.istio.validate import check_supported
 from sail.registry.server import Registry
 from sail.registry.translate import translate
+from sail.xds.codec.types import RESOURCE_TYPES, unpack
+from sail.xds.resolver import CDS, LDS
 from tests.helpers import wait_until
 from tests.unit.registry.test_istio_parse import BOOKINFO, SECURITY
 from tests.unit.registry.test_registry_server import REVIEWS, Running, on_loop, run
@@ -197,6 +199,23 @@ def test_sail_apply_refuses_request_authentication(
     assert cli(running, "apply", "-f", str(path)) == 1
     assert "RequestAuthentication default/jwt: not enforced by sail yet" in capsys.readouterr().err
     assert on_loop(running.registry.store.configs) == {}
+
+
+def test_nothing_the_registry_serves_is_nacked_by_the_codec(running: Running) -> None:
+    """Client, server (A36) and Envoy port listeners, routes, clusters and endpoints of a
+    BookInfo mesh all decode: failing closed refuses nothing the registry itself makes."""
+    on_loop(lambda: running.registry.store.put_config("bookinfo.yaml", BOOKINFO))
+    wait_until(lambda: running.registry.resources.resources(CDS))
+    assert running.registry.last_error == ""
+    decoded = 0
+    for type_url, rtype in RESOURCE_TYPES.items():
+        for packed in running.registry.resources.resources(type_url).values():
+            rtype.decode(unpack(packed)[1])  # raises ResourceError if NACKed
+            decoded += 1
+    names = running.registry.resources.resources(LDS)
+    assert any(n.startswith("grpc/server?") for n in names)  # A36 server listeners
+    assert any("_" in n for n in names)  # Envoy port listeners
+    assert decoded > 10
 
 
 def test_a_stored_authorization_policy_is_never_served(running: Running) -> None:
