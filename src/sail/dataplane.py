@@ -38,17 +38,21 @@ from sail.model import (
     RouteAction,
     RouteConfig,
 )
+from sail.resilience.call import Call
 from sail.resilience.fault import FaultFilter
 from sail.resilience.limits import ClusterLimits
 from sail.resilience.outlier import OutlierDetector
+from sail.resilience.retry import DEFAULT_POLICY
 from sail.routing import Headers, Router, RouteResult
 
 if TYPE_CHECKING:
-    from sail.resilience.call import Call
+    from collections.abc import Callable
+
     from sail.resilience.events import AttemptObserver
 
 __all__ = [
     "ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state", "pick", "repick",
+    "start_call",
 ]
 
 
@@ -304,6 +308,28 @@ def pick(
                 break
             endpoint = picker.pick()
     return endpoint
+
+
+def start_call(
+    target: Target,
+    deadline: float | None,
+    observer: AttemptObserver | None,
+    replayable: bool | Callable[[], bool] = True,
+) -> Call:
+    """The `Call` of a routed request (HTTP or gRPC): the route's retry policy (sail's safe
+    default without one), the cluster's circuit breakers of the route's priority (a HIGH
+    priority route has thresholds of its own), its outlier detector, the mesh's attempt
+    observer."""
+    cluster = target.cluster
+    assert cluster is not None
+    plan = target.route.policy  # resolved once per route when the router was built
+    limits = cluster.limits
+    if plan.priority and cluster.high_limits is not None:
+        limits = cluster.high_limits
+    return Call(
+        plan.retry or DEFAULT_POLICY, limits, deadline, replayable,
+        outlier=cluster.outlier, observer=observer, service=target.service,
+    )
 
 
 def repick(target: Target, call: Call) -> Endpoint:

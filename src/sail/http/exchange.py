@@ -52,20 +52,19 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 
-from sail.dataplane import pick, repick
+from sail.dataplane import pick, repick, start_call
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, UnsupportedRequest
 from sail.model import RouteAction
 from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
-from sail.resilience.retry import DEFAULT_POLICY, REPLAY_LIMIT
+from sail.resilience.retry import REPLAY_LIMIT
 from sail.routing.mirror import mirrors, shadow_authority
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
     from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
     from sail.model import Endpoint
-    from sail.resilience.events import AttemptObserver
     from sail.resilience.fault import FaultDecision
 
 __all__ = [
@@ -169,7 +168,8 @@ def exchange(
     if plan.mirrors:
         for authority, copy in _mirror_requests(target, request, state):
             yield Mirror(authority, copy)
-    call = _start_call(request, target, dataplane.observer)
+    deadline = call_deadline(plan.timeout, request.headers, time.monotonic())
+    call = start_call(target, deadline, dataplane.observer, _replayable(request))
     if plan.hedge and call.policy.per_try_timeout is not None:
         return (yield from _hedged(call, target, request))
     return (yield from _attempts(call, target, request))
@@ -533,26 +533,6 @@ def _replayable(request: httpx.Request) -> Callable[[], bool]:
         return length is None or int(length) <= RETRY_BODY_LIMIT
 
     return replayable
-
-
-def _start_call(
-    request: httpx.Request, target: Target, observer: AttemptObserver | None
-) -> Call:
-    plan = target.route.policy  # resolved once per route when the router was built
-    cluster = target.cluster
-    assert cluster is not None
-    limits = cluster.limits
-    if plan.priority and cluster.high_limits is not None:
-        limits = cluster.high_limits  # a HIGH priority route has thresholds of its own
-    return Call(
-        plan.retry or DEFAULT_POLICY,
-        limits,
-        call_deadline(plan.timeout, request.headers, time.monotonic()),
-        _replayable(request),
-        outlier=cluster.outlier,
-        observer=observer,
-        service=target.service,
-    )
 
 
 def _begin(
