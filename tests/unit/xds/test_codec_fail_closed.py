@@ -460,3 +460,32 @@ def test_weighted_round_robin_without_load_report_options_is_accepted() -> None:
     assert decode_cluster(wrr_cluster(slow)).lb_policy == LbPolicy(
         "weighted_round_robin", (("slow_start_config", (("slow_start_window", 30.0),)),)
     )
+
+
+# -- routes: require_tls, metadata_match ------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["EXTERNAL_ONLY", "ALL"])
+def test_a_virtual_host_requiring_tls_is_nacked(level: str) -> None:
+    config = route_config(
+        vhost_extra={"require_tls": route_components_pb2.VirtualHost.TlsRequirementType.Value(
+            level)}
+    )
+    assert nack(decode_route_configuration, config) == (
+        f"virtual_hosts[0].require_tls: {level}: sail does not do TLS yet, so these requests "
+        "would go in plaintext; refused rather than ignored (only NONE is accepted)"
+    )
+
+
+def test_subset_metadata_match_is_nacked_on_routes_and_weighted_clusters() -> None:
+    subset = base_pb2.Metadata()
+    subset.filter_metadata["envoy.lb"].update({"version": "v2"})
+    route = route_config()
+    route.virtual_hosts[0].routes[0].route.metadata_match.CopyFrom(subset)
+    assert nack(decode_route_configuration, route).startswith(
+        "virtual_hosts[0].routes[0].route.metadata_match: subset load balancing is not supported"
+    )
+    weighted = route_config(weighted={"metadata_match": subset})
+    assert nack(decode_route_configuration, weighted).startswith(
+        "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].metadata_match: "
+    )

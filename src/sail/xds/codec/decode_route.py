@@ -10,6 +10,9 @@ The route actions themselves (clusters, rewrites, retries, hashing) are in
   `tls_context`, `dynamic_metadata`, `filter_state`): ignoring it would match more requests
   than the configuration says;
 * `redirect` and `filter_action`: sail sends requests, it does not answer them with redirects;
+* a virtual host's `require_tls` other than `NONE` (sail does not do TLS yet: the requests
+  would go in plaintext), and a route action's or weighted cluster's `metadata_match` (no
+  subset load balancing: every endpoint would be used);
 * `request_mirror_policies` on the configuration or a virtual host (mirror on the route
   action instead).
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from envoy.config.route.v3 import route_components_pb2
 
 from sail.model import (
     DirectResponse,
@@ -50,7 +55,7 @@ from sail.xds.codec.decode_route_action import (
     decode_route_action,
 )
 from sail.xds.codec.validation import Invalid, at, resource
-from sail.xds.codec.wellknown import bool_value
+from sail.xds.codec.wellknown import bool_value, enum_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -116,6 +121,13 @@ def _virtual_host(vh: Any) -> VirtualHost:
             _check_domain(domain)
     if vh.HasField("matcher"):
         raise Invalid("matcher", "matcher trees are not supported; use routes")
+    if vh.require_tls:
+        raise Invalid(
+            "require_tls",
+            f"{enum_name(route_components_pb2.VirtualHost.TlsRequirementType, vh.require_tls)}: "
+            "sail does not do TLS yet, so these requests would go in plaintext; refused rather "
+            "than ignored (only NONE is accepted)",
+        )
     _no_mirrors(vh)
     routes = []
     for k, route in enumerate(vh.routes):

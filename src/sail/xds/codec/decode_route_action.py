@@ -85,6 +85,7 @@ def decode_route_action(a: Any) -> RouteAction:
     else:
         raise Invalid("", "one of cluster, weighted_clusters or cluster_header is required")
 
+    _no_subset_match(a)
     host_literal, auto_host = _host_rewrite(a)
     retry = None
     if a.HasField("retry_policy"):
@@ -120,6 +121,17 @@ def decode_route_action(a: Any) -> RouteAction:
     )
 
 
+def _no_subset_match(msg: Any) -> None:
+    """`metadata_match` picks a subset of the cluster's endpoints (Envoy's subset load
+    balancer), which sail does not have: ignoring it would send to every endpoint."""
+    if msg.HasField("metadata_match"):
+        raise Invalid(
+            "metadata_match",
+            "subset load balancing is not supported: ignoring it would send to every endpoint "
+            "of the cluster (use one cluster per subset)",
+        )
+
+
 def _weighted_clusters(wc: Any) -> tuple[ClusterWeight, ...]:
     if not wc.clusters:
         raise Invalid("clusters", "at least one cluster is required")
@@ -131,6 +143,7 @@ def _weighted_clusters(wc: Any) -> tuple[ClusterWeight, ...]:
                 raise Invalid("cluster_header", "is not supported")
             if not c.name:
                 raise Invalid("name", "must not be empty")
+            _no_subset_match(c)
             mutations = decode_header_mutations(c)
             filter_configs = decode_per_filter_configs(c.typed_per_filter_config)
         weight = uint32_value(c, "weight", 0)
