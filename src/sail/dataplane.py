@@ -27,7 +27,7 @@ from sail.balancing import Picker, UnavailablePicker, build_picker
 from sail.balancing.hashing import NO_HASH, RequestHash
 from sail.balancing.hashing import request_hash as hash_request
 from sail.balancing.stats import ClusterStats
-from sail.errors import NoHealthyUpstream, UnknownService
+from sail.errors import NoHealthyUpstream, UnknownService, UnsupportedRequest
 from sail.model import (
     Cluster,
     ClusterLoadAssignment,
@@ -120,13 +120,16 @@ def _picker(
 class ServiceRuntime:
     """A listener as the request path sees it: its compiled routes, and its HTTP fault
     filter (`None` without one), kept while the listener's HCM is unchanged so that its
-    active-fault gauge survives route updates."""
+    active-fault gauge survives route updates. `refused` says why a client must not send
+    through it (an HTTP filter a client does not apply, which the codec lets through only
+    on a server listener, e.g. in a local file), else `None`."""
 
     name: str
     config: RouteConfig
     router: Router
     faults: FaultFilter | None = None
     hcm: HttpConnectionManager | None = None
+    refused: str | None = None
 
 
 @attrs.frozen
@@ -166,7 +169,7 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
         else:
             faults = FaultFilter.from_hcm(hcm) if hcm is not None else None
         router = old.router if old is not None and old.config == config else Router.build(config)
-        services[name] = ServiceRuntime(name, config, router, faults, hcm)
+        services[name] = ServiceRuntime(name, config, router, faults, hcm, _refusal(name, hcm))
     clusters: dict[str, ClusterRuntime] = {}
     for name, cluster in snapshot.clusters.items():
         assignment = snapshot.endpoints.get(name)
@@ -179,6 +182,18 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
         e.authority for cla in snapshot.endpoints.values() for e in cla.endpoints
     )
     return DataplaneState(snapshot, services, clusters, authorities)
+
+
+def _refusal(name: str, hcm: HttpConnectionManager | None) -> str | None:
+    """Why clients must not send through listener `name`, if they must not: fail closed on
+    a filter that would be skipped (an RBAC filter is no policy if nobody applies it)."""
+    for f in hcm.http_filters if hcm is not None else ():
+        if not f.client_applies:
+            return (
+                f"service {name!r}: its listener has HTTP filter {f.name!r} ({f.type_url}), "
+                "which sail clients do not apply; refusing to send rather than ignore it"
+            )
+    return None
 
 
 def _cluster_runtime(
@@ -254,6 +269,8 @@ class Dataplane:
         runtime = state.services.get(service)
         if runtime is None:
             raise UnknownService(f"service {service!r}: no listener for it in the mesh config")
+        if runtime.refused is not None:
+            raise UnsupportedRequest(runtime.refused)
         result = runtime.router.route(authority, path, headers, method=method)
         if result.cluster is None:
             return Target(service, result, None, faults=runtime.faults)

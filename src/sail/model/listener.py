@@ -10,6 +10,7 @@ from sail.model.fault import FaultPolicy
 from sail.model.route import RouteConfig
 
 __all__ = [
+    "FAULT_TYPE_URL",
     "ROUTER_TYPE_URL",
     "CidrRange",
     "FilterChain",
@@ -23,6 +24,8 @@ __all__ = [
 
 ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 """The type URL of Envoy's router filter, the last HTTP filter of every HCM."""
+FAULT_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+"""The type URL of Envoy's HTTP fault filter, which sail's clients apply."""
 
 
 @attrs.frozen
@@ -41,6 +44,12 @@ class HttpFilter:
     @property
     def is_router(self) -> bool:
         return self.type_url == ROUTER_TYPE_URL
+
+    @property
+    def client_applies(self) -> bool:
+        """Whether a sail client applies this filter (or may skip it, being optional):
+        the router and the fault filter; a server-only filter such as RBAC is neither."""
+        return self.is_optional or self.type_url in (ROUTER_TYPE_URL, FAULT_TYPE_URL)
 
 
 @attrs.frozen

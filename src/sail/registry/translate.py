@@ -33,8 +33,9 @@ to): Envoy ignores API listeners, so for each port P of any service it also gets
 `127.0.0.1_P` bound to loopback (as Istio's Sidecar egress listeners with
 `captureMode: NONE` are), whose routes come over RDS from the route configuration `P`
 (Istio names outbound route configurations by port): one virtual host `S:P` per service on
-that port, chosen by Host. PeerAuthentication and AuthorizationPolicy are
-not translated (they carry no routing). The output is sorted by name and built only from
+that port, chosen by Host. PeerAuthentication, AuthorizationPolicy and
+RequestAuthentication never get here: `check_supported` refuses them until sail enforces
+them. The output is sorted by name and built only from
 its inputs, so unchanged config and workloads give equal `Resources`. Objects are assumed
 validated (`sail.registry.istio.validate`); what cannot be translated raises
 `IstioConfigError` (`check_supported`) rather than being dropped.

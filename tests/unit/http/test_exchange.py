@@ -312,3 +312,27 @@ def test_a_hedged_call_returns_the_kept_failure_when_all_fail(
     assert response.status_code == 503
     response.close()
     assert cluster(mesh).limits.active == 0
+
+
+def test_a_listener_with_a_filter_clients_do_not_apply_is_refused(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A port listener with RBAC used as a client service (a local file can hold one): the
+    codec keeps its RBAC for servers, so the data plane refuses to send through it rather
+    than skip the policy."""
+    rbac = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"},
+    }
+    listener = testing.server_listener(
+        "127.0.0.1", 8080, name="svc", http_filters=[rbac],
+        routes=[testing.route("svc")],
+    )
+    resources = [listener, testing.eds_cluster("svc"), testing.load_assignment("svc", ENDPOINTS)]
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}))
+    with sail.Mesh.local(path, poll_interval=0) as mesh:
+        assert "svc" in mesh._dataplane.state.services
+        flow, _ = start(mesh)
+        with pytest.raises(UnsupportedRequest, match=r"envoy\.filters\.http\.rbac"):
+            next(flow)
