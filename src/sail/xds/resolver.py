@@ -81,6 +81,13 @@ class ConfigResolver:
         if gone:
             self._interest -= gone
             self._recompute()
+            # What made them settled is forgotten with them (`_want`): a settled event left
+            # set would tell a later watcher there is nothing to wait for, or to ask for.
+            with self._lock:
+                for name in gone:
+                    event = self._settled.get(name)
+                    if event is not None and event.is_set():
+                        del self._settled[name]
 
     @property
     def interest(self) -> frozenset[str]:
@@ -179,6 +186,8 @@ class ConfigResolver:
                 want_eds.add(cluster.eds_name)
             if cname not in used:
                 continue
+            if self._settled_missing(CDS, cname):
+                continue  # deleted, or known not to exist: requests routed to it fail
             if cluster is None or not self._cluster_ready(cname):
                 cluster = previous.clusters.get(cname)
                 cla = previous.endpoints.get(cname)
@@ -210,9 +219,12 @@ class ConfigResolver:
         self._wake_settled()
 
     def _settled_missing(self, type_url: str, name: str) -> bool:
-        """Known not to be coming: declared absent, or rejected with no last good value."""
+        """Known not to be coming: declared absent, or rejected with no last good value; in
+        local mode (no `subscribe`, every resource known up front), not among them."""
         return name not in self._resources[type_url] and (
-            name in self._absent[type_url] or name in self._errors[type_url]
+            self._subscribe is None
+            or name in self._absent[type_url]
+            or name in self._errors[type_url]
         )
 
     def _cluster_ready(self, name: str) -> bool:
