@@ -56,6 +56,7 @@ __all__ = ["Attempt", "Call", "CallInfo"]
 
 _TIMED_OUT = Outcome(local=Local.TIMEOUT)
 _CANCELLED = Outcome(local=Local.CANCELLED)
+_LATEST: object = object()  # "the latest attempt's token", as opposed to a token of None
 
 
 class Attempt(NamedTuple):
@@ -178,7 +179,7 @@ class Call:
         return timeout
 
     def end(
-        self, endpoint: str, outcome: Outcome, now: float, token: object = None
+        self, endpoint: str, outcome: Outcome, now: float, token: object = _LATEST
     ) -> float | None:
         """Record how the attempt to `endpoint` ended; the wait before the next attempt,
         or `None` when this outcome is the call's result. Never raises: a local failure
@@ -265,11 +266,11 @@ class Call:
 
     def _ended(self, attempt: Attempt, token: object, now: float) -> None:
         assert self.observer is not None
-        if token is None:
+        if token is _LATEST:
             token, self.token = self.token, None
         self.observer.attempt_ended(self, token, attempt, now)
 
-    def abandon(self, endpoint: str, now: float, token: object = None) -> None:
+    def abandon(self, endpoint: str, now: float, token: object = _LATEST) -> None:
         """An attempt to `endpoint` ends with no outcome (the caller cancelled it, or it
         lost a hedge): only the observers hear of it, as `Local.CANCELLED`."""
         if self.observer is not None:
