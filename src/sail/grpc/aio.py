@@ -9,6 +9,11 @@ the event loop.
 
 Streamed requests are kept for retries as in the sync channel: from a request iterator
 (sync or async), or from `write()` calls, up to `REPLAY_LIMIT` bytes.
+
+This module is the aio shell of the request path: what a call does next is the flow's
+(`sail.grpc._flow`), done here with `await`, the same loop as the sync shell's. A call's
+failures reach its caller through one boundary, `_caller_error`: sail's errors as
+`AioMeshRpcError`s.
 """
 
 from __future__ import annotations
@@ -16,26 +21,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import grpc
 import grpc.aio
 
+from sail.errors import RequestError
 from sail.grpc._core import (
-    REPLAY_LIMIT,
+    STREAM_STREAM,
+    STREAM_UNARY,
     SUBCHANNEL_GRACE,
-    Attempts,
+    UNARY_STREAM,
+    UNARY_UNARY,
     ChannelCore,
-    MeshRpcError,
-    Metadata,
-    check_method,
-    message_size,
-    prepare,
+    MultiCallable,
 )
+from sail.grpc._errors import MeshRpcError, mesh_error
+from sail.grpc._flow import Done, Fail, Outside, Send, Sleep, StreamFlow, UnaryFlow, Wait
+from sail.grpc._replay import Replay, aread, done_writing, rewrite, write
 
 if TYPE_CHECKING:
+    from sail.grpc._flow import Action
+    from sail.grpc._route import Metadata
     from sail.resilience.call import CallInfo
     from sail.seam import MeshSeam
 
@@ -51,14 +60,15 @@ class AioMeshRpcError(MeshRpcError, grpc.aio.AioRpcError):  # type: ignore[misc]
         MeshRpcError.__init__(self, code, details)
         grpc.aio.AioRpcError.__init__(self, code, None, None, details, details)
 
-    @classmethod
-    def from_error(cls, error: MeshRpcError) -> AioMeshRpcError:
-        converted = cls(error.code(), error.details())
-        converted.__cause__ = error.__cause__
-        return converted
-
     def __str__(self) -> str:
         return f"{self.code().name}: {self.details()}"
+
+
+def _caller_error(error: BaseException) -> BaseException:
+    """The aio channel's error boundary: what its callers get for a failure, sail's own
+    errors as `AioMeshRpcError`s (`sail.grpc._errors.mesh_error`), an attempt's own
+    `grpc.aio.AioRpcError` as it is."""
+    return mesh_error(error, AioMeshRpcError)
 
 
 class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
@@ -87,28 +97,28 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> grpc.aio.UnaryUnaryMultiCallable:
-        return _UnaryUnary(self, "unary_unary", method, request_serializer,
+        return _UnaryUnary(self, UNARY_UNARY, method, request_serializer,
                            response_deserializer, bool(_registered_method))
 
     def unary_stream(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> grpc.aio.UnaryStreamMultiCallable:
-        return _UnaryStream(self, "unary_stream", method, request_serializer,
+        return _UnaryStream(self, UNARY_STREAM, method, request_serializer,
                             response_deserializer, bool(_registered_method))
 
     def stream_unary(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> grpc.aio.StreamUnaryMultiCallable:
-        return _StreamUnary(self, "stream_unary", method, request_serializer,
+        return _StreamUnary(self, STREAM_UNARY, method, request_serializer,
                             response_deserializer, bool(_registered_method))
 
     def stream_stream(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> grpc.aio.StreamStreamMultiCallable:
-        return _StreamStream(self, "stream_stream", method, request_serializer,
+        return _StreamStream(self, STREAM_STREAM, method, request_serializer,
                              response_deserializer, bool(_registered_method))
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
@@ -174,113 +184,83 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
         with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
             loop.call_soon_threadsafe(close)
 
-    async def _is_mesh(self, timeout: float | None) -> bool:
-        verdict = self._verdict()
-        if isinstance(verdict, bool):
-            return verdict
-        limit = self._mesh.discovery_timeout
-        if timeout is not None:
-            limit = min(timeout, limit)
-        await anyio.to_thread.run_sync(verdict.wait, limit)
-        return self._settled()
-
     async def _representative(self) -> grpc.aio.Channel | None:
         try:
-            if not await self._is_mesh(None):
-                return self._plain()
-        except MeshRpcError as exc:
-            raise AioMeshRpcError.from_error(exc) from None
+            where = self.locate()
+            if isinstance(where, threading.Event):
+                await anyio.to_thread.run_sync(where.wait, self._mesh.discovery_timeout)
+                where = self.settled()
+        except RequestError as exc:
+            raise _caller_error(exc) from exc
+        if where is None:
+            return self._plain()
         authority = self._some_endpoint()
         return None if authority is None else self._subchannel(authority).channel
 
-    def _route(
-        self, method: str, error: MeshRpcError | None, metadata: Metadata | None,
-        timeout: float | None,
-    ) -> Attempts | threading.Event | None:
-        """Route a call without waiting: its attempts (an injected fault, if any, still to
-        apply: `attempts.fault`), `None` for a target outside the mesh, or an event to wait
-        on for the control plane's answer (then `_attempts`). Raises `AioMeshRpcError`."""
-        try:
-            self._mesh.check_fork()
-            state = self._dataplane.state
-            if self.service not in state.services:
-                verdict = self._verdict()
-                if not isinstance(verdict, bool):
-                    return verdict
-                if not verdict:
-                    return None
-                state = self._dataplane.state
-            if error is not None:
-                raise error
-            return prepare(self._dataplane, state, self.service, method, metadata, timeout)
-        except MeshRpcError as exc:
-            raise _aio(exc) from None
 
-    async def _attempts(
-        self, method: str, error: MeshRpcError | None, metadata: Metadata | None,
-        timeout: float | None,
-    ) -> Attempts | None:
-        """Route a call: its attempts, or `None` for a target outside the mesh. Raises
-        `AioMeshRpcError`."""
-        try:
-            self._mesh.check_fork()
-            state = self._dataplane.state
-            if self.service not in state.services:
-                if not await self._is_mesh(timeout):
-                    return None
-                state = self._dataplane.state
-            if error is not None:
-                raise error
-            attempts = prepare(self._dataplane, state, self.service, method, metadata, timeout)
-            if attempts.fault is not None:
-                await _apply_fault(attempts, asyncio.sleep)
-        except MeshRpcError as exc:
-            if isinstance(exc, AioMeshRpcError):
-                raise
-            raise AioMeshRpcError.from_error(exc) from None
-        return attempts
+# -- the multicallables: grpc.aio's signatures over the one shape ------------------------------
 
 
-def _aio(error: MeshRpcError) -> AioMeshRpcError:
-    return error if isinstance(error, AioMeshRpcError) else AioMeshRpcError.from_error(error)
+class _UnaryUnary(MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _UnaryCall:
+        return _UnaryCall(self, request, None, timeout, metadata, credentials, wait_for_ready,
+                          compression)
 
 
-class _MultiCallable:
-    __slots__ = (
-        "__weakref__",
-        "_channel",
-        "_deserializer",
-        "_error",
-        "_kind",
-        "_method",
-        "_registered",
-        "_serializer",
-    )
+class _StreamUnary(MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
 
-    def __init__(
-        self, channel: AioMeshChannel, kind: str, method: str, serializer: Any,
-        deserializer: Any, registered: bool,
-    ) -> None:
-        self._channel = channel
-        self._kind = kind
-        self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._registered = registered
-        self._error = check_method(channel.service, method)
+    def __call__(
+        self, request_iterator: Any = None, timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> _UnaryCall:
+        if request_iterator is None:
+            raise ValueError("sail's stream-unary calls take a request iterator")
+        return _UnaryCall(self, request_iterator, _replay(request_iterator), timeout,
+                          metadata, credentials, wait_for_ready, compression)
 
-    def _on(self, channel: grpc.aio.Channel) -> Any:
-        return getattr(channel, self._kind)(
-            self._method, self._serializer, self._deserializer,
-            _registered_method=self._registered,
-        )
 
-    def _inner(self, attempts: Attempts) -> Any:
-        """The inner multicallable on the subchannel of the attempt's endpoint."""
-        return self._channel._method(attempts.endpoint.authority, self, self._on)
+class _UnaryStream(MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
 
-    def _outside(self) -> Any:
-        return self._on(self._channel._plain())
+    def __call__(
+        self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> _StreamCall:
+        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
+        return _StreamCall(self, request, None, options)
+
+
+class _StreamStream(MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self, request_iterator: Any = None, timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> _StreamCall:
+        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
+        return _StreamCall(self, request_iterator, _replay(request_iterator), options)
+
+
+def _replay(requests: Any) -> Replay:
+    """The replay buffer of a call's streamed requests: from an iterator (sync or async),
+    or from `write()` calls (`requests` is `None`)."""
+    if requests is None:
+        source = None
+    elif hasattr(requests, "__aiter__"):
+        source = requests.__aiter__()
+    else:
+        source = iter(requests)
+    return Replay(source, asyncio.Lock())
 
 
 class _Options:
@@ -304,19 +284,52 @@ class _Options:
                   wait_for_ready=self.wait_for_ready, compression=self.compression)
 
 
+# -- the shell: the flows driven with await ----------------------------------------------------
+
+
+async def _waited(call: _Call, flow: UnaryFlow | StreamFlow, action: Action) -> Send | Outside:
+    """Do the flow's waits without blocking the loop (`cancel()` cuts them short) until it
+    says `Send` or `Outside`; raise its `Fail` as this channel's callers see it
+    (`_caller_error`)."""
+    while True:
+        if type(action) is Send or type(action) is Outside:
+            return action
+        if type(action) is Fail:
+            raise _caller_error(action.error)
+        try:
+            if type(action) is Sleep:
+                await call._pause(action.seconds)
+            else:
+                assert type(action) is Wait  # Done comes only from `answered`
+                waiting = call._waiting = asyncio.ensure_future(
+                    anyio.to_thread.run_sync(action.event.wait, action.seconds)
+                )
+                try:
+                    await waiting
+                finally:
+                    call._waiting = None
+            if call._cancelling:  # cancel() came during the wait
+                raise asyncio.CancelledError
+        except BaseException:
+            flow.cancel()
+            raise
+        action = flow.waited()
+
+
 class _Call:
-    """What the unary and streaming call objects share: the task or attempts that run the
-    call, and the `grpc.aio.Call` methods answered from the latest attempt."""
+    """What the unary and streaming call objects share: the flow that runs the call, and
+    the `grpc.aio.Call` methods answered from the latest attempt."""
 
     _inner: Any
-    _attempts: Attempts | None
+    _flow: UnaryFlow | StreamFlow | None
     _error: BaseException | None
     _waiting: Any  # what the call waits on besides `_inner` (a back-off...), for `cancel()`
+    _cancelling: bool  # cancel() was called
 
     @property
     def sail(self) -> CallInfo | None:
         """The call's attempts so far (`None` for a target outside the mesh)."""
-        return None if self._attempts is None else self._attempts.info
+        return None if self._flow is None else self._flow.info
 
     async def _settle(self) -> None:
         raise NotImplementedError
@@ -372,6 +385,11 @@ async def _maybe(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) or asyncio.isfuture(value) else value
 
 
+def _wake(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 _PENDING, _RUNNING, _DONE = "pending", "running", "done"
 
 
@@ -380,8 +398,8 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
     task of its own when it can do without one: awaited right away (`await
     stub.Method(request)`, the common case), it runs in the awaiting task, routed then and
     there and awaiting its attempts' grpc.aio calls inline. Otherwise (not awaited before
-    the event loop's next turn) it runs as a task, as before. A second awaiter, `done()`
-    callbacks and the `grpc.aio.Call` methods wait on a future made only when asked for.
+    the event loop's next turn) it runs as a task. A second awaiter, `done()` callbacks
+    and the `grpc.aio.Call` methods wait on a future made only when asked for.
 
     `cancel()` while the call runs in its awaiter's task interrupts what the call waits
     on (the attempt's grpc.aio call, a back-off, a delay, discovery), never the awaiter's
@@ -390,17 +408,17 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
 
     # What most calls never change, left to the class (fewer stores per call).
     _inner: Any = None
-    _attempts: Attempts | None = None
+    _flow: UnaryFlow | None = None
     _error: BaseException | None = None
     _task: asyncio.Task[Any] | None = None
     _future: asyncio.Future[Any] | None = None
-    _waiting: Any = None  # what the call waits on besides `_inner`, for `cancel()`
+    _waiting: Any = None
     _cancelling = False
     _response: Any = None
     _exception: BaseException | None = None
 
     def __init__(
-        self, mc: _MultiCallable, first: Any, replay: bool, timeout: float | None,
+        self, mc: MultiCallable, first: Any, replay: Replay | None, timeout: float | None,
         metadata: Metadata | None, credentials: grpc.CallCredentials | None,
         wait_for_ready: bool | None, compression: grpc.Compression | None,
     ) -> None:
@@ -511,87 +529,47 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
     async def done_writing(self) -> None:
         raise asyncio.InvalidStateError("sail's stream-unary calls take a request iterator")
 
-    async def _sleep(self, delay: float) -> None:
-        """`asyncio.sleep`, which `cancel()` can interrupt."""
-        await self._pause(delay)
-        if self._cancelling:
-            raise asyncio.CancelledError
-
     async def _run(self) -> Any:
-        """Run the call to its end (retrying as its route says)."""
+        """Run the call to its end: its flow, driven in this task."""
         mc = self._mc
+        first = self._first
+        replay = self._replay
         try:
-            channel = mc._channel
-            routed = channel._route(mc._method, mc._error, self._metadata, self._timeout)
-            if routed is not None and not isinstance(routed, Attempts):
-                # The control plane has yet to answer: wait where `cancel()` can reach.
-                waiting = self._waiting = asyncio.ensure_future(channel._attempts(
-                    mc._method, mc._error, self._metadata, self._timeout
-                ))
-                try:
-                    routed = await waiting
-                finally:
-                    self._waiting = None
-                if self._cancelling:
-                    if routed is not None:
-                        routed.stop()
-                    raise asyncio.CancelledError
-            elif routed is not None and routed.fault is not None:
-                await self._fault(routed)
-            if routed is None:  # outside the mesh
-                inner = self._inner = mc._outside()(
-                    self._first, timeout=self._timeout, metadata=self._metadata,
-                    credentials=self._credentials, wait_for_ready=self._wait_for_ready,
-                    compression=self._compression,
-                )
-                response = await inner
-            else:
-                attempts = self._attempts = routed
-                md = attempts.metadata
-                first = self._first
-                requests = _Replay(first, attempts) if self._replay else None
-                while True:
+            flow = self._flow = UnaryFlow(
+                mc._channel, mc._method, mc._error, self._metadata, self._timeout, replay
+            )
+            action = flow.start()
+            while True:
+                if type(action) is Send:
                     try:
-                        timeout = attempts.begin()
-                    except MeshRpcError as exc:
-                        raise _aio(exc) from None
-                    host = attempts.host
-                    try:
-                        inner = self._inner = mc._inner(attempts)(
-                            first if requests is None else requests.view(),
-                            timeout=timeout, metadata=md, credentials=self._credentials,
-                            wait_for_ready=self._wait_for_ready, compression=self._compression,
+                        inner = self._inner = mc._inner(action.endpoint.authority)(
+                            first if replay is None else aread(replay),
+                            timeout=action.timeout, metadata=action.metadata,
+                            credentials=self._credentials, wait_for_ready=self._wait_for_ready,
+                            compression=self._compression,
                         )
                         response = await inner
                         if self._cancelling:  # cancelled once answered, before it was read
                             raise asyncio.CancelledError
                     except grpc.aio.AioRpcError as exc:
-                        attempts.release(host)
-                        wait = attempts.failed(exc.code(), exc.details())
-                        if wait is None:
-                            final = attempts.give_up(exc)
-                            if isinstance(final, MeshRpcError):
-                                final = _aio(final)
-                            raise final from None
-                        try:
-                            if wait > 0:
-                                await self._sleep(wait)
-                            if self._cancelling:
-                                raise asyncio.CancelledError
-                            attempts.advance()
-                        except MeshRpcError as exc2:
-                            raise _aio(exc2) from None
-                        except BaseException:
-                            attempts.stop()
-                            raise
+                        action = flow.failed(exc)
                         continue
                     except BaseException:
-                        attempts.release(host)
-                        attempts.stop()
+                        flow.cancel()
                         if self._inner is not None:
                             self._inner.cancel()
                         raise
-                    attempts.ok(host)
+                    action = flow.answered(response)
+                elif type(action) is Done:
+                    response = action.value
+                    break
+                elif type(action := await _waited(self, flow, action)) is Outside:
+                    inner = self._inner = mc._outside()(
+                        first, timeout=self._timeout, metadata=self._metadata,
+                        credentials=self._credentials, wait_for_ready=self._wait_for_ready,
+                        compression=self._compression,
+                    )
+                    response = await inner
                     break
         except BaseException as exc:
             if self._error is None:
@@ -601,79 +579,27 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
         self._end(response, None)
         return response
 
-    async def _fault(self, attempts: Attempts) -> None:
-        """Apply the call's injected fault: its delay, then its abort (raised)."""
-        await _apply_fault(attempts, self._sleep)
-
-
-async def _apply_fault(attempts: Attempts, sleep: Callable[[float], Awaitable[Any]]) -> None:
-    """An injected fault: sleep its delay (the fault ends and the call stops if that is
-    interrupted), then raise its abort, if any."""
-    fault = attempts.fault
-    assert fault is not None
-    if fault.delay:
-        try:
-            await sleep(fault.delay)
-        except BaseException:
-            fault.finish()
-            attempts.stop()
-            raise
-    abort = attempts.fault_error()
-    if abort is not None:
-        raise _aio(abort)
-
-
-def _wake(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> _UnaryCall:
-        return _UnaryCall(self, request, False, timeout, metadata, credentials, wait_for_ready,
-                          compression)
-
-
-class _StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request_iterator: Any = None, timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> _UnaryCall:
-        if request_iterator is None:
-            raise ValueError("sail's stream-unary calls take a request iterator")
-        return _UnaryCall(self, request_iterator, True, timeout, metadata, credentials,
-                          wait_for_ready, compression)
-
 
 class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  # type: ignore[misc]
     """A call whose responses stream: started on first use (`read`, iteration, `write`),
     retried until its first response message."""
 
+    _flow: StreamFlow
+
     def __init__(
-        self, mc: _MultiCallable, first: Any, options: _Options, streams_requests: bool
+        self, mc: MultiCallable, first: Any, replay: Replay | None, options: _Options
     ) -> None:
         self._mc = mc
         self._first = first
+        self._replay = replay
         self._options = options
-        self._streams_requests = streams_requests
+        self._flow = StreamFlow(
+            mc._channel, mc._method, mc._error, options.metadata, options.timeout, replay
+        )
         self._inner = None
-        self._attempts = None
         self._error = None
-        self._replay: _Replay | None = None
-        self._writes: _Writes | None = None
         self._started = False
-        self._outside = False
-        self._committed = False
-        self._cancelled = False
+        self._cancelling = False
         self._waiting = None
         self._callbacks: list[Callable[[Any], None]] = []
 
@@ -681,53 +607,44 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
         if self._started:
             return
         self._started = True
-        mc = self._mc
-        options = self._options
+        if self._error is not None:  # cancelled before it started
+            raise self._error
         try:
-            attempts = await mc._channel._attempts(
-                mc._method, mc._error, options.metadata, options.timeout
-            )
+            await self._open(self._flow.start())
         except BaseException as exc:
             self._error = exc
-            self._committed = True
             raise
-        if attempts is None:
-            self._outside = True
-            self._committed = True
-            self._inner = options.send(mc._outside(), self._first, options.timeout,
-                                       options.metadata)
-            self._watch(self._inner)
-            return
-        self._attempts = attempts
-        if self._streams_requests:
-            if self._first is None:
-                self._writes = _Writes(attempts)
-            else:
-                self._replay = _Replay(self._first, attempts)
-        await self._open()
 
-    async def _open(self) -> None:
-        attempts = self._attempts
-        assert attempts is not None
-        try:
-            timeout = attempts.begin()
-        except MeshRpcError as exc:
-            self._error = error = _aio(exc)
-            self._committed = True
-            raise error from None
-        host = attempts.host
+    async def _open(self, action: Action) -> None:
+        """Do what the flow says until an attempt is open (or, for a target outside the
+        mesh, the plain call)."""
+        flow = self._flow
+        options = self._options
+        if type(action) is not Send:
+            action = await _waited(self, flow, action)
+        if isinstance(action, Outside):
+            self._replay = None  # write() goes straight to the plain call
+            inner = self._inner = options.send(self._mc._outside(), self._first,
+                                               options.timeout, options.metadata)
+            self._watch(inner)
+            return
+        sent = action
+        replay = self._replay
         first = self._first
-        if self._replay is not None:
-            first = self._replay.view()
-        elif self._writes is not None:
-            first = None
-        inner = self._options.send(self._mc._inner(attempts), first, timeout,
-                                   attempts.metadata)
-        inner.add_done_callback(lambda _: attempts.release(host))
+        if replay is not None:
+            first = None if replay.source is None else aread(replay)
+        try:
+            inner = options.send(self._mc._inner(sent.endpoint.authority), first, sent.timeout,
+                                 sent.metadata)
+        except BaseException:
+            flow.closed(sent)
+            flow.cancel()
+            raise
+        inner.add_done_callback(lambda _: flow.closed(sent))
         self._inner = inner
         self._watch(inner)
-        if self._writes is not None:
-            await self._writes.replay(inner)
+        if replay is not None and replay.source is None:  # the write() calls so far
+            await rewrite(replay, inner)
 
     def _watch(self, inner: Any) -> None:
         for callback in self._callbacks:
@@ -735,47 +652,21 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
 
     async def read(self) -> Any:
         await self._start()
+        flow = self._flow
         while True:
             if self._error is not None:
                 raise self._error
             try:
                 message = await self._inner.read()
             except grpc.aio.AioRpcError as exc:
-                if self._committed or self._cancelled:
+                try:
+                    await self._open(flow.failed(exc))
+                except BaseException as error:
+                    self._error = error
                     raise
-                await self._retry(exc)
                 continue
-            if not self._committed:
-                self._committed = True
-                assert self._attempts is not None
-                self._attempts.succeeded()
+            flow.received()
             return message
-
-    async def _retry(self, exc: grpc.aio.AioRpcError) -> None:
-        attempts = self._attempts
-        assert attempts is not None
-        self._committed = True  # until the next attempt is open
-        wait = attempts.failed(exc.code(), exc.details())
-        if wait is None:
-            error = attempts.give_up(exc)
-            self._error = _aio(error) if isinstance(error, MeshRpcError) else error
-            raise self._error from None
-        try:
-            if wait > 0:
-                await self._pause(wait)
-            if self._cancelled:  # cancel() came during the back-off
-                raise asyncio.CancelledError
-        except BaseException:
-            attempts.stop()  # the retry's budget slot and the call's counters go back
-            self._error = asyncio.CancelledError()
-            raise
-        try:
-            attempts.advance()
-        except MeshRpcError as exc2:
-            self._error = error2 = _aio(exc2)
-            raise error2 from None
-        await self._open()
-        self._committed = False
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -789,17 +680,19 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
 
     async def write(self, request: Any) -> None:
         await self._start()
-        if self._writes is None:
+        replay = self._replay
+        if replay is None or replay.source is not None:
             await self._inner.write(request)
             return
-        await self._writes.write(request, lambda: self._inner)
+        await write(replay, lambda: self._inner, request)
 
     async def done_writing(self) -> None:
         await self._start()
-        if self._writes is None:
+        replay = self._replay
+        if replay is None or replay.source is not None:
             await self._inner.done_writing()
             return
-        await self._writes.done(lambda: self._inner)
+        await done_writing(replay, lambda: self._inner)
 
     async def _settle(self) -> None:
         with contextlib.suppress(BaseException):
@@ -809,19 +702,17 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
                 await self._inner.wait_for_connection()
 
     def cancel(self) -> bool:
-        self._cancelled = True
+        self._cancelling = True
         if self._waiting is not None:  # a back-off: cut it short
             self._waiting.cancel()
-        if self._attempts is not None and not self._committed:
-            self._committed = True
-            self._attempts.stop()
+        self._flow.cancel()
         if self._inner is None:
             self._error = asyncio.CancelledError()
             return True
         return self._inner.cancel()  # type: ignore[no-any-return]
 
     def cancelled(self) -> bool:
-        return self._cancelled
+        return self._cancelling
 
     def done(self) -> bool:
         if self._inner is None:
@@ -832,113 +723,3 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
         self._callbacks.append(callback)
         if self._inner is not None:
             self._inner.add_done_callback(lambda _: callback(self))
-
-
-class _UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> _StreamCall:
-        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
-        return _StreamCall(self, request, options, streams_requests=False)
-
-
-class _StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request_iterator: Any = None, timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> _StreamCall:
-        options = _Options(timeout, metadata, credentials, wait_for_ready, compression)
-        return _StreamCall(self, request_iterator, options, streams_requests=True)
-
-
-class _Replay:
-    """Request messages from an iterator (sync or async), kept for retries: each attempt
-    reads them from the start through its own `view()` (see the sync `_Replay`)."""
-
-    def __init__(self, source: Any, attempts: Attempts) -> None:
-        self._async = hasattr(source, "__aiter__")
-        self._source = source.__aiter__() if self._async else iter(source)
-        self._attempts = attempts
-        self._kept: list[Any] = []
-        self._size = 0
-        self._lock = asyncio.Lock()
-        self._latest = 0
-        self._ended = False
-        self.overflowed = False
-
-    def view(self) -> AsyncIterator[Any]:
-        self._latest += 1
-        return self._read(self._latest)
-
-    async def _read(self, view: int) -> AsyncIterator[Any]:
-        index = 0
-        while True:
-            async with self._lock:  # one attempt at a time pulls from the source
-                if not self.overflowed and index < len(self._kept):
-                    message = self._kept[index]
-                elif self._ended or (self.overflowed and view != self._latest):
-                    return
-                else:
-                    try:
-                        if self._async:
-                            message = await self._source.__anext__()
-                        else:
-                            message = next(self._source)
-                    except (StopIteration, StopAsyncIteration):
-                        self._ended = True
-                        return
-                    self._keep(message)
-            index += 1
-            yield message
-
-    def _keep(self, message: Any) -> None:
-        if self.overflowed:
-            return
-        self._size += message_size(message)
-        if self._size > REPLAY_LIMIT:
-            self.overflowed = True
-            self._kept.clear()
-            self._attempts.call.max_attempts = 0
-        else:
-            self._kept.append(message)
-
-
-class _Writes:
-    """Messages given to `write()`, kept for retries and written again to each new attempt
-    (a lock keeps a write and an attempt's replay from interleaving)."""
-
-    def __init__(self, attempts: Attempts) -> None:
-        self._attempts = attempts
-        self._kept: list[Any] = []
-        self._size = 0
-        self._finished = False
-        self._lock = asyncio.Lock()
-
-    async def replay(self, inner: Any) -> None:
-        async with self._lock:
-            for message in self._kept:
-                await inner.write(message)
-            if self._finished:
-                await inner.done_writing()
-
-    async def write(self, message: Any, inner: Callable[[], Any]) -> None:
-        async with self._lock:
-            self._size += message_size(message)
-            if self._size > REPLAY_LIMIT:
-                self._kept.clear()
-                self._attempts.call.max_attempts = 0
-            elif self._attempts.call.max_attempts:
-                self._kept.append(message)
-            await inner().write(message)
-
-    async def done(self, inner: Callable[[], Any]) -> None:
-        async with self._lock:
-            self._finished = True
-            await inner().done_writing()

@@ -17,13 +17,18 @@ budget, counted by its circuit breakers and reported to outlier detection: the s
 
 A target that is not a mesh name (an IP address, `localhost`, a name with a dot outside
 the mesh domains) gets a plain grpcio channel, so one `mesh.grpc_channel` serves both.
+
+This module is the sync shell of the request path: what a call does next is the flow's
+(`sail.grpc._flow`); here it is done with blocking waits (a blocking call, a stream's
+reads), or with grpcio's done callbacks and timers (a `future()`, so that no thread waits
+on it). A call's failures reach its caller through one boundary, `_caller_error`: sail's
+errors as `MeshRpcError`s.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -33,27 +38,33 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from sail.grpc._core import (
-    REPLAY_LIMIT,
+    STREAM_STREAM,
+    STREAM_UNARY,
     SUBCHANNEL_GRACE,
-    Attempts,
+    UNARY_STREAM,
+    UNARY_UNARY,
     ChannelCore,
-    MeshRpcError,
-    Metadata,
-    check_method,
-    message_size,
-    prepare,
+    MultiCallable,
 )
+from sail.grpc._errors import MeshRpcError, mesh_error
+from sail.grpc._flow import Done, Fail, Outside, Send, Sleep, StreamFlow, UnaryFlow, Wait
+from sail.grpc._replay import Replay, read
 
 if TYPE_CHECKING:
+    from sail.grpc._flow import Action
+    from sail.grpc._route import Metadata
     from sail.resilience.call import CallInfo
 
 __all__ = ["MeshChannel"]
 
 log = logging.getLogger("sail")
 
-_UNARY_UNARY, _UNARY_STREAM, _STREAM_UNARY, _STREAM_STREAM = (
-    "unary_unary", "unary_stream", "stream_unary", "stream_stream"
-)
+
+def _caller_error(error: BaseException) -> BaseException:
+    """The sync channel's error boundary: what its callers get for a failure, sail's own
+    errors as `MeshRpcError`s (`sail.grpc._errors.mesh_error`), an attempt's own
+    `grpc.RpcError` as it is."""
+    return mesh_error(error, MeshRpcError)
 
 
 class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
@@ -71,28 +82,28 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> grpc.UnaryUnaryMultiCallable:
-        return _UnaryUnary(self, _UNARY_UNARY, method, request_serializer,
+        return _UnaryUnary(self, UNARY_UNARY, method, request_serializer,
                            response_deserializer, _registered_method)
 
     def unary_stream(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> grpc.UnaryStreamMultiCallable:
-        return _UnaryStream(self, _UNARY_STREAM, method, request_serializer,
+        return _UnaryStream(self, UNARY_STREAM, method, request_serializer,
                             response_deserializer, _registered_method)
 
     def stream_unary(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> grpc.StreamUnaryMultiCallable:
-        return _StreamUnary(self, _STREAM_UNARY, method, request_serializer,
+        return _StreamUnary(self, STREAM_UNARY, method, request_serializer,
                             response_deserializer, _registered_method)
 
     def stream_stream(
         self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> grpc.StreamStreamMultiCallable:
-        return _StreamStream(self, _STREAM_STREAM, method, request_serializer,
+        return _StreamStream(self, STREAM_STREAM, method, request_serializer,
                              response_deserializer, _registered_method)
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None],
@@ -139,6 +150,8 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
 
     # -- the mesh's side -------------------------------------------------------------------
 
+    # -- the mesh's side -------------------------------------------------------------------
+
     def _watch(
         self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool
     ) -> None:
@@ -152,270 +165,227 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
 
     def _any_channel(self) -> grpc.Channel | None:
         """The subchannel whose connectivity stands for the channel's (or the plain
-        channel of a target outside the mesh)."""
-        verdict = self._verdict()
-        if not isinstance(verdict, bool):
-            verdict.wait(self._mesh.discovery_timeout)
-            verdict = self._settled()
-        if not verdict:
+        channel of a target outside the mesh). Raises `UnknownService`."""
+        where = self.locate()
+        if isinstance(where, threading.Event):
+            where.wait(self._mesh.discovery_timeout)
+            where = self.settled()
+        if where is None:
             return self._plain()
         authority = self._some_endpoint()
         return None if authority is None else self._subchannel(authority).channel
 
-    def _attempts(
-        self, method: str, error: MeshRpcError | None, metadata: Metadata | None,
-        timeout: float | None,
-    ) -> Attempts | None:
-        """Route a call: its attempts, or `None` for a target outside the mesh."""
-        self._mesh.check_fork()
-        state = self._dataplane.state
-        if self.service not in state.services:
-            verdict = self._verdict()
-            if not isinstance(verdict, bool):
-                limit = self._mesh.discovery_timeout
-                verdict.wait(limit if timeout is None else min(timeout, limit))
-                verdict = self._settled()
-            if not verdict:
-                return None
-            state = self._dataplane.state
-        if error is not None:
-            raise error
-        attempts = prepare(self._dataplane, state, self.service, method, metadata, timeout)
-        fault = attempts.fault
-        if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            abort = attempts.fault_error()
-            if abort is not None:
-                raise abort
-        return attempts
 
-class _MultiCallable:
-    """What the four kinds of multicallable share: the method, and its inner multicallables
-    on each subchannel."""
+# -- the multicallables: grpc's signatures over the one shape ----------------------------------
 
-    __slots__ = (
-        "__weakref__",
-        "_channel",
-        "_deserializer",
-        "_error",
-        "_kind",
-        "_method",
-        "_registered",
-        "_serializer",
-    )
 
-    def __init__(
-        self, channel: MeshChannel, kind: str, method: str, serializer: Any,
-        deserializer: Any, registered: bool,
-    ) -> None:
-        self._channel = channel
-        self._kind = kind
-        self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._registered = registered
-        self._error = check_method(channel.service, method)
+class _UnaryUnary(MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
 
-    def _on(self, channel: grpc.Channel) -> Any:
-        make = getattr(channel, self._kind)
-        return make(self._method, self._serializer, self._deserializer,
-                    _registered_method=self._registered)
+    def __call__(
+        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        return _blocking(self, request, None, False, timeout, metadata, credentials,
+                         wait_for_ready, compression)
 
-    def _inner(self, attempts: Attempts) -> Any:
-        """The inner multicallable on the subchannel of the attempt's endpoint."""
-        return self._channel._method(attempts.endpoint.authority, self, self._on)
+    def with_call(
+        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        return _blocking(self, request, None, True, timeout, metadata,  # type: ignore[no-any-return]
+                         credentials, wait_for_ready, compression)
 
-    def _route(self, metadata: Metadata | None, timeout: float | None) -> Attempts | None:
-        return self._channel._attempts(self._method, self._error, metadata, timeout)
+    def future(
+        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> grpc.Future:
+        return _future(self, request, None, timeout, metadata, credentials, wait_for_ready,
+                       compression)
 
-    def _outside(self) -> Any:
-        return self._on(self._channel._plain())
+
+class _StreamUnary(MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self, request_iterator: Iterator[Any], timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> Any:
+        return _blocking(self, request_iterator, _replay(request_iterator), False, timeout,
+                         metadata, credentials, wait_for_ready, compression)
+
+    def with_call(
+        self, request_iterator: Iterator[Any], timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        return _blocking(  # type: ignore[no-any-return]
+            self, request_iterator, _replay(request_iterator), True, timeout, metadata,
+            credentials, wait_for_ready, compression,
+        )
+
+    def future(
+        self, request_iterator: Iterator[Any], timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> grpc.Future:
+        return _future(self, request_iterator, _replay(request_iterator), timeout, metadata,
+                       credentials, wait_for_ready, compression)
+
+
+class _UnaryStream(MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        return _stream(self, request, None, timeout, metadata, credentials, wait_for_ready,
+                       compression)
+
+
+class _StreamStream(MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self, request_iterator: Iterator[Any], timeout: float | None = None,
+        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
+    ) -> Any:
+        return _stream(self, request_iterator, _replay(request_iterator), timeout, metadata,
+                       credentials, wait_for_ready, compression)
+
+
+def _replay(requests: Iterator[Any]) -> Replay:
+    return Replay(iter(requests), threading.Lock())
+
+
+# -- the shell: the flows driven with threads --------------------------------------------------
+
+_NO_LOCK = contextlib.nullcontext()
+
+
+def _waited(
+    flow: UnaryFlow | StreamFlow, action: Action, sleep: Callable[[float], Any] = time.sleep,
+    lock: contextlib.AbstractContextManager[Any] = _NO_LOCK,
+) -> Send | Outside:
+    """Do the flow's waits in this thread (`sleep`; the discovery wait) until it says `Send`
+    or `Outside`; raise its `Fail` as this channel's callers see it (`_caller_error`). `lock`
+    is held around each report to the flow."""
+    while True:
+        if type(action) is Send or type(action) is Outside:
+            return action
+        if type(action) is Sleep:
+            try:
+                sleep(action.seconds)
+            except BaseException:
+                with lock:
+                    flow.cancel()
+                raise
+        elif type(action) is Wait:
+            action.event.wait(action.seconds)
+        else:
+            assert isinstance(action, Fail)  # Done comes only from `answered`
+            raise _caller_error(action.error)
+        with lock:
+            action = flow.waited()
+
+
+def _located(flow: UnaryFlow | StreamFlow) -> Action:
+    """The flow's first action, after the discovery wait (in this thread) if it asks one."""
+    action = flow.start()
+    if type(action) is Wait:
+        action.event.wait(action.seconds)
+        action = flow.waited()
+    return action
 
 
 def _blocking(
-    mc: _MultiCallable, attempts: Attempts, with_call: bool, request: Any,
-    replay: _Replay | None, credentials: grpc.CallCredentials | None,
+    mc: MultiCallable, first: Any, replay: Replay | None, with_call: bool,
+    timeout: float | None, metadata: Metadata | None,
+    credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+    compression: grpc.Compression | None,
+) -> Any:
+    """A blocking unary call (`__call__`, `with_call`): its flow, driven in the caller's
+    thread. `first` is the request, or the request iterator kept in `replay`."""
+    flow = UnaryFlow(mc._channel, mc._method, mc._error, metadata, timeout, replay)
+    action = flow.start()
+    while True:
+        if type(action) is Send:
+            try:
+                fn = mc._inner(action.endpoint.authority)
+                request = first if replay is None else read(replay)
+                if with_call:
+                    result = fn.with_call(request, action.timeout, action.metadata,
+                                          credentials, wait_for_ready, compression)
+                else:
+                    result = fn(request, action.timeout, action.metadata, credentials,
+                                wait_for_ready, compression)
+            except grpc.RpcError as exc:
+                action = flow.failed(exc)
+                continue
+            except BaseException:
+                flow.cancel()
+                raise
+            action = flow.answered(result)
+        elif type(action) is Done:
+            if with_call:
+                response, call = action.value
+                return response, _MeshCall(call, flow)
+            return action.value
+        elif type(action := _waited(flow, action)) is Outside:
+            fn = mc._outside()
+            if with_call:
+                return fn.with_call(first, timeout, metadata, credentials, wait_for_ready,
+                                    compression)
+            return fn(first, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+def _future(
+    mc: MultiCallable, first: Any, replay: Replay | None, timeout: float | None,
+    metadata: Metadata | None, credentials: grpc.CallCredentials | None,
+    wait_for_ready: bool | None, compression: grpc.Compression | None,
+) -> grpc.Future:
+    """A unary call's `future()`: its flow, driven by its attempts' done callbacks."""
+    flow = UnaryFlow(mc._channel, mc._method, mc._error, metadata, timeout, replay)
+    action = _located(flow)
+    if type(action) is Outside:
+        return mc._outside().future(first, timeout, metadata, credentials, wait_for_ready,
+                                    compression)
+
+    def send(attempt: Send) -> Any:
+        return mc._inner(attempt.endpoint.authority).future(
+            first if replay is None else read(replay), attempt.timeout, attempt.metadata,
+            credentials, wait_for_ready, compression,
+        )
+
+    return _FutureCall(flow, action, send)
+
+
+def _stream(
+    mc: MultiCallable, first: Any, replay: Replay | None, timeout: float | None,
+    metadata: Metadata | None, credentials: grpc.CallCredentials | None,
     wait_for_ready: bool | None, compression: grpc.Compression | None,
 ) -> Any:
-    """Drive a blocking call's attempts, each sent on the inner multicallable of its
-    endpoint (`with_call` or not; the requests of `replay` when given). Returns what the
-    successful attempt returned."""
-    md = attempts.metadata
-    while True:
-        timeout = attempts.begin()
-        host = attempts.host
-        try:
-            fn = mc._inner(attempts)
-            if replay is not None:
-                request = replay.view()
-            if with_call:
-                result = fn.with_call(request, timeout, md, credentials, wait_for_ready,
-                                      compression)
-            else:
-                result = fn(request, timeout, md, credentials, wait_for_ready, compression)
-        except grpc.RpcError as exc:
-            attempts.release(host)
-            wait = attempts.failed(exc.code(), exc.details())
-            if wait is None:
-                raise attempts.give_up(exc) from None
-            if wait > 0:
-                time.sleep(wait)
-            attempts.advance()
-            continue
-        except BaseException:
-            attempts.release(host)
-            attempts.stop()
-            raise
-        attempts.ok(host)
-        return result
+    """A call whose responses stream: its flow, driven by the caller's reads."""
+    flow = StreamFlow(mc._channel, mc._method, mc._error, metadata, timeout, replay)
+    action = _located(flow)
+    if type(action) is Outside:
+        return mc._outside()(first, timeout, metadata, credentials, wait_for_ready,
+                             compression)
 
-
-class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        attempts = self._channel._attempts(self._method, self._error, metadata, timeout)
-        if attempts is None:
-            return self._outside()(request, timeout, metadata, credentials, wait_for_ready,
-                                   compression)
-        return _blocking(self, attempts, False, request, None, credentials, wait_for_ready,
-                         compression)
-
-    def with_call(
-        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> tuple[Any, grpc.Call]:
-        attempts = self._channel._attempts(self._method, self._error, metadata, timeout)
-        if attempts is None:
-            return self._outside().with_call(  # type: ignore[no-any-return]
-                request, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        response, call = _blocking(self, attempts, True, request, None, credentials,
-                                   wait_for_ready, compression)
-        return response, _MeshCall(call, attempts)
-
-    def future(
-        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> grpc.Future:
-        try:
-            attempts = self._route(metadata, timeout)
-        except MeshRpcError as exc:
-            return exc
-        if attempts is None:
-            return self._outside().future(request, timeout, metadata, credentials,
-                                          wait_for_ready, compression)
-        md = attempts.metadata
-        return _FutureCall(
-            attempts,
-            lambda t: self._inner(attempts).future(
-                request, t, md, credentials, wait_for_ready, compression
-            ),
+    def send(attempt: Send) -> Any:
+        return mc._inner(attempt.endpoint.authority)(
+            first if replay is None else read(replay), attempt.timeout, attempt.metadata,
+            credentials, wait_for_ready, compression,
         )
 
-
-class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request_iterator: Iterator[Any], timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> Any:
-        return self.with_call(request_iterator, timeout, metadata, credentials,
-                              wait_for_ready, compression)[0]
-
-    def with_call(
-        self, request_iterator: Iterator[Any], timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> tuple[Any, grpc.Call]:
-        attempts = self._route(metadata, timeout)
-        if attempts is None:
-            return self._outside().with_call(  # type: ignore[no-any-return]
-                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        replay = _Replay(request_iterator, attempts)
-        response, call = _blocking(self, attempts, True, None, replay, credentials,
-                                   wait_for_ready, compression)
-        return response, _MeshCall(call, attempts)
-
-    def future(
-        self, request_iterator: Iterator[Any], timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> grpc.Future:
-        try:
-            attempts = self._route(metadata, timeout)
-        except MeshRpcError as exc:
-            return exc
-        if attempts is None:
-            return self._outside().future(request_iterator, timeout, metadata, credentials,
-                                          wait_for_ready, compression)
-        md = attempts.metadata
-        replay = _Replay(request_iterator, attempts)
-        return _FutureCall(
-            attempts,
-            lambda t: self._inner(attempts).future(
-                replay.view(), t, md, credentials, wait_for_ready, compression
-            ),
-        )
-
-
-class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
-        credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        try:
-            attempts = self._route(metadata, timeout)
-        except MeshRpcError as exc:
-            return _ResponseStream.failed(exc)
-        if attempts is None:
-            return self._outside()(request, timeout, metadata, credentials, wait_for_ready,
-                                   compression)
-        md = attempts.metadata
-        return _ResponseStream(
-            attempts,
-            lambda t: self._inner(attempts)(
-                request, t, md, credentials, wait_for_ready, compression
-            ),
-        )
-
-
-class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
-
-    def __call__(
-        self, request_iterator: Iterator[Any], timeout: float | None = None,
-        metadata: Metadata | None = None, credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None, compression: grpc.Compression | None = None,
-    ) -> Any:
-        try:
-            attempts = self._route(metadata, timeout)
-        except MeshRpcError as exc:
-            return _ResponseStream.failed(exc)
-        if attempts is None:
-            return self._outside()(request_iterator, timeout, metadata, credentials,
-                                   wait_for_ready, compression)
-        md = attempts.metadata
-        replay = _Replay(request_iterator, attempts)
-        return _ResponseStream(
-            attempts,
-            lambda t: self._inner(attempts)(
-                replay.view(), t, md, credentials, wait_for_ready, compression
-            ),
-        )
+    return _ResponseStream(flow, action, send)
 
 
 # -- calls -----------------------------------------------------------------------------------
@@ -425,13 +395,13 @@ class _MeshCall(grpc.Call):  # type: ignore[misc]
     """The `grpc.Call` of a finished unary call: the last attempt's, plus `sail`, the
     call's attempts (`sail.CallInfo`)."""
 
-    def __init__(self, call: grpc.Call, attempts: Attempts) -> None:
+    def __init__(self, call: grpc.Call, flow: UnaryFlow) -> None:
         self._call = call
-        self._attempts = attempts
+        self._flow = flow
 
     @property
-    def sail(self) -> CallInfo:
-        return self._attempts.info
+    def sail(self) -> CallInfo | None:
+        return self._flow.info
 
     def initial_metadata(self) -> Any:
         return self._call.initial_metadata()
@@ -459,89 +429,84 @@ class _MeshCall(grpc.Call):  # type: ignore[misc]
 
 
 class _FutureCall(grpc.Future, grpc.Call):  # type: ignore[misc]
-    """A unary call's `future()`: attempts are started from the previous one's completion
-    callback (after the back-off, on a timer), so no thread waits on the call."""
+    """A unary call's `future()`: each attempt is started from the previous one's done
+    callback (after the back-off, on a timer), so no thread waits on the call. The flow
+    hears from the caller's thread, grpcio's callback threads and timers: one lock (an
+    `RLock`: a done callback may run at once, in the thread that added it) serializes
+    them."""
 
-    def __init__(self, attempts: Attempts, send: Callable[[float | None], Any]) -> None:
-        self._attempts = attempts
+    def __init__(self, flow: UnaryFlow, action: Action, send: Callable[[Send], Any]) -> None:
+        self._flow = flow
         self._send = send
         self._outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._inner: Any = None
         self._timer: threading.Timer | None = None
-        self._attempt()
+        self._lock = threading.RLock()
+        with self._lock:
+            self._perform(action)
 
     @property
-    def sail(self) -> CallInfo:
-        return self._attempts.info
+    def sail(self) -> CallInfo | None:
+        return self._flow.info
 
-    def _attempt(self) -> None:
-        attempts = self._attempts
-        try:
-            timeout = attempts.begin()
-        except MeshRpcError as exc:
-            self._fail(exc)
-            return
-        host = attempts.host
-        try:
-            inner = self._inner = self._send(timeout)
-        except BaseException as exc:
-            attempts.release(host)
-            attempts.stop()
-            self._fail(exc)
-            return
-        inner.add_done_callback(lambda done: self._ended(done, host))
-
-    def _ended(self, inner: Any, host: Any) -> None:
-        attempts = self._attempts
-        attempts.release(host)
+    def _perform(self, action: Action) -> None:
+        """Do what the flow says (the lock held)."""
         if self._outcome.done():  # cancelled by the caller
             return
-        try:
-            if inner.cancelled():
-                attempts.stop()
-                self._outcome.cancel()
+        if type(action) is Send:
+            try:
+                inner = self._inner = self._send(action)
+            except BaseException as exc:
+                self._flow.cancel()
+                self._outcome.set_exception(exc)
                 return
-            error = inner.exception()
-            if error is None:
-                attempts.succeeded()
-                self._outcome.set_result(inner.result())
+            inner.add_done_callback(self._ended)
+        elif type(action) is Sleep:
+            timer = self._timer = threading.Timer(action.seconds, self._woke)
+            timer.daemon = True
+            timer.start()
+        elif type(action) is Done:
+            self._outcome.set_result(action.value)
+        elif type(action) is Fail:
+            self._outcome.set_exception(_caller_error(action.error))
+        else:  # `Wait` and `Outside` come before the call is made (`_future`)
+            raise AssertionError(action)
+
+    def _ended(self, inner: Any) -> None:
+        """An attempt's done callback."""
+        with self._lock:
+            if self._outcome.done():
                 return
-            wait = attempts.failed(error.code(), error.details())
-            if wait is None:
-                self._fail(attempts.give_up(error))
-            elif wait > 0:
-                self._timer = threading.Timer(wait, self._retry)
-                self._timer.daemon = True
-                self._timer.start()
-            else:
-                self._retry()
-        except BaseException as exc:  # never lose the call in a callback thread
-            attempts.stop()
-            self._fail(exc)
+            flow = self._flow
+            try:
+                if inner.cancelled():  # not by us: the subchannel closed under it
+                    flow.cancel()
+                    self._outcome.cancel()
+                    return
+                error = inner.exception()
+                action = flow.answered(inner.result()) if error is None else flow.failed(error)
+            except BaseException as exc:  # never lose the call in a callback thread
+                flow.cancel()
+                self._outcome.set_exception(exc)
+                return
+            self._perform(action)
 
-    def _retry(self) -> None:
-        if self._outcome.done():
-            return
-        try:
-            self._attempts.advance()
-        except MeshRpcError as exc:
-            self._fail(exc)
-            return
-        self._attempt()
-
-    def _fail(self, error: BaseException) -> None:
-        if not self._outcome.done():
-            self._outcome.set_exception(error)
+    def _woke(self) -> None:
+        """The back-off's (or the injected delay's) timer."""
+        with self._lock:
+            if not self._outcome.done():
+                self._perform(self._flow.waited())
 
     # grpc.Future
     def cancel(self) -> bool:
-        if not self._outcome.cancel():
-            return False
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._inner is not None:
-            self._inner.cancel()
-        self._attempts.stop()
+        with self._lock:
+            if not self._outcome.cancel():
+                return False
+            self._flow.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._inner is not None:
+                self._inner.cancel()
         return True
 
     def cancelled(self) -> bool:
@@ -580,7 +545,7 @@ class _FutureCall(grpc.Future, grpc.Call):  # type: ignore[misc]
     def _call(self) -> Any:
         if self._outcome.done() and not self._outcome.cancelled():
             error = self._outcome.exception()
-            if isinstance(error, MeshRpcError):
+            if isinstance(error, MeshRpcError) or self._inner is None:
                 return error
         return self._inner
 
@@ -620,91 +585,79 @@ class _FutureCall(grpc.Future, grpc.Call):  # type: ignore[misc]
 
 class _ResponseStream(grpc.Call, grpc.Future):  # type: ignore[misc]
     """A call whose responses stream: an iterator of them, and the latest attempt's
-    `grpc.Call`. Failures before the first response message are retried."""
+    `grpc.Call`. Failures before the first response message are retried. The flow hears
+    from the reading thread, another thread's `cancel()` (under one lock) and, for
+    `closed`, grpcio's done callbacks."""
 
-    def __init__(
-        self, attempts: Attempts | None, send: Callable[[float | None], Any] | None
-    ) -> None:
-        self._attempts = attempts
+    def __init__(self, flow: StreamFlow, action: Action, send: Callable[[Send], Any]) -> None:
+        self._flow = flow
         self._send = send
-        self._committed = False
         self._inner: Any = None
         self._error: BaseException | None = None
-        if attempts is not None:
-            try:
-                self._inner = self._open()
-            except MeshRpcError as exc:
-                self._error = exc
-
-    @classmethod
-    def failed(cls, error: MeshRpcError) -> _ResponseStream:
-        """A stream that fails at once with `error`, as grpcio's does: on first read."""
-        stream = cls(None, None)
-        stream._error = error
-        return stream
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._wake: threading.Event | None = None
+        self._open(action)
 
     @property
     def sail(self) -> CallInfo | None:
-        return None if self._attempts is None else self._attempts.info
+        return self._flow.info
 
-    def _open(self) -> Any:
-        attempts = self._attempts
-        assert attempts is not None and self._send is not None
-        timeout = attempts.begin()
-        host = attempts.host
+    def _open(self, action: Action) -> None:
+        """Do what the flow says until an attempt is open. A failure is kept for the next
+        read, as a grpcio stream fails: on read."""
+        flow = self._flow
         try:
-            inner = self._send(timeout)
+            send = _waited(flow, action, self._sleep, self._lock)
+        except grpc.RpcError as exc:  # an attempt's, or sail's as a MeshRpcError
+            self._error = exc
+            return
+        assert type(send) is Send  # `Outside` comes before the stream is made
+        try:
+            inner = self._send(send)
         except BaseException:
-            attempts.release(host)
-            attempts.stop()
+            flow.closed(send)
+            with self._lock:
+                flow.cancel()
             raise
-        inner.add_done_callback(lambda _: attempts.release(host))
-        return inner
+        inner.add_done_callback(lambda _: flow.closed(send))
+        self._inner = inner
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off, which `cancel()` cuts short."""
+        wake = self._wake = threading.Event()
+        if not self._cancelled:
+            wake.wait(seconds)
 
     def __iter__(self) -> _ResponseStream:
         return self
 
     def __next__(self) -> Any:
+        flow = self._flow
         while True:
             if self._error is not None:
                 raise self._error
-            attempts = self._attempts
-            assert attempts is not None
             try:
                 message = next(self._inner)
             except StopIteration:
-                self._commit()
+                with self._lock:
+                    flow.received()
                 raise
             except grpc.RpcError as exc:
-                if self._committed:
-                    raise
-                self._committed = True
-                wait = attempts.failed(exc.code(), exc.details())
-                if wait is None:
-                    raise attempts.give_up(exc) from None
-                if wait > 0:
-                    time.sleep(wait)
-                try:
-                    attempts.advance()
-                    self._inner = self._open()
-                except MeshRpcError as error:
-                    self._error = error
-                    raise
-                self._committed = False
+                with self._lock:
+                    action = flow.failed(exc)
+                self._open(action)
                 continue
-            self._commit()
+            with self._lock:
+                flow.received()
             return message
 
     next = __next__
 
-    def _commit(self) -> None:
-        if not self._committed:
-            self._committed = True
-            assert self._attempts is not None
-            self._attempts.succeeded()
-
     def _call(self) -> Any:
-        return self._error if self._inner is None else self._inner
+        if self._inner is None or isinstance(self._error, MeshRpcError):
+            return self._error
+        return self._inner
 
     # grpc.Call
     def initial_metadata(self) -> Any:
@@ -726,9 +679,12 @@ class _ResponseStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         return self._call().time_remaining()  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
-        if self._attempts is not None and not self._committed:
-            self._committed = True
-            self._attempts.stop()
+        self._cancelled = True
+        with self._lock:
+            self._flow.cancel()
+        wake = self._wake
+        if wake is not None:
+            wake.set()
         return self._inner is not None and self._inner.cancel()
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -755,53 +711,3 @@ class _ResponseStream(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         self._call().add_done_callback(lambda _: fn(self))
-
-
-class _Replay:
-    """The request messages of a streaming call, kept for retries: every attempt reads
-    them through its own `view()`, from the start. Past `REPLAY_LIMIT` bytes they are no
-    longer kept and the call is no longer retried (only the latest view goes on)."""
-
-    def __init__(self, source: Iterator[Any], attempts: Attempts) -> None:
-        self._source = iter(source)
-        self._attempts = attempts
-        self._kept: list[Any] = []
-        self._size = 0
-        self._lock = threading.Lock()
-        self._views = itertools.count(1)
-        self._latest = 0
-        self._ended = False
-        self.overflowed = False
-
-    def view(self) -> Iterator[Any]:
-        self._latest = view = next(self._views)
-        return self._read(view)
-
-    def _read(self, view: int) -> Iterator[Any]:
-        index = 0
-        while True:
-            with self._lock:  # grpcio reads each attempt's view on a thread of its own
-                if not self.overflowed and index < len(self._kept):
-                    message = self._kept[index]
-                elif self._ended or (self.overflowed and view != self._latest):
-                    return
-                else:
-                    try:
-                        message = next(self._source)
-                    except StopIteration:
-                        self._ended = True
-                        return
-                    self._keep(message)
-            index += 1
-            yield message
-
-    def _keep(self, message: Any) -> None:
-        if self.overflowed:
-            return
-        self._size += message_size(message)
-        if self._size > REPLAY_LIMIT:
-            self.overflowed = True
-            self._kept.clear()
-            self._attempts.call.max_attempts = 0  # what was sent cannot be sent again
-        else:
-            self._kept.append(message)
