@@ -247,11 +247,12 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def inner_env(snapshot: Path, pycache: Path) -> dict[str, str]:
+def inner_env(snapshot: Path, workdir: Path) -> dict[str, str]:
     """The inner runs' environment: the snapshot of sail first on the path, bytecode in a
     cache of our own (written by the warm-up runs, so no callgrind run compiles anything),
-    a fixed hash seed."""
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPYCACHEPREFIX=str(pycache))
+    a fixed hash seed, and their temporary files inside ours."""
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPYCACHEPREFIX=str(workdir / "pycache"),
+               TMPDIR=str(workdir))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(snapshot), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -418,13 +419,13 @@ def sizes_of(args: argparse.Namespace) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the `finally`s stop the inner runs and the
+    # temporary directories go.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     if args.inner:
         inner(args.inner, int(args.requests), args.timed)
         return
-    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the `finally`s stop the inner runs and the
-    # temporary directory goes.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
     try:
         run(args)
     except RuntimeError as exc:
@@ -469,7 +470,7 @@ def run(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         info = results["sail"] = source_info(src)
         snapshot = snapshot_source(src, workdir)
-        env = inner_env(snapshot, workdir / "pycache")
+        env = inner_env(snapshot, workdir)
         print(f"sail from {src} (commit {info.get('commit', '?')}"
               f"{', with uncommitted changes' if info.get('uncommitted') else ''}, copied); "
               f"{len(contenders) * 2} callgrind runs of {sizes[0]} and {sizes[1]} requests, "
