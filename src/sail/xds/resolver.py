@@ -65,6 +65,7 @@ class ConfigResolver:
         self._wanted: dict[str, frozenset[str]] = {}
         self._snapshot = MeshSnapshot()
         self._settled: dict[str, threading.Event] = {}
+        self._kept: frozenset[str] = frozenset()  # deleted clusters still served
         self._lock = threading.Lock()  # guards _settled only; never taken on the request path
 
     # -- feeding ----------------------------------------------------------------------------
@@ -187,7 +188,17 @@ class ConfigResolver:
             if cname not in used:
                 continue
             if self._settled_missing(CDS, cname):
-                continue  # deleted, or known not to exist: requests routed to it fail
+                kept = self._kept_deleted(cname, previous)
+                if kept is None:
+                    continue  # known not to exist, or rejected: requests routed to it fail
+                clusters[cname] = kept
+                cla = previous.endpoints.get(cname)
+                if kept.discovery is DiscoveryType.EDS:
+                    want_eds.add(kept.eds_name)
+                    cla = self._resources[EDS].get(kept.eds_name, cla)
+                if cla is not None:
+                    endpoints[cname] = cla
+                continue
             if cluster is None or not self._cluster_ready(cname):
                 cluster = previous.clusters.get(cname)
                 cla = previous.endpoints.get(cname)
@@ -199,6 +210,7 @@ class ConfigResolver:
                 clusters[cname] = cluster
             if cla is not None:
                 endpoints[cname] = cla
+        self._kept = frozenset(c for c in clusters if self._settled_missing(CDS, c))
         if self._subscribe is not None:
             self._want(LDS, frozenset(self._interest))
             self._want(RDS, frozenset(want_rds))
@@ -217,6 +229,25 @@ class ConfigResolver:
             self._snapshot = attrs.evolve(snap, version=previous.version + 1)
             self._publish(self._snapshot)
         self._wake_settled()
+
+    def _kept_deleted(self, name: str, previous: MeshSnapshot) -> Cluster | None:
+        """The last version of cluster `name`, deleted by the server while the routes in
+        force still name it; `None` if it never served or was not deleted.
+
+        A server that drops a cluster before it moves the routes off it, or a restarted one
+        that answers CDS before RDS, would otherwise fail every request routed there in
+        between (Envoy answers them 503 NC). As gRPC's `ignore_resource_deletion` (A53),
+        the cluster keeps serving, its endpoints still watched, until no route names it.
+        """
+        kept = previous.clusters.get(name)
+        if kept is None or self._subscribe is None or name not in self._absent[CDS]:
+            return None
+        if name not in self._kept:
+            log.warning(
+                "sail xDS: cluster %r was deleted while routes still name it; "
+                "serving its last version until they move off it", name,
+            )
+        return kept
 
     def _settled_missing(self, type_url: str, name: str) -> bool:
         """Known not to be coming: declared absent, or rejected with no last good value; in

@@ -547,23 +547,43 @@ def test_eds_update_of_one_cluster_changes_only_its_endpoints() -> None:
 # -- deletions -------------------------------------------------------------------------------
 
 
-def test_deleted_cluster_leaves_the_snapshot() -> None:
-    # The server deleted a cluster the routes still name (LDS/CDS are full-state): it must
-    # not keep serving the deleted cluster's last endpoints, which nobody watches any more.
+def test_deleted_cluster_still_routed_to_keeps_serving_until_the_routes_move_off_it() -> None:
+    # The server deleted a cluster the routes in force still name (a restarted registry
+    # answering CDS before RDS does so): dropping it would fail every request routed there
+    # until the new routes arrive. As gRPC's ignore_resource_deletion, its last version
+    # keeps serving, its endpoints still watched, and it leaves with the last route to it.
     h = Harness()
     served(h, "a", {"a-v1": [1], "a-v2": [2]})
     old = h.snapshot
     h.send(CDS, removed=["a-v2"])
-    assert h.take_calls() == [(EDS, frozenset({"a-v1"}))]  # its endpoints are let go
-    (snap,) = h.take_published(complete=False)
-    assert snap == MeshSnapshot(
-        listeners=old.listeners,
-        routes=old.routes,  # still naming a-v2: requests routed there fail, as in Envoy
-        clusters={"a-v1": old.clusters["a-v1"]},
-        endpoints={"a-v1": old.endpoints["a-v1"]},
-        version=old.version + 1,
-    )
+    assert h.take_calls() == []  # a-v2's endpoints are still watched
+    assert h.take_published() == []  # nothing a request can see changed
+    h.send(EDS, ep("a-v2", 7))
+    (snap,) = h.take_published()
+    assert snap.clusters == old.clusters
+    assert snap.endpoints["a-v2"] == one(ep("a-v2", 7))
+    h.send(RDS, testing.route_config("a", [testing.route("a-v1")]))
+    assert h.take_calls() == [(CDS, frozenset({"a-v1"})), (EDS, frozenset({"a-v1"}))]
+    (snap,) = h.take_published()
+    assert set(snap.clusters) == set(snap.endpoints) == {"a-v1"}
     assert h.resolver.settled_event("a").is_set()
+
+
+def test_deleted_cluster_no_route_names_leaves_at_once() -> None:
+    h = Harness()
+    served(h, "a", {"a-v1": [1]})
+    h.send(RDS, testing.route_config("a", [testing.route("a-v2")]))
+    h.send(CDS, testing.eds_cluster("a-v2"))
+    h.send(EDS, ep("a-v2", 2))
+    h.take_published()
+    h.take_calls()
+    h.send(CDS, removed=["a-v1"])  # no longer named: nothing to keep
+    assert h.take_calls() == []
+    assert h.take_published() == []
+    h.send(RDS, testing.route_config("a", [testing.route("a-v1")]))
+    assert h.take_calls() == [(CDS, frozenset({"a-v1"})), (EDS, NONE)]
+    (snap,) = h.take_published(complete=False)
+    assert snap.clusters == {}  # known not to exist: requests routed to it fail
 
 
 def test_deleted_cluster_comes_back_with_its_endpoints() -> None:
@@ -571,15 +591,14 @@ def test_deleted_cluster_comes_back_with_its_endpoints() -> None:
     served(h, "a", {"a-v1": [1]})
     old = h.snapshot
     h.send(CDS, removed=["a-v1"])
-    h.take_published(complete=False)
-    h.take_calls()
+    assert h.take_published() == [] and h.take_calls() == []
     h.send(CDS, testing.eds_cluster("a-v1"))
-    assert h.take_calls() == [(EDS, frozenset({"a-v1"}))]
-    assert h.take_published() == []  # not back until its endpoints are
+    assert h.take_calls() == []
+    assert h.take_published() == []  # the same cluster as before
     h.send(EDS, ep("a-v1", 3))
     (snap,) = h.take_published()
     assert snap == attrs.evolve(old, endpoints={"a-v1": one(ep("a-v1", 3))},
-                                version=old.version + 2)
+                                version=old.version + 1)
 
 
 def test_deleted_listener_leaves_the_snapshot_with_what_only_it_needed() -> None:
