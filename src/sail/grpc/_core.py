@@ -236,7 +236,13 @@ class MultiCallable:
         )
 
     def _inner(self, authority: str) -> Any:
-        """The inner multicallable on the subchannel of endpoint `authority`."""
+        """The inner multicallable on the subchannel of endpoint `authority` (two dict
+        probes once both exist)."""
+        sub = self._channel._subchannels.get(authority)
+        if sub is not None:
+            fn = sub.methods.get(self)
+            if fn is not None:
+                return fn
         return self._channel._method(authority, self, self._on)
 
     def _outside(self) -> Any:

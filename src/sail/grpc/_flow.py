@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from sail.dataplane import repick
+from sail.dataplane import DataplaneState, repick
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.grpc._errors import StatusError, http_to_grpc
 from sail.grpc._route import prepare
@@ -69,7 +69,7 @@ from sail.resilience.classify import Local, Outcome
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
-    from sail.dataplane import DataplaneState, Target
+    from sail.dataplane import Target
     from sail.grpc._core import ChannelCore
     from sail.grpc._replay import Replay
     from sail.grpc._route import Metadata
@@ -259,13 +259,14 @@ class _Flow:
             where = core.locate()
         except RequestError as exc:
             return self._fail(exc)
+        if type(where) is DataplaneState:
+            return self._route(where)
         if where is None:
             self.stage = _OVER
             return OUTSIDE
-        if isinstance(where, threading.Event):
-            self.stage = _DISCOVERING
-            return Wait(where, core.discovery_limit(self.timeout))
-        return self._route(where)
+        assert isinstance(where, threading.Event)
+        self.stage = _DISCOVERING
+        return Wait(where, core.discovery_limit(self.timeout))
 
     def waited(self) -> Action:
         """The `Wait` or `Sleep` asked for is over: what comes next."""
