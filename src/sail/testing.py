@@ -46,6 +46,7 @@ __all__ = [
     "eds_cluster",
     "is_testing",
     "load_assignment",
+    "previous_hosts",
     "route",
     "route_config",
     "server_listener",
@@ -212,6 +213,18 @@ def route(
     if headers:
         match["headers"] = list(headers)
     return {"match": match, "route": act}
+
+
+def previous_hosts() -> list[dict[str, Any]]:
+    """A route retry policy's `retry_host_predicate` that sends each retry to an endpoint
+    not tried yet (Envoy's `previous_hosts`); a new list each call."""
+    return [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        },
+    }]
 
 
 def route_config(

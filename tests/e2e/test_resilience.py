@@ -131,13 +131,7 @@ def envoy_stat(envoy: Envoy, name: str) -> int:
 RETRY_5XX = {
     "retry_on": "5xx",
     "num_retries": 2,
-    "retry_host_predicate": [{
-        "name": "envoy.retry_host_predicates.previous_hosts",
-        "typed_config": {
-            "@type": "type.googleapis.com/"
-            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-        },
-    }],
+    "retry_host_predicate": testing.previous_hosts(),
     "retry_back_off": {"base_interval": "0.001s"},
 }
 

@@ -24,13 +24,7 @@ SERVICE = "svc:50051"
 METHOD = "/pkg.Svc/Get"
 ENDPOINTS = [("10.0.0.1", 50051), ("10.0.0.2", 50051), ("10.0.0.3", 50051)]
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-PREVIOUS_HOSTS = [{
-    "name": "envoy.retry_host_predicates.previous_hosts",
-    "typed_config": {
-        "@type": "type.googleapis.com/"
-        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-    },
-}]
+PREVIOUS_HOSTS = testing.previous_hosts()
 RETRY = {
     "retry_on": "unavailable",
     "num_retries": 2,

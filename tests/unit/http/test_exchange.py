@@ -22,13 +22,7 @@ from sail.resilience.call import Attempt, Call
 from sail.resilience.classify import Local
 
 ENDPOINTS = [("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)]
-PREVIOUS_HOSTS = [{
-    "name": "envoy.retry_host_predicates.previous_hosts",
-    "typed_config": {
-        "@type": "type.googleapis.com/"
-        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-    },
-}]
+PREVIOUS_HOSTS = testing.previous_hosts()
 RETRY_5XX = {
     "retry_on": "5xx,connect-failure",
     "num_retries": 2,
