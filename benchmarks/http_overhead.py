@@ -4,9 +4,11 @@
 python benchmarks/http_overhead.py                 # full run (a few minutes on 2 cores)
 python benchmarks/http_overhead.py --quick         # a smoke run
 python benchmarks/http_overhead.py --json out.json --profile
+PYTHONPATH=../before/src python benchmarks/http_overhead.py   # another checkout's sail
 ```
 
-One run, one upstream (`upstream.py`, in its own process, on loopback), five clients:
+One run, one upstream (`upstream.py`, or `--upstream nginx`: a one-worker nginx, in its own
+process, on loopback), five clients:
 
 * `raw httpx`     - `httpx.Client` straight to the upstream: the floor;
 * `sail`          - `mesh.client()` of a local-mode mesh, one service with one endpoint;
@@ -82,13 +84,49 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 # -- processes -------------------------------------------------------------------------------
 
 
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/upstream.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/nginx-body;
+    keepalive_requests 1000000;
+    tcp_nodelay on;
+    server {{
+{listens}
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+def upstream_command(ports: list[int], server: str, workdir: Path) -> list[str]:
+    """The upstream's command line: `upstream.py`, or nginx (one process, no daemon) on a
+    config written into `workdir`."""
+    if server != "nginx":
+        return [sys.executable, str(HERE / "upstream.py"), "--server", server,
+                *map(str, ports)]
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(
+        workdir=workdir,
+        listens="\n".join(f"        listen 127.0.0.1:{p};" for p in ports),
+        body="hello from the upstream\\n",
+    ))
+    return [nginx, "-p", str(workdir), "-c", str(conf)]
+
+
 def start_upstream(
     ports: list[int], server: str, workdir: Path, stack: contextlib.ExitStack
 ) -> subprocess.Popen[bytes]:
     log_path = workdir / "upstream.log"
-    log = stack.enter_context(log_path.open("wb"))
+    log = stack.enter_context(log_path.open("ab"))
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "upstream.py"), "--server", server, *map(str, ports)],
+        upstream_command(ports, server, workdir),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -524,7 +562,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--upstream", choices=("asyncio", "uvicorn"), default="asyncio")
+    parser.add_argument("--upstream", choices=("asyncio", "uvicorn", "nginx"), default="asyncio",
+                        help="nginx: the one on PATH (or /usr/sbin), one worker")
     parser.add_argument("--envoy", help="the envoy binary (default: next to python)")
     parser.add_argument("--envoy-concurrency", type=int, default=1,
                         help="envoy worker threads (default 1: the machine has 2 cores)")
