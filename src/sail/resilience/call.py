@@ -98,6 +98,7 @@ class Call:
         "rand",
         "replayable",
         "retries_held",
+        "retry_pending",
         "retry_reason",
         "screens_answers",
         "service",
@@ -134,6 +135,7 @@ class Call:
         self.grpc_aware = not policy.retry_on.isdisjoint(GRPC_CONDITIONS)
         self.screens_answers = not policy.retry_on.isdisjoint(ANSWER_CONDITIONS)
         self.retries_held = 0
+        self.retry_pending = False
         self.retry_reason: str | None = None
 
     @property
@@ -166,6 +168,10 @@ class Call:
             raise UpstreamOverflow(self.describe(f"cluster {limits.name!r}: {reason}"))
         limits.active += 1
         limits.stats.rq_total += 1
+        if self.retry_pending:  # a retry admitted by `end` is counted from its start on
+            self.retry_pending = False
+            limits.start_retry()
+            self.retries_held += 1
         if host is not None:
             host.active += 1
         self.started += 1
@@ -194,7 +200,7 @@ class Call:
             _report(self.outlier, endpoint, outcome)
         limits = self.limits
         was_retry = self.retries_held > 0
-        if was_retry:  # a retry is counted from the decision until its attempt ends
+        if was_retry:  # a retry is counted from its attempt's start until it ends
             limits.end_retry()
             self.retries_held -= 1
         if outcome.answered and not self.screens_answers:
@@ -228,9 +234,9 @@ class Call:
             wait = backoff(policy, len(self.attempts), self.rand)
         if deadline is not None and now + wait >= deadline:
             return None
-        if not limits.try_retry():
+        if not limits.admit_retry():
             return None
-        self.retries_held += 1
+        self.retry_pending = True  # counted when its attempt begins, not while it waits
         self.retry_reason = condition
         return wait
 

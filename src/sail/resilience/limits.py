@@ -16,12 +16,25 @@ What is counted, and how it maps onto Envoy's thresholds (docs
   queue as *pending*; when `max_pending_requests` of those are already waiting, a new
   attempt overflows. With `max_connections: 1` and `max_pending_requests: 1`, as in Envoy,
   two requests may be outstanding and the third fails at once.
-* **retries** - retries in flight (from the decision to retry until that attempt ends).
-  A retry is allowed while `retries` is below the cluster's retry limit: the
+* **retries** - retry attempts in flight (from the start of the retry's attempt until it
+  ends: not while it backs off). A retry is admitted, when it is decided, while `retries`
+  is below the cluster's retry limit: the
   `retry_budget` when one is set (`budget_percent` of `active`, but at least
   `min_retry_concurrency`), else `max_retries` when set, else sail's default budget of
   20 % and at least 3 (Envoy's default is a flat 3). A retry over the limit is not made:
   the caller gets the attempt's own response or error, as in Envoy.
+
+  Where sail differs from Envoy, and why: Envoy counts a retry from the decision, through
+  its back-off, until its attempt ends (`RetryStateImpl` takes the `retries` resource when
+  it arms the back-off timer). A back-off is mostly idle time, so with Envoy's counting a
+  burst of fast failures (an endpoint refusing connections, each failing in well under a
+  millisecond) fills the budget with retries that are only sleeping, and the callers after
+  them get the failure although the cluster has capacity to spare: with four callers and a
+  killed endpoint, about a fifth of the requests after the kill failed that way. sail
+  admits a retry against the budget when it decides it (an overflow is still counted and
+  the caller still gets the attempt's own answer) and counts it while its attempt is in
+  flight, which is the load a budget exists to bound. Admissions during one back-off may
+  let `retries` pass the limit by the few retries decided in the same instant.
 
 An overflowing request never reaches an endpoint: the transport raises
 `sail.errors.UpstreamOverflow` (Envoy answers 503 with `x-envoy-overloaded: true`).
@@ -131,13 +144,24 @@ class ClusterLimits:
             return self.max_retries or 0
         return max(budget.min_retry_concurrency, int(budget.budget_percent * self.active / 100))
 
-    def try_retry(self) -> bool:
-        """Reserve a retry if the limit allows (counted until `end_retry`)."""
+    def admit_retry(self) -> bool:
+        """Whether a retry may be made now (counting an overflow when not); the retry is
+        counted only once its attempt starts (`start_retry`)."""
         if self.retries >= self.retry_limit():
             self.stats.rq_retry_overflow += 1
             return False
+        return True
+
+    def start_retry(self) -> None:
+        """An admitted retry's attempt starts: counted until `end_retry`."""
         self.retries += 1
         self.stats.rq_retry += 1
+
+    def try_retry(self) -> bool:
+        """Admit and start a retry at once (a hedge, whose attempt starts now)."""
+        if not self.admit_retry():
+            return False
+        self.start_retry()
         return True
 
     def end_retry(self) -> None:

@@ -57,10 +57,11 @@ def test_retries_go_to_untried_endpoints_after_growing_back_offs(
     back_off = slept(flow.failed(unavailable()))
     assert back_off.seconds == pytest.approx(0.05)  # half of 0.1 s: retry 1
     assert cluster(mesh).limits.active == 0
-    assert cluster(mesh).limits.retries == 1  # the retry is held from the decision on
+    assert cluster(mesh).limits.retries == 0  # not counted while it backs off
     clock.now += back_off.seconds
     second = sent(flow.waited())
     assert second.number == 2
+    assert cluster(mesh).limits.retries == 1  # counted while its attempt is out
 
     back_off = slept(flow.failed(unavailable()))
     assert back_off.seconds == pytest.approx(0.1)  # half of 0.2 s: retry 2
@@ -134,11 +135,12 @@ def test_a_retry_needs_room_in_the_budget_and_gives_it_back(
     a, b = unary(core), unary(core)
     sent(a.start())
     sent(b.start())
-    slept(a.failed(unavailable()))  # a holds the one retry
-    assert cluster(mesh).limits.retries == 1
+    slept(a.failed(unavailable()))  # a is admitted; its back-off holds no retry
+    assert cluster(mesh).limits.retries == 0
+    sent(a.waited())
+    assert cluster(mesh).limits.retries == 1  # a's retry is out: it holds the one retry
     refused = b.failed(unavailable())
     assert isinstance(refused, Fail), "no room in the budget: no retry"
-    sent(a.waited())
     assert cluster(mesh).limits.retries == 1  # held until the retry's attempt ends
     assert isinstance(a.answered(b"ok"), Done)
     assert_clean(mesh)
@@ -452,7 +454,7 @@ def test_cancelled_in_flight_the_attempt_is_abandoned(
     assert_clean(mesh)
 
 
-def test_cancelled_during_a_back_off_the_retry_is_given_back(
+def test_cancelled_during_a_back_off_the_retry_never_starts(
     make_mesh: MakeMesh, clock: Clock, observer: Observer
 ) -> None:
     mesh = make_mesh(route={"retry_policy": RETRY})
@@ -460,9 +462,9 @@ def test_cancelled_during_a_back_off_the_retry_is_given_back(
     flow = unary(core_of(mesh))
     sent(flow.start())
     slept(flow.failed(unavailable()))
-    assert cluster(mesh).limits.retries == 1
     flow.cancel()
     assert cluster(mesh).limits.retries == 0
+    assert cluster(mesh).limits.stats.rq_retry == 0  # admitted, never started
     assert observer.reasons == ["200 grpc-status 14"]  # ended once, nothing abandoned
     after = flow.waited()
     assert isinstance(after, Fail) and isinstance(after.error, StatusError)

@@ -179,7 +179,8 @@ def test_sync_future_cancelled_during_its_back_off(make_mesh: MakeMesh) -> None:
         hello = channel.unary_unary(METHOD)
         install(channel, hello, Failing())
         future = hello.future(b"x")
-        assert mesh._dataplane.state.clusters["svc"].limits.retries == 1  # backing off
+        limits = mesh._dataplane.state.clusters["svc"].limits
+        assert limits.stats.rq_total == 1 and limits.active == 0  # backing off
         assert future.cancel() and future.cancelled()
         assert future.code() is grpc.StatusCode.CANCELLED
     assert observer.reasons == ["200 grpc-status 14"]
@@ -264,7 +265,8 @@ def test_sync_stream_cancelled_during_its_back_off(make_mesh: MakeMesh) -> None:
         reader = threading.Thread(target=consume)
         start = time.monotonic()
         reader.start()
-        while mesh._dataplane.state.clusters["svc"].limits.retries == 0:
+        limits = mesh._dataplane.state.clusters["svc"].limits
+        while limits.stats.rq_total == 0 or limits.active:  # until it backs off
             time.sleep(0.002)
         stream.cancel()
         reader.join(5)
@@ -380,7 +382,7 @@ def test_aio_cancelled_during_a_back_off_gives_the_retry_back(make_mesh: MakeMes
             limits = mesh._dataplane.state.clusters["svc"].limits
 
             async def cancel_in_back_off() -> None:
-                while limits.retries == 0:
+                while limits.stats.rq_total == 0 or limits.active:  # until it backs off
                     await asyncio.sleep(0.002)
                 call.cancel()
 

@@ -233,9 +233,10 @@ def test_call_retries_until_success() -> None:
     call = Call(RETRY_5XX, limits, None, rand=lambda: 0.5)
     call.begin(0.0)
     assert call.end("a:1", Outcome(503), 0.0) == pytest.approx(0.0125)
-    assert limits.retries == 1
     call.release()
+    assert limits.retries == 0  # admitted, not counted while it backs off
     call.begin(0.1)
+    assert limits.retries == 1 and limits.stats.rq_retry == 1  # counted while it is out
     assert call.end("b:1", Outcome(200), 0.1) is None
     assert limits.retries == 0 and limits.stats.rq_retry_success == 1
     call.release()
@@ -368,3 +369,24 @@ def test_answered_responses_are_retried_when_the_policy_says_so(
     call.begin(0)
     assert call.end("b", Outcome(200), 0) is None
     assert limits.stats.rq_retry_success == 1
+
+
+def test_backing_off_retries_leave_the_budget_to_retries_in_flight() -> None:
+    """Four calls fail at once on a budget of 3: all four are admitted, because none of
+    them holds a slot while it backs off (Envoy would refuse the fourth)."""
+    limits = ClusterLimits("c")  # the default budget: 20 % of active, at least 3
+    calls = [Call(RETRY_5XX, limits, None, rand=lambda: 0.5) for _ in range(4)]
+    for call in calls:
+        call.begin(0.0)
+    waits = [call.end("a:1", Outcome(503), 0.0) for call in calls]
+    assert None not in waits and limits.stats.rq_retry_overflow == 0
+    for call in calls:
+        call.release()
+    assert limits.retries == 0
+    for call in calls[:3]:
+        call.begin(0.1)
+    assert limits.retries == 3
+    late = Call(RETRY_5XX, limits, None, rand=lambda: 0.5)
+    late.begin(0.1)
+    assert late.end("a:1", Outcome(503), 0.1) is None, "three retries out: no room"
+    assert limits.stats.rq_retry_overflow == 1
