@@ -41,8 +41,8 @@ from sail.model import (
 from sail.resilience.call import Call
 from sail.resilience.fault import FaultFilter
 from sail.resilience.limits import ClusterLimits
-from sail.resilience.outlier import OutlierDetector
-from sail.resilience.retry import DEFAULT_POLICY
+from sail.resilience.outlier import DEFAULT_ACCRUAL, OutlierDetector
+from sail.resilience.retry import DEFAULT_IDEMPOTENT_POLICY, DEFAULT_POLICY
 from sail.routing import Headers, Router, RouteResult
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class ClusterRuntime:
     """A cluster as the request path sees it: its config, endpoints and picker, and what
     outlives config updates of the cluster: its circuit-breaker state (`limits`), its
     endpoints' in-flight counts (`hosts`, read by least request and slow start) and its
-    outlier detector (`outlier`, `None` without `outlier_detection`).
+    outlier detector (`outlier`: the cluster's `outlier_detection`, or without one sail's
+    failure accrual, `sail.resilience.outlier.DEFAULT_ACCRUAL`).
 
     `picker` is the one field that changes in place: when the outlier detector ejects or
     returns a host, the picker is rebuilt with the ejected hosts counted as unhealthy
@@ -81,7 +82,8 @@ class ClusterRuntime:
     def rebuild(self, ejected: frozenset[str]) -> None:
         """Rebuild the picker with `ejected` hosts unhealthy (an ejection, a return)."""
         if self.assignment is not None:
-            self.picker = _picker(self.cluster, self.assignment, self.hosts, ejected)
+            self.picker = _picker(self.cluster, self.assignment, self.hosts, ejected,
+                                  self.outlier)
         self.ejected = ejected
 
 
@@ -102,8 +104,10 @@ class _Current:
 
 def _picker(
     cluster: Cluster, assignment: ClusterLoadAssignment, hosts: ClusterStats,
-    ejected: frozenset[str],
+    ejected: frozenset[str], outlier: OutlierDetector | None,
 ) -> Picker:
+    """The cluster's picker with `ejected` hosts unhealthy; those ejected for not answering
+    at all are left out even in panic (`build_picker`'s `shunned`)."""
     if ejected:
         assignment = attrs.evolve(assignment, localities=tuple(
             attrs.evolve(loc, endpoints=tuple(
@@ -113,7 +117,8 @@ def _picker(
             ))
             for loc in assignment.localities
         ))
-    return build_picker(cluster, assignment, stats=hosts)
+    shunned = outlier.failing_locally & ejected if outlier is not None else frozenset()
+    return build_picker(cluster, assignment, stats=hosts, shunned=shunned)
 
 
 @attrs.frozen
@@ -213,29 +218,26 @@ def _cluster_runtime(
         limits, hosts = ClusterLimits(name, cluster), ClusterStats()
         high = ClusterLimits(name, cluster, priority=1)
         outlier = current = None
-    config = cluster.outlier_detection
-    if config is None:
-        outlier = current = None
-    elif outlier is None or current is None:
+    config = cluster.outlier_detection or DEFAULT_ACCRUAL
+    if outlier is None or current is None:
         current = _Current()
         outlier = OutlierDetector(config, on_change=current.on_change)
     elif outlier.config != config:
         outlier.configure(config)
-    if outlier is not None and assignment is not None:
+    if assignment is not None:
         outlier.update_hosts(e.authority for e in assignment.endpoints)
-    ejected = outlier.ejected if outlier is not None else frozenset()
+    ejected = outlier.ejected
     picker: Picker
     if assignment is None:
         picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
     else:
-        picker = _picker(cluster, assignment, hosts, ejected)
+        picker = _picker(cluster, assignment, hosts, ejected, outlier)
     runtime = ClusterRuntime(
         cluster, assignment, picker, limits, hosts, outlier, high, ejected, current
     )
-    if outlier is not None and current is not None:
-        current.runtime = runtime
-        if outlier.ejected != ejected:  # an ejection landed while this was being built
-            runtime.rebuild(outlier.ejected)
+    current.runtime = runtime
+    if outlier.ejected != ejected:  # an ejection landed while this was being built
+        runtime.rebuild(outlier.ejected)
     return runtime
 
 
@@ -332,9 +334,11 @@ def start_call(
     deadline: float | None,
     observer: AttemptObserver | None,
     replayable: bool | Callable[[], bool] = True,
+    idempotent: bool = False,
 ) -> Call:
-    """The `Call` of a routed request (HTTP or gRPC): the route's retry policy (sail's safe
-    default without one), the cluster's circuit breakers of the route's priority (a HIGH
+    """The `Call` of a routed request (HTTP or gRPC): the route's retry policy (without
+    one, sail's safe default: for an `idempotent` request, the one that also retries a
+    dropped connection), the cluster's circuit breakers of the route's priority (a HIGH
     priority route has thresholds of its own), its outlier detector, the mesh's attempt
     observer."""
     cluster = target.cluster
@@ -343,8 +347,9 @@ def start_call(
     limits = cluster.limits
     if plan.priority and cluster.high_limits is not None:
         limits = cluster.high_limits
+    policy = plan.retry or (DEFAULT_IDEMPOTENT_POLICY if idempotent else DEFAULT_POLICY)
     return Call(
-        plan.retry or DEFAULT_POLICY, limits, deadline, replayable,
+        policy, limits, deadline, replayable,
         outlier=cluster.outlier, observer=observer, service=target.service,
     )
 

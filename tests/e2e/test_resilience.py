@@ -136,6 +136,12 @@ RETRY_5XX = {
 }
 
 
+# Outlier detection that detects and never ejects, given to Envoy and sail alike: without
+# `outlier_detection` sail applies its failure accrual (a host resetting every connection
+# is ejected after five) and Envoy none, and these tests compare retries, not ejections.
+NO_EJECTION = {"outlier_detection": {"enforcing_consecutive_5xx": 0, "enforcing_success_rate": 0}}
+
+
 def sequential(client: httpx.Client, url: str, n: int, **kwargs: Any) -> list[httpx.Response]:
     return [client.get(url, **kwargs) for _ in range(n)]
 
@@ -152,14 +158,14 @@ def test_retry_to_another_host_matches_envoy(flaky: Upstreams, tmp_path: Path,
     n = 150
     seen: dict[str, tuple[int, int, int]] = {}
     flaky.mode("c", failure, status=503)
-    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), {}) as envoy:
+    with run_envoy(tmp_path / "envoy", config, flaky.endpoints(), NO_EJECTION) as envoy:
         with httpx.Client(base_url=envoy.url, headers={"host": "svc"}) as client:
             replies = sequential(client, "/work", n)
         assert [r.status_code for r in replies] == [200] * n
         seen["envoy"] = (flaky.requests("a"), flaky.requests("b"), flaky.requests("c"))
     flaky.reset_all()
     flaky.mode("c", failure, status=503)
-    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), {}) as mesh:
+    with run_mesh(tmp_path / "sail", config, flaky.endpoints(), NO_EJECTION) as mesh:
         with mesh.client() as client:
             replies = sequential(client, "http://svc/work", n)
         assert [r.status_code for r in replies] == [200] * n

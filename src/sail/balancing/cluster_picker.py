@@ -92,6 +92,7 @@ def build_picker(
     *,
     rand: Callable[[], float] = random.random,
     stats: ClusterStats | None = None,
+    shunned: frozenset[str] = frozenset(),
 ) -> Picker:
     """Build the picker for `cluster` over the endpoints of `assignment`.
 
@@ -104,6 +105,10 @@ def build_picker(
     * `rand` - the draws for the priority and locality steps; tests pass a seeded one.
     * `stats` - the cluster's counters, kept by the caller across rebuilds (one table per
       cluster); optional. Updated here with the assignment's endpoints.
+    * `shunned` - authorities of unhealthy hosts known not to answer at all (ejected for
+      refusing or dropping connections): a level in panic leaves them out, unless it has
+      nothing else. Envoy's panic sends to every host; sending to one that refuses
+      connections only turns a request into a failed attempt.
 
     Never fails for lack of endpoints: the picker then raises `NoHealthyUpstream` on `pick()`,
     naming the cluster and why. Raises `ConfigError` for a policy name nothing registered.
@@ -138,6 +143,8 @@ def build_picker(
             continue
         if panic:
             hosts = [e for loc in level.localities for e in _counted(loc)]
+            if shunned:
+                hosts = [e for e in hosts if e.authority not in shunned] or hosts
             picker = bound(hosts, cluster.lb_policy)
         else:
             picker = _level_picker(level, bound, cluster, factor, rand)

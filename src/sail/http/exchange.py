@@ -58,7 +58,7 @@ from sail.model import RouteAction
 from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
-from sail.resilience.retry import REPLAY_LIMIT
+from sail.resilience.retry import IDEMPOTENT_METHODS, REPLAY_LIMIT
 from sail.routing.mirror import mirrors, shadow_authority
 
 if TYPE_CHECKING:
@@ -169,7 +169,10 @@ def exchange(
         for authority, copy in _mirror_requests(target, request, state):
             yield Mirror(authority, copy)
     deadline = call_deadline(plan.timeout, request.headers, time.monotonic())
-    call = start_call(target, deadline, dataplane.observer, _replayable(request))
+    call = start_call(
+        target, deadline, dataplane.observer, _replayable(request),
+        request.method in IDEMPOTENT_METHODS,
+    )
     if plan.hedge and call.policy.per_try_timeout is not None:
         return (yield from _hedged(call, target, request))
     return (yield from _attempts(call, target, request))

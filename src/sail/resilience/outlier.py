@@ -59,12 +59,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from sail.model import OutlierDetection
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from sail.model import OutlierDetection
-
 __all__ = [
+    "DEFAULT_ACCRUAL",
     "EjectionType",
     "OutlierDetector",
     "OutlierStats",
@@ -149,6 +150,33 @@ class EjectionType(enum.Enum):
     FAILURE_PERCENTAGE_LOCAL_ORIGIN = "local_origin_failure_percentage"
 
 
+_LOCAL_ORIGIN = frozenset({
+    EjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
+    EjectionType.SUCCESS_RATE_LOCAL_ORIGIN,
+    EjectionType.FAILURE_PERCENTAGE_LOCAL_ORIGIN,
+})
+
+DEFAULT_ACCRUAL = OutlierDetection(
+    split_external_local_origin_errors=True,
+    consecutive_local_origin_failure=5,
+    enforcing_consecutive_local_origin_failure=100,
+    enforcing_consecutive_5xx=0,
+    enforcing_consecutive_gateway_failure=0,
+    enforcing_success_rate=0,
+    enforcing_local_origin_success_rate=0,
+    interval=1.0,
+    base_ejection_time=5.0,
+    max_ejection_percent=100,
+)
+"""Failure accrual, for a cluster whose config sets no `outlier_detection` (Envoy then has
+none): five local-origin failures in a row (connections refused or reset, attempts timed
+out; Finagle's and Linkerd's failure accrual count five and seven) eject a host for 5 s,
+then 10 s, 15 s... up to 300 s while it keeps failing. Answers, 5xx included, never eject:
+an application's errors are not the mesh's to judge unless the config says so. Any share
+of the cluster may be ejected: with every host ejected the cluster is in panic, which
+sends to all of them again."""
+
+
 class OutlierStats:
     """Counters of one detector, named after Envoy's `cluster.<name>.outlier_detection.*`.
 
@@ -196,6 +224,7 @@ class _Host:
         "consecutive_local",
         "ejected",
         "ejected_at",
+        "ejected_for",
         "ext_success",
         "ext_total",
         "jitter",
@@ -221,6 +250,7 @@ class _Host:
         self.last_local_total = self.last_local_success = 0
         self.ejected = False
         self.ejected_at = 0
+        self.ejected_for: EjectionType | None = None
         self.unejected_at: int | None = None
         self.jitter = 0
         self.backoff = 0  # Envoy's ejectTimeBackoff: the ejection time multiplier
@@ -254,6 +284,7 @@ class OutlierDetector:
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in hosts}
         self._ejected_names: set[str] = set()
         self._ejected: frozenset[str] = frozenset()
+        self._failing_locally: frozenset[str] = frozenset()
         self.stats = OutlierStats()
         self._last_sweep = _ns(clock())
         self._next_ns = 0
@@ -270,6 +301,13 @@ class OutlierDetector:
     def ejected(self) -> frozenset[str]:
         """The hosts ejected now (the data plane treats them as unhealthy)."""
         return self._ejected
+
+    @property
+    def failing_locally(self) -> frozenset[str]:
+        """The ejected hosts that were ejected for local-origin failures (connections
+        refused or reset, attempts timed out): known not to answer at all, so a picker in
+        panic leaves them out (`sail.balancing.build_picker`)."""
+        return self._failing_locally
 
     @property
     def hosts(self) -> frozenset[str]:
@@ -577,6 +615,7 @@ class OutlierDetector:
         stats.ejections_enforced[kind] += 1
         h.ejected = True
         h.ejected_at = t
+        h.ejected_for = kind
         h.jitter = round(self._rand() * self._max_jitter) if self._max_jitter > 0 else 0
         if h.backoff * self._base < self._max + self._base:
             h.backoff += 1
@@ -585,6 +624,7 @@ class OutlierDetector:
 
     def _uneject(self, h: _Host, t: int) -> None:
         h.ejected = False
+        h.ejected_for = None
         h.unejected_at = t
         h.consecutive_5xx = h.consecutive_gateway = h.consecutive_local = 0
         self._ejected_names.discard(h.name)
@@ -593,6 +633,9 @@ class OutlierDetector:
         """Make `ejected` match the ejected hosts (a new frozenset only when it changed)."""
         if self._ejected != self._ejected_names:
             self._ejected = frozenset(self._ejected_names)
+            self._failing_locally = frozenset(
+                n for n in self._ejected if self._hosts[n].ejected_for in _LOCAL_ORIGIN
+            )
         self.stats.ejections_active = len(self._ejected)
 
     def _notify(self) -> None:

@@ -6,8 +6,13 @@ not merge them; `sail.routing.policy` resolves it once per route). With neither,
 applies `DEFAULT_POLICY`: retry once, on another
 endpoint, and only failures that never reached a server (`connect-failure`,
 `refused-stream`), so a request that a server may have acted on - a POST above all - is never
-sent twice unless the route says so. (Envoy retries nothing without a policy; gRPC retries
-such failures transparently, which is what this default follows.)
+sent twice unless the route says so. An HTTP request with an idempotent method (RFC 9110
+section 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) gets `DEFAULT_IDEMPOTENT_POLICY`,
+which also retries a `reset`: a connection that dropped with no answer, as it does when an
+endpoint dies with requests in flight; sending such a request again is safe by the
+method's definition, as HTTP clients do on a dropped keep-alive connection. (Envoy retries
+nothing without a policy; gRPC retries failures that never left the client
+transparently, which is what this default follows.)
 
 **Back-off** (Envoy's `JitteredExponentialBackOffStrategy`): retry *n* (1 for the first)
 waits a uniformly random time in `[0, min(base * 2**(n-1), max))`, with `max` defaulting to
@@ -35,7 +40,9 @@ if TYPE_CHECKING:
     from sail.routing.request import Headers
 
 __all__ = [
+    "DEFAULT_IDEMPOTENT_POLICY",
     "DEFAULT_POLICY",
+    "IDEMPOTENT_METHODS",
     "REPLAY_LIMIT",
     "backoff",
     "is_testing",
@@ -49,6 +56,16 @@ DEFAULT_POLICY = RetryPolicy(
     previous_hosts=True,
     host_selection_retry_max_attempts=3,
 )
+
+DEFAULT_IDEMPOTENT_POLICY = RetryPolicy(
+    retry_on=frozenset({"connect-failure", "refused-stream", "reset"}),
+    num_retries=1,
+    previous_hosts=True,
+    host_selection_retry_max_attempts=3,
+)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""The methods RFC 9110 (section 9.2.2) defines as idempotent."""
 
 REPLAY_LIMIT = 1 << 20
 """The most a call keeps of what it sent, to send it again on a retry: an HTTP request body

@@ -146,6 +146,20 @@ def test_single_level_below_threshold_panics_over_all_hosts() -> None:
     assert c == {e.address: 1000 for e in eps}
 
 
+def test_panic_leaves_out_hosts_known_not_to_answer() -> None:
+    eps = mixed("a", 1, 3)  # in panic: 25 % healthy
+    shunned = frozenset({eps[1].authority, eps[2].authority})  # refusing connections
+    c = counts(build_picker(cluster(), assignment(loc("a", eps)), shunned=shunned), 4000)
+    assert c == {eps[0].address: 2000, eps[3].address: 2000}
+
+
+def test_panic_with_every_host_shunned_still_sends_to_all() -> None:
+    eps = mixed("a", 0, 2)
+    shunned = frozenset(e.authority for e in eps)
+    c = counts(build_picker(cluster(), assignment(loc("a", eps)), shunned=shunned), 100)
+    assert c == {e.address: 50 for e in eps}, "nothing else to try: panic as Envoy does"
+
+
 def test_panic_threshold_zero_disables_panic() -> None:
     eps = mixed("a", 1, 3)
     c = counts(build_picker(cluster(panic=0), assignment(loc("a", eps))), 100)

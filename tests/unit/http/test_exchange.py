@@ -330,3 +330,86 @@ def test_a_listener_with_a_filter_clients_do_not_apply_is_refused(
         flow, _ = start(mesh)
         with pytest.raises(UnsupportedRequest, match=r"envoy\.filters\.http\.rbac"):
             next(flow)
+
+
+# -- sail's defaults, with no retry policy and no outlier detection in the config ----------
+
+
+def drive(mesh: sail.Mesh, reply: Any, method: str = "GET") -> tuple[httpx.Response, list[str]]:
+    """One request through the exchange, each `Send` answered by `reply(authority,
+    request)` (a response or a transport error), sleeps skipped; the response and the
+    authorities sent to."""
+    dataplane = mesh._dataplane
+    request = httpx.Request(method, "http://svc/x")
+    flow = exchange(dataplane, dataplane.state, request, "svc")
+    sent: list[str] = []
+    result: object = None
+    while True:
+        try:
+            action = flow.send(result)
+        except StopIteration as done:
+            return done.value, sent
+        result = None
+        if isinstance(action, Send):
+            sent.append(action.authority)
+            result = reply(action.authority, action.request)
+        else:
+            assert isinstance(action, Sleep | Close), action
+
+
+def dropped(authority: str, request: httpx.Request) -> object:
+    if authority == "10.0.0.1:80":
+        return httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+    return answer(200, request)
+
+
+def test_by_default_a_dropped_connection_is_retried_for_an_idempotent_method(
+    make_mesh: Any,
+) -> None:
+    mesh = make_mesh()
+    for method in ("GET", "PUT", "DELETE"):
+        for _ in range(3):  # round robin: one of them starts on the dropping host
+            response, sent = drive(mesh, dropped, method)
+            assert response.status_code == 200
+            if sent[0] == "10.0.0.1:80":
+                assert len(sent) == 2 and sent[1] != sent[0]
+
+
+def test_by_default_a_dropped_connection_is_not_retried_for_a_post(make_mesh: Any) -> None:
+    mesh = make_mesh()
+    failures = 0
+    for _ in range(3):
+        try:
+            _, sent = drive(mesh, dropped, "POST")
+        except httpx.ReadError:
+            failures += 1  # the server may have acted on it: never sent twice by default
+    assert failures == 1
+
+
+def test_by_default_a_host_refusing_connections_is_ejected_after_five(make_mesh: Any) -> None:
+    mesh = make_mesh()
+
+    def refusing(authority: str, request: httpx.Request) -> object:
+        if authority == "10.0.0.1:80":
+            return httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return answer(200, request)
+
+    first: list[str] = []
+    for _ in range(30):
+        response, sent = drive(mesh, refusing)
+        assert response.status_code == 200  # retried on another host every time
+        first.append(sent[0])
+    assert cluster(mesh).ejected == {"10.0.0.1:80"}
+    assert first.count("10.0.0.1:80") == 5, "five refused connections in a row, then out"
+    assert "10.0.0.1:80" not in first[first.index("10.0.0.1:80") + 13:]
+
+
+def test_by_default_answers_never_eject_a_host(make_mesh: Any) -> None:
+    mesh = make_mesh()
+
+    def failing(authority: str, request: httpx.Request) -> object:
+        return answer(503 if authority == "10.0.0.1:80" else 200, request)
+
+    for _ in range(30):
+        drive(mesh, failing)
+    assert cluster(mesh).ejected == frozenset(), "an application's 503s are not the mesh's"
