@@ -32,6 +32,8 @@ from sail.model import (
 from sail.registration import Workload
 from sail.registry.istio import IstioConfigError, load_documents, validate
 from sail.registry.translate import FAULT_FILTER, ROUTER_FILTER, Resources, translate
+from sail.resilience.limits import DEFAULT_BUDGET
+from sail.resilience.outlier import DEFAULT_ACCRUAL
 from sail.routing import Router
 from sail.xds.codec.types import (
     CLUSTER,
@@ -311,6 +313,9 @@ def test_cluster_names_and_policies() -> None:
         "outbound|9080||reviews",
         eds_service_name="outbound|9080||reviews",
         lb_policy=LbPolicy("random"),
+        # sail's defaults written out, so that Envoy applies them too
+        outlier_detection=DEFAULT_ACCRUAL,
+        circuit_breakers=CircuitBreakers((Thresholds(retry_budget=DEFAULT_BUDGET),)),
     )
     assert cluster(resources, "outbound|9080|v2|reviews").lb_policy == LbPolicy("round_robin")
     assert cluster(resources, "outbound|9080|v1|reviews").lb_policy == LbPolicy("random")

@@ -18,6 +18,9 @@ Traffic policy:
   (ignored without the split, as in Istio). The rest keep Envoy's defaults. And
   `minHealthPercent` (default 0) becomes the cluster's `healthy_panic_threshold`: with
   outlier detection on, Istio turns the panic threshold off unless it is set.
+* Defaults, written out so that Envoy applies what sail applies (`with_defaults`):
+  without `outlierDetection`, sail's failure accrual; without `maxRetries`, the default
+  retry budget.
 
 Load assignments group endpoints by locality, sorted. A locality's weight is the sum of the
 weights of its endpoints that take traffic, and at least 1: a gRPC client drops a locality
@@ -44,6 +47,8 @@ from sail.model import (
     Thresholds,
 )
 from sail.registry.istio import destination_rule as dr
+from sail.resilience.limits import DEFAULT_BUDGET
+from sail.resilience.outlier import DEFAULT_ACCRUAL
 
 __all__ = ["LB_POLICIES", "hash_policies", "load_assignment", "with_policy"]
 
@@ -61,7 +66,7 @@ def with_policy(cluster: Cluster, policy: dr.TrafficPolicy | None) -> Cluster:
     """`cluster` with the settings of `policy` (unsupported parts are refused earlier, by
     `check_supported`)."""
     if policy is None:
-        return cluster
+        return with_defaults(cluster)
     changes: dict[str, Any] = {}
     lb = policy.load_balancer
     if lb is not None and lb.simple in LB_POLICIES:
@@ -78,6 +83,28 @@ def with_policy(cluster: Cluster, policy: dr.TrafficPolicy | None) -> Cluster:
     if policy.outlier_detection is not None:
         changes["outlier_detection"] = _outlier_detection(policy.outlier_detection)
         changes["healthy_panic_threshold"] = float(policy.outlier_detection.min_health_percent or 0)
+    return with_defaults(attrs.evolve(cluster, **changes))
+
+
+def with_defaults(cluster: Cluster) -> Cluster:
+    """`cluster` with sail's defaults written out where the DestinationRule set nothing, so
+    that Envoy applies what a sail client applies to the same cluster: failure accrual
+    (`sail.resilience.outlier.DEFAULT_ACCRUAL`) without `outlierDetection`, and the
+    default retry budget (20 %, at least 3) without `maxRetries`. (grpcio's xDS client
+    implements only outlier detection's success-rate and failure-percentage detectors,
+    which the accrual leaves off, so it does not eject on it.)"""
+    changes: dict[str, Any] = {}
+    if cluster.outlier_detection is None:
+        changes["outlier_detection"] = DEFAULT_ACCRUAL
+    breakers = cluster.circuit_breakers
+    if breakers is None:
+        changes["circuit_breakers"] = CircuitBreakers((Thresholds(retry_budget=DEFAULT_BUDGET),))
+    else:
+        changes["circuit_breakers"] = CircuitBreakers(tuple(
+            attrs.evolve(t, retry_budget=DEFAULT_BUDGET)
+            if t.max_retries is None and t.retry_budget is None else t
+            for t in breakers.thresholds
+        ))
     return attrs.evolve(cluster, **changes)
 
 
