@@ -7,6 +7,7 @@ mesh = sail.Mesh.from_bootstrap()          # or sail.Mesh.local("mesh.yaml")
 with mesh.client() as http:                # an httpx.Client
     r = http.get("http://reviews/reviews/1")   # routed, balanced, retried by the mesh
     r.extensions["sail"]                   # a CallInfo: the attempts it took
+mesh.status()                              # a MeshStatus: connection, versions, NACKs
 ```
 """
 
@@ -21,6 +22,7 @@ from sail.errors import (
     DeadlineExceeded,
     NoHealthyUpstream,
     NoRoute,
+    RejectedService,
     RequestError,
     ResourceError,
     SailError,
@@ -34,6 +36,7 @@ from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload
 from sail.resilience.call import Attempt, CallInfo
 from sail.resilience.events import AttemptObserver
+from sail.status import MeshStatus, Nack
 
 __all__ = [
     "Attempt",
@@ -46,9 +49,12 @@ __all__ = [
     "InProcessRegistrar",
     "Mesh",
     "MeshSnapshot",
+    "MeshStatus",
+    "Nack",
     "NoHealthyUpstream",
     "NoRoute",
     "Registrar",
+    "RejectedService",
     "RequestContext",
     "RequestError",
     "ResourceError",

@@ -8,6 +8,8 @@ SailError
 ├── XdsError(SailError, ConnectionError)         the control plane cannot be reached
 └── RequestError(SailError)                      a mesh request could not be sent
     ├── UnknownService(RequestError)             no listener for that host
+    │   └── RejectedService(UnknownService)      its Listener or routes were rejected
+    │                                            (NACKed): carries the reason
     ├── NoRoute(RequestError)                    no virtual host / route matched
     ├── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
     ├── UpstreamOverflow(RequestError)           a circuit breaker threshold is reached
@@ -31,6 +33,7 @@ __all__ = [
     "DeadlineExceeded",
     "NoHealthyUpstream",
     "NoRoute",
+    "RejectedService",
     "RequestError",
     "ResourceError",
     "SailError",
@@ -84,6 +87,25 @@ class RequestError(SailError):
 
 class UnknownService(RequestError):
     """No listener exists for the requested service."""
+
+
+class RejectedService(UnknownService):
+    """A mesh service whose config the mesh rejected: its Listener, or the
+    RouteConfiguration the Listener names, was NACKed (over ADS) or failed to decode (in
+    local mode), and no earlier good version is held. The name is the mesh's, so the
+    request is not sent to DNS or to a plain connection: it fails here, naming why.
+
+    **Parameters**
+
+    * `service` - the service (Listener) name, `host` or `host:port`.
+    * `reason` - the rejection, as the NACK's `error_detail` gives it (the resource type
+      and name, then the field and what is wrong with it).
+    """
+
+    def __init__(self, service: str, reason: str) -> None:
+        self.service = service
+        self.reason = reason
+        super().__init__(f"service {service!r}: its config was rejected: {reason}")
 
 
 class NoRoute(RequestError):

@@ -19,6 +19,7 @@ from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
 from sail.resilience.events import AttemptObserver, Observers
 from sail.seam import MeshSeam
+from sail.status import MeshStatus, Nack
 from sail.xds.resolver import LDS, ConfigResolver
 
 if TYPE_CHECKING:
@@ -32,6 +33,11 @@ __all__ = ["Mesh"]
 
 log = logging.getLogger("sail")
 
+# What a config source is made with: where it publishes snapshots, and where it says
+# which names it refuses (`MeshSeam.refuse`).
+_Publish = Callable[[MeshSnapshot], None]
+_Refuse = Callable[[Mapping[str, str]], None]
+
 _POOL_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "trust_env")
 T = TypeVar("T")
 
@@ -44,13 +50,14 @@ class _XdsSource:
     def __init__(
         self,
         bootstrap: Bootstrap,
-        publish: Callable[[MeshSnapshot], None],
+        publish: _Publish,
+        refuse: _Refuse,
         client_options: Mapping[str, Any],
     ) -> None:
         from sail.xds.client import AdsClient
 
         self.bootstrap = bootstrap
-        self.resolver = ConfigResolver(publish, subscribe=self._subscribe)
+        self.resolver = ConfigResolver(publish, subscribe=self._subscribe, refused=refuse)
         # The stream starts on first use, not here: a pre-fork server (gunicorn --preload)
         # that builds its mesh at import then forks workers leaves gRPC untouched in the
         # parent, and each worker connects on its own.
@@ -78,10 +85,20 @@ class _XdsSource:
             self.client.call_soon(lambda: self.resolver.remove_interest([name]))
 
     def listener_error(self, name: str) -> str | None:
-        return self.resolver.errors().get(LDS, {}).get(name)
+        return self.resolver.error(LDS, name)
 
     def server_listener_name(self, address: str) -> str:
         return self.bootstrap.server_listener_name(address)
+
+    def status(self) -> MeshStatus:
+        st = self.client.status()
+        return MeshStatus(
+            connected=st.connected,
+            server=st.server,
+            last_error=st.last_error,
+            versions=st.versions,
+            nacks=st.refused,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -93,13 +110,53 @@ class _LocalSource:
     dynamic = False
 
     def __init__(
-        self, path: str | os.PathLike[str], publish: Callable[[MeshSnapshot], None],
+        self, path: str | os.PathLike[str], publish: _Publish, refuse: _Refuse,
         poll_interval: float,
     ) -> None:
         from sail.local import LocalConfig
 
-        self.resolver = ConfigResolver(publish)
-        self.config = LocalConfig(path, self.resolver.replace_all, poll_interval=poll_interval)
+        self.resolver = ConfigResolver(publish, refused=refuse)
+        self._loads = 0
+        self._resources: Mapping[str, Mapping[str, Any]] = {}
+        self._nacks: tuple[Nack, ...] = ()
+        self._made = False
+        self.config = LocalConfig(path, self._apply, poll_interval=poll_interval)
+        self._made = True
+        if self._errors():
+            self._feed()  # errors of the first load, which was applied before we knew them
+
+    def _errors(self) -> dict[tuple[str, str], str]:
+        """The file's per-resource errors (by type URL and name) at its last good load."""
+        errors = self.config.errors if self._made else {}
+        return {k: v for k, v in errors.items() if k[0]}
+
+    def _apply(self, resources: Mapping[str, Mapping[str, Any]]) -> None:
+        """A (re)load of the file (on `LocalConfig`'s thread, which set its errors first)."""
+        self._loads += 1
+        self._resources = resources
+        self._feed()
+
+    def _feed(self) -> None:
+        errors: dict[str, dict[str, str]] = {}
+        for (type_url, name), reason in sorted(self._errors().items()):
+            errors.setdefault(type_url, {})[name] = reason
+        self._nacks = tuple(
+            Nack(type_url, name, reason)
+            for type_url, by_name in sorted(errors.items())
+            for name, reason in by_name.items()
+        )
+        self.resolver.replace_all(self._resources, errors)
+
+    def status(self) -> MeshStatus:
+        file_error = self.config.errors.get(("", ""), "") if self._made else ""
+        version = str(self._loads)
+        return MeshStatus(
+            connected=True,
+            server=None,
+            last_error=file_error,
+            versions={t: version for t, held in self._resources.items() if held},
+            nacks=self._nacks,
+        )
 
     def request(self, name: str) -> None:
         return None
@@ -108,7 +165,7 @@ class _LocalSource:
         return None  # every listener of the file is watched
 
     def listener_error(self, name: str) -> str | None:
-        return self.resolver.errors().get(LDS, {}).get(name)
+        return self.resolver.error(LDS, name)
 
     def server_listener_name(self, address: str) -> str:
         return DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", address)
@@ -135,7 +192,7 @@ class Mesh:
 
     def __init__(
         self,
-        source: Callable[[Callable[[MeshSnapshot], None]], _XdsSource | _LocalSource],
+        source: Callable[[_Publish, _Refuse], _XdsSource | _LocalSource],
         *,
         mesh_domains: Iterable[str] = (),
         discovery_timeout: float = 15.0,
@@ -145,7 +202,7 @@ class Mesh:
         self._observers: tuple[AttemptObserver, ...] = ()
         self.registrar: Registrar = registrar or InProcessRegistrar()
         self._seam = MeshSeam(self._dataplane, tuple(mesh_domains), discovery_timeout)
-        self._source = source(self._publish)
+        self._source = source(self._publish, self._seam.refuse)
         self._seam.attach(self._source)
 
     @classmethod
@@ -179,7 +236,7 @@ class Mesh:
                 boot.xds_servers[0].server_uri, os.environ.get("SAIL_REGISTRY_TOKEN")
             )
         mesh = cls(
-            lambda publish: _XdsSource(boot, publish, client_options),
+            lambda publish, refuse: _XdsSource(boot, publish, refuse, client_options),
             mesh_domains=mesh_domains,
             discovery_timeout=discovery_timeout,
             registrar=registrar,
@@ -199,7 +256,8 @@ class Mesh:
         """A mesh whose config is a local YAML/JSON file of Envoy resources (see
         `sail.local`), reloaded when the file changes. No control plane is needed."""
         return cls(
-            lambda publish: _LocalSource(path, publish, poll_interval), registrar=registrar
+            lambda publish, refuse: _LocalSource(path, publish, refuse, poll_interval),
+            registrar=registrar,
         )
 
     # -- config -----------------------------------------------------------------------------
@@ -209,6 +267,18 @@ class Mesh:
         """The config the data plane runs on now."""
         self.check_fork()
         return self._dataplane.state.snapshot
+
+    def status(self) -> MeshStatus:
+        """Where the mesh's config source stands now (`sail.MeshStatus`): over xDS, whether
+        the ADS stream is up, its server and last error, the version accepted per resource
+        type, and each resource NACKed (type, name, the version refused, the reason) until
+        a good version of it arrives; in local mode, the file's resources that failed to
+        decode. Cheap, and safe from any thread; it never starts the xDS stream.
+
+        A mesh name whose Listener (or the RouteConfiguration it names) is refused with no
+        earlier good version fails its requests with `sail.RejectedService` carrying that
+        reason; it is never sent to DNS (see `sail.seam`)."""
+        return self._source.status()
 
     def check_fork(self) -> None:
         """Restart the config source's thread in a forked child (cheap: no system call)."""
@@ -245,7 +315,9 @@ class Mesh:
     def is_mesh_host(self, host: str, name: str) -> bool:
         """Whether requests to `name` (`host` or `host:port`) go through the mesh; may wait
         for the control plane the first time a candidate name is seen (the rule is in
-        `sail.seam`)."""
+        `sail.seam`). Raises `sail.RejectedService`, with the NACK's reason, for a mesh
+        name whose Listener or routes the mesh refused: such a name is never an outside
+        host."""
         return self._seam.is_mesh_host(host, name)
 
     async def ais_mesh_host(self, host: str, name: str) -> bool:

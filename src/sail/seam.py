@@ -11,15 +11,23 @@ so there is no import circle and no shell reads a private member of `Mesh`.
 Which hosts belong to the mesh (the rule `classify` follows, in order):
 
 1. a host whose listener the mesh already has is a mesh host;
-2. in local mode, nothing else is;
-3. IP literals, `localhost`, and names with a dot that do not end in one of the
+2. a host whose Listener, or the RouteConfiguration it names, the mesh *refused* (NACKed
+   over ADS, or failed to decode in local mode) with no earlier good version to serve is a
+   mesh host that cannot be served: its requests fail with `sail.errors.RejectedService`
+   naming the reason, and never go to DNS or a plain connection;
+3. in local mode, nothing else is;
+4. IP literals, `localhost`, and names with a dot that do not end in one of the
    `mesh_domains` are outside hosts: they go to the ordinary transport at once, with no
    lookup at all (so outside calls never wait on discovery);
-4. any other name (a single label such as `reviews`, or a name under a mesh domain) is
+5. any other name (a single label such as `reviews`, or a name under a mesh domain) is
    asked of the control plane once, as a Listener named `host` or `host:port`. The first
    request waits until the answer is in (one round trip with sail's registry; at most
    the 15 s does-not-exist timer with a server that stays silent); the answer is cached,
    and later requests do not wait.
+
+The refused names are handed to the seam by the mesh (`refuse`) from the control path; a
+request reads them with one dict lookup, and only for a name the data plane does not serve
+(a name it serves pays nothing for the rule).
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio.to_thread
 
+from sail.errors import RejectedService
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sail.dataplane import Dataplane
 
 __all__ = ["ConfigSource", "MeshSeam", "Watcher"]
@@ -97,7 +109,7 @@ class MeshSeam:
     config while it is being made, and that goes to the seam's watchers already.
     """
 
-    __slots__ = ("_domains", "_forks", "_outside", "_source", "dataplane",
+    __slots__ = ("_domains", "_forks", "_outside", "_refused", "_source", "dataplane",
                  "discovery_timeout", "watchers")
 
     def __init__(
@@ -111,6 +123,7 @@ class MeshSeam:
         self.watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
         self._domains = tuple("." + d.strip(".").lower() for d in mesh_domains)
         self._outside: dict[str, bool] = {}
+        self._refused: Mapping[str, str] = {}
         self._forks = _forks[0]
 
     def attach(self, source: ConfigSource) -> None:
@@ -129,17 +142,25 @@ class MeshSeam:
 
     def classify(self, host: str, name: str) -> bool | threading.Event:
         """Whether `name` (`host` or `host:port`) is a mesh service: True/False when known;
-        an event to wait on when the control plane has just been asked (then `settled`)."""
+        an event to wait on when the control plane has just been asked (then `settled`).
+        Raises `RejectedService` for a name the mesh refused (rule 2)."""
         self.check_fork()
         if name in self.dataplane.state.services:
             return True
         cached = self._outside.get(name)
         if cached is not None:
             return cached
+        reason = self._refused.get(name)
+        if reason is not None:
+            raise RejectedService(name, reason)
         if not self._source.dynamic or not self.is_candidate(host):
             if len(self._outside) >= _OUTSIDE_CACHE_LIMIT:
                 self._outside.clear()
             self._outside[name] = False
+            if name in self._refused:
+                # Refused meanwhile: `refuse` may have run before the line above.
+                self._outside.pop(name, None)
+                return self.classify(host, name)
             return False
         event = self._source.request(name)
         if event is None or event.is_set():
@@ -147,8 +168,19 @@ class MeshSeam:
         return event
 
     def settled(self, name: str) -> bool:
-        """After the control plane answered: whether it has a Listener `name`."""
+        """After the control plane answered: whether it has a Listener `name`. Raises
+        `RejectedService` for a name the mesh refused."""
+        reason = self._refused.get(name)
+        if reason is not None:
+            raise RejectedService(name, reason)
         return name in self.dataplane.state.snapshot.listeners
+
+    def refuse(self, refused: Mapping[str, str]) -> None:
+        """Take `refused` (service name -> why its config was rejected) as the names the
+        mesh refuses (rule 2), in place of the last ones. Called on the control path."""
+        self._refused = dict(refused)
+        for name in refused:
+            self._outside.pop(name, None)
 
     def is_candidate(self, host: str) -> bool:
         """Whether `host` is a name the control plane may know (rule 3 of the module
@@ -168,7 +200,7 @@ class MeshSeam:
     def is_mesh_host(self, host: str, name: str, timeout: float | None = None) -> bool:
         """Whether requests to `name` go through the mesh; waits (at most `timeout`, else
         the discovery timeout) for the control plane the first time a candidate name is
-        seen."""
+        seen. Raises `RejectedService` for a name the mesh refused."""
         verdict = self.classify(host, name)
         if isinstance(verdict, bool):
             return verdict

@@ -17,9 +17,12 @@ def test_exported_names() -> None:
             "InProcessRegistrar",
             "Mesh",
             "MeshSnapshot",
+            "MeshStatus",
+            "Nack",
             "NoHealthyUpstream",
             "NoRoute",
             "Registrar",
+            "RejectedService",
             "RequestContext",
             "RequestError",
             "ResourceError",
@@ -46,6 +49,11 @@ def test_error_tree() -> None:
     assert issubclass(sail.BootstrapError, ValueError)
     assert issubclass(sail.XdsError, ConnectionError)
     assert issubclass(sail.NoHealthyUpstream, sail.RequestError)
+    # a refused mesh name is an unknown service to code that catches those
+    assert issubclass(sail.RejectedService, sail.UnknownService)
+    error = sail.RejectedService("reviews", "Listener 'reviews': no api_listener")
+    assert (error.service, error.reason) == ("reviews", "Listener 'reviews': no api_listener")
+    assert "no api_listener" in str(error)
 
 
 def test_grpc_exports() -> None:

@@ -9,6 +9,7 @@ blocking waits, `sail.grpc.aio` with the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 
 from sail.dataplane import pick
-from sail.errors import NoHealthyUpstream, UnknownService
+from sail.errors import NoHealthyUpstream, RequestError, UnknownService
 from sail.grpc._errors import MeshRpcError  # re-exported: sail.grpc's public name
 from sail.grpc._route import check_method, target_name
 from sail.model import RouteAction
@@ -79,7 +80,8 @@ class ChannelCore:
         self._subchannels: dict[str, Subchannel] = {}
         self._outside: Any = None
         self._closed = False
-        mesh.classify(self._host, self.service)  # asks the control plane, without waiting
+        with contextlib.suppress(RequestError):  # a refused name fails its calls, not this
+            mesh.classify(self._host, self.service)  # asks the control plane, without waiting
         mesh.track(self)
 
     def _open(self, target: str) -> Any:
@@ -121,7 +123,7 @@ class ChannelCore:
         target outside the mesh. Raises `UnknownService` for a mesh name the mesh does not
         have."""
         state = self.dataplane.state
-        if self.service in state.snapshot.listeners:
+        if self._mesh.settled(self.service):  # raises RejectedService for a refused name
             return state
         if self._mesh.is_candidate(self._host):
             raise UnknownService(f"service {self.service!r}: the mesh has no listener for it")

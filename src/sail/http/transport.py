@@ -187,7 +187,11 @@ class MeshTransport(httpx.BaseTransport):
         name = service_name(url)
         state = self._dataplane.state
         if name not in state.services:
-            if not self._mesh.is_mesh_host(url.host, name):
+            try:
+                inside = self._mesh.is_mesh_host(url.host, name)
+            except RequestError as exc:  # a mesh name the mesh refused (RejectedService)
+                raise to_httpx(exc, request) from exc
+            if not inside:
                 return self._passthrough.handle_request(request)
             state = self._dataplane.state
         try:
@@ -373,7 +377,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         name = service_name(url)
         state = self._dataplane.state
         if name not in state.services:
-            if not await self._mesh.ais_mesh_host(url.host, name):
+            try:
+                inside = await self._mesh.ais_mesh_host(url.host, name)
+            except RequestError as exc:  # a mesh name the mesh refused (RejectedService)
+                raise to_httpx(exc, request) from exc
+            if not inside:
                 return await self._passthrough.handle_async_request(request)
             state = self._dataplane.state
         try:

@@ -56,6 +56,7 @@ from google.rpc import status_pb2
 from sail._version import __version__
 from sail.bootstrap import Bootstrap, XdsServer
 from sail.errors import ResourceError
+from sail.status import Nack
 from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name, unpack
 
 __all__ = ["AdsClient", "Backoff", "ClientStatus", "XdsHandler"]
@@ -117,7 +118,11 @@ class Backoff:
 
 @attrs.frozen
 class ClientStatus:
-    """A point-in-time view of the client, for `config-dump` and tests."""
+    """A point-in-time view of the client, for `config-dump`, `Mesh.status()` and tests.
+
+    `nacks` counts the responses NACKed since the client was made; `refused` is each
+    resource refused and not since replaced by a good version, deleted by the server or
+    unsubscribed (by type URL, then name)."""
 
     server: str | None
     connected: bool
@@ -125,6 +130,7 @@ class ClientStatus:
     versions: Mapping[str, str]
     nacks: int
     names: Mapping[str, frozenset[str]]
+    refused: tuple[Nack, ...] = ()
 
 
 class _TypeState:
@@ -132,6 +138,7 @@ class _TypeState:
         "absent",
         "asked_at",
         "cache",
+        "nacked",
         "names",
         "nonce",
         "pending_first",
@@ -149,6 +156,10 @@ class _TypeState:
         self.cache: dict[str, Any] = {}
         self.absent: set[str] = set()
         self.timers = {}
+        # name -> (version refused, reason): resources whose last version was NACKed. A
+        # new dict on every change, never changed in place: `status()` reads it from
+        # other threads.
+        self.nacked: dict[str, tuple[str, str]] = {}
         # Names written in a request and not yet answered by a response of this type.
         self.pending_first: set[str] = set()
         # The names of the last request written, and when a request that changed them
@@ -327,13 +338,21 @@ class AdsClient:
             self._events.put(("call", None, fn))
 
     def status(self) -> ClientStatus:
+        """A snapshot of the client's state (any thread; it reads values the client's
+        thread replaces whole, never one it changes in place)."""
+        states = list(self._state.items())
         return ClientStatus(
             server=self._server,
             connected=self._live,
             last_error=self._last_error,
-            versions={t: s.version for t, s in self._state.items() if s.version},
+            versions={t: s.version for t, s in states if s.version},
             nacks=self._nacks,
-            names={t: frozenset(s.names) for t, s in self._state.items() if s.names},
+            names={t: frozenset(s.names) for t, s in states if s.names},
+            refused=tuple(
+                Nack(t, name, reason, version)
+                for t, s in sorted(states)
+                for name, (version, reason) in sorted(s.nacked.items())
+            ),
         )
 
     def close(self, timeout: float = 5.0) -> None:
@@ -549,6 +568,8 @@ class AdsClient:
             st.cache.pop(name, None)
             st.absent.discard(name)
             st.pending_first.discard(name)
+        if any(name not in names for name in st.nacked):
+            st.nacked = {n: v for n, v in st.nacked.items() if n in names}
         st.names = set(names)
         if st.asked_at is None:
             self._send(self._request(type_url))
@@ -600,11 +621,16 @@ class AdsClient:
                         continue
                     del st.cache[name]
                     removed.add(name)
-                elif name in st.pending_first and name not in st.absent:
+                elif (
+                    name in st.pending_first or name in st.nacked
+                ) and name not in st.absent:
+                    # A name refused and never good that the server stops sending is
+                    # deleted too: it is no longer a broken resource but a missing one.
                     absent.add(name)
                     st.absent.add(name)
                     st.timers.pop(name, None)
         st.pending_first.clear()
+        self._note_refused(st, response.version_info, decoded, errors, removed | absent)
         st.nonce = response.nonce
         st.asked_at = None
         if errors:
@@ -618,6 +644,28 @@ class AdsClient:
             self._send(self._request(type_url))
         if changed or removed or errors or absent:
             self._deliver(type_url, changed, frozenset(removed), errors, frozenset(absent))
+
+    @staticmethod
+    def _note_refused(
+        st: _TypeState,
+        version: str,
+        decoded: Mapping[str, Any],
+        errors: Mapping[str, str],
+        gone: set[str],
+    ) -> None:
+        """Keep `st.nacked` true after a response: a good version or a deletion clears a
+        name's entry, a refused one sets it. Entries for names not subscribed (a resource
+        whose name could not be read, a server sending more than was asked) last until the
+        next response of the type."""
+        if not st.nacked and not errors:
+            return
+        kept = {
+            n: v for n, v in st.nacked.items()
+            if n in st.names and n not in decoded and n not in gone
+        }
+        kept.update((n, (version, reason)) for n, reason in errors.items())
+        if kept != st.nacked:
+            st.nacked = kept
 
     def _nack_unknown(self, response: discovery_pb2.DiscoveryResponse) -> None:
         message = f"sail does not subscribe to type {response.type_url!r}"

@@ -44,6 +44,8 @@ class ConfigResolver:
     * `publish` - called with each new snapshot (on the feeding thread).
     * `subscribe` - called with `(type_url, names)` when the needed names of a type change;
       `None` when every resource is known up front (local mode).
+    * `refused` - called with the listeners of interest that are *refused*, each with why,
+      whenever that set changes (see `refusals`).
 
     Besides publishing, the resolver answers "is this listener settled?": a listener is
     *settled* when it is known not to exist, or when it, its routes, its clusters and their
@@ -55,9 +57,12 @@ class ConfigResolver:
         self,
         publish: Callable[[MeshSnapshot], None],
         subscribe: Callable[[str, frozenset[str]], None] | None = None,
+        refused: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         self._publish = publish
         self._subscribe = subscribe
+        self._on_refused = refused
+        self._refused: dict[str, str] = {}
         self._resources: dict[str, dict[str, Any]] = {LDS: {}, RDS: {}, CDS: {}, EDS: {}}
         self._absent: dict[str, set[str]] = {LDS: set(), RDS: set(), CDS: set(), EDS: set()}
         self._errors: dict[str, dict[str, str]] = {LDS: {}, RDS: {}, CDS: {}, EDS: {}}
@@ -109,7 +114,7 @@ class ConfigResolver:
         self._absent[type_url] -= changed.keys()
         self._absent[type_url] |= absent | removed
         errs = self._errors[type_url]
-        for name in changed:
+        for name in (*changed, *removed, *absent):
             errs.pop(name, None)
         errs.update(errors)
         self._recompute()
@@ -118,11 +123,18 @@ class ConfigResolver:
         if not connected:
             log.info("sail: control plane disconnected (%s); serving the last config", detail)
 
-    def replace_all(self, resources: Mapping[str, Mapping[str, Any]]) -> None:
-        """Local mode: the whole resource set at once; every listener is of interest."""
+    def replace_all(
+        self,
+        resources: Mapping[str, Mapping[str, Any]],
+        errors: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Local mode: the whole resource set at once; every listener is of interest, and
+        so is every listener in `errors` (by type URL, then name: the resources that
+        failed to decode, whose last good version, if any, is among `resources`)."""
         for type_url in self._resources:
             self._resources[type_url] = dict(resources.get(type_url, {}))
-        self._interest = set(self._resources[LDS])
+            self._errors[type_url] = dict((errors or {}).get(type_url, {}))
+        self._interest = set(self._resources[LDS]) | set(self._errors[LDS])
         self._recompute()
 
     # -- reading ----------------------------------------------------------------------------
@@ -132,7 +144,19 @@ class ConfigResolver:
         return self._snapshot
 
     def errors(self) -> Mapping[str, Mapping[str, str]]:
+        """The rejected resources held, by type URL then name (the feeding thread's)."""
         return {t: dict(e) for t, e in self._errors.items() if e}
+
+    def error(self, type_url: str, name: str) -> str | None:
+        """Why resource `name` of `type_url` was rejected, if it was (one dict lookup)."""
+        return self._errors[type_url].get(name)
+
+    @property
+    def refusals(self) -> Mapping[str, str]:
+        """The listeners of interest that are *refused*, each with why: rejected with no
+        last good version, or whose HCM's RouteConfiguration was (so the listener has no
+        routes). A request to one fails naming that reason; it is never an outside host."""
+        return self._refused
 
     def settled_event(self, listener: str) -> threading.Event:
         with self._lock:
@@ -225,10 +249,44 @@ class ConfigResolver:
             absent=absent,
             version=previous.version,
         )
+        refused = self._refusals(routes)
+        changed = refused != self._refused
+        if changed and self._on_refused is not None:
+            # New refusals are in force before the snapshot, and cleared ones stay until
+            # after it: a name is never, even for a moment, neither refused nor served.
+            self._on_refused({**self._refused, **refused})
         if snap != previous:
             self._snapshot = attrs.evolve(snap, version=previous.version + 1)
             self._publish(self._snapshot)
+        if changed:
+            self._refused = refused
+            if self._on_refused is not None:
+                self._on_refused(refused)
         self._wake_settled()
+
+    def _refusals(self, routes: Mapping[str, RouteConfig]) -> dict[str, str]:
+        """The listeners of interest with no routes because their Listener, or the
+        RouteConfiguration it names, was rejected with no last good version."""
+        refused: dict[str, str] = {}
+        if not self._errors[LDS] and not self._errors[RDS]:
+            return refused
+        for name in self._interest:
+            if name in routes:
+                continue
+            listener = self._resources[LDS].get(name)
+            if listener is None:
+                error = self._errors[LDS].get(name)
+                if error is not None:
+                    refused[name] = error
+                continue
+            # The service's routes are its first chain's (`Listener.route_keys`).
+            hcm = listener.chains()[0].hcm
+            rds = hcm.rds_name if hcm.route_config is None else None
+            if rds is not None and rds not in self._resources[RDS]:
+                error = self._errors[RDS].get(rds)
+                if error is not None:
+                    refused[name] = error
+        return refused
 
     def _kept_deleted(self, name: str, previous: MeshSnapshot) -> Cluster | None:
         """The last version of cluster `name`, deleted by the server while the routes in
