@@ -1,0 +1,201 @@
+"""Bad peers: an endpoint that accepts and never answers, one that answers garbage, one
+that closes mid-body. Each must end in a clear error within the route's timeout, classified
+so that retries and outlier detection see it. The peers are real sockets on loopback, each
+served by a thread of this test that does exactly one bad thing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sail
+from sail import testing
+from sail.dataplane import ClusterRuntime
+
+pytestmark = pytest.mark.e2e
+
+Behaviour = Callable[[socket.socket], None]
+
+
+class Peer:
+    """A listening socket on 127.0.0.1 whose every connection gets `behaviour`."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.open: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            self.open.append(conn)
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            self.behaviour(conn)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.open:
+            conn.close()
+
+
+def read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+
+
+def never_answers(conn: socket.socket) -> None:
+    read_request(conn)
+    time.sleep(10)  # holds the connection open, says nothing
+
+
+def garbage(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.sendall(b"HELLO, THIS IS NOT HTTP\r\n\r\n")
+    conn.close()
+
+
+def cut_body(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
+    conn.close()
+
+
+def good(conn: socket.socket) -> None:
+    while True:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+@pytest.fixture
+def peers() -> Iterator[Callable[[Behaviour], Peer]]:
+    made: list[Peer] = []
+
+    def make(behaviour: Behaviour) -> Peer:
+        peer = Peer(behaviour)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.close()
+
+
+def mesh_for(tmp_path: Path, ports: list[int], **route: Any) -> sail.Mesh:
+    resources = [
+        testing.api_listener("svc", routes=testing.route_config(
+            "svc", [testing.route("svc", **route)])),
+        testing.eds_cluster("svc"),
+        testing.load_assignment("svc", [("127.0.0.1", p) for p in ports]),
+    ]
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps({"resources": resources}))
+    return sail.Mesh.local(path)
+
+
+def cluster(mesh: sail.Mesh) -> ClusterRuntime:
+    return mesh._dataplane.state.clusters["svc"]
+
+
+def test_an_endpoint_that_never_answers_times_out_with_the_route(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    peer = peers(never_answers)
+    with mesh_for(tmp_path, [peer.port], timeout="1s") as mesh, mesh.client() as client:
+        start = time.monotonic()
+        with pytest.raises(httpx.TimeoutException) as caught:
+            client.get("http://svc/x")
+        elapsed = time.monotonic() - start
+    assert isinstance(caught.value, sail.DeadlineExceeded)
+    assert "timeout" in str(caught.value)  # the attempt is named, with how it ended
+    assert 0.9 <= elapsed < 6, elapsed  # the route's 1 s, not httpx's 5 s or a hang
+
+
+def test_a_hung_endpoint_is_skipped_by_a_per_try_timeout_and_ejected(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    hung, ok = peers(never_answers), peers(good)
+    retry = {"retry_on": "reset", "num_retries": 1, "per_try_timeout": "0.2s",
+             "retry_host_predicate": testing.previous_hosts()}
+    with mesh_for(tmp_path, [hung.port, ok.port], timeout="5s", retry_policy=retry) as mesh:
+        with mesh.client() as client:
+            replies = [client.get("http://svc/x") for _ in range(14)]
+        assert [r.status_code for r in replies] == [200] * 14
+        timed_out = [r for r in replies if r.extensions["sail"].retried]
+        assert all(r.extensions["sail"].attempts[0].outcome.reason == "timeout"
+                   for r in timed_out)
+        # five timeouts in a row are five local-origin failures: failure accrual ejects
+        assert len(timed_out) == 5
+        assert cluster(mesh).ejected == {f"127.0.0.1:{hung.port}"}
+
+
+def test_garbage_is_a_reset_retried_for_a_get_and_counted(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad, ok = peers(garbage), peers(good)
+    with mesh_for(tmp_path, [bad.port, ok.port]) as mesh, mesh.client() as client:
+        replies = [client.get("http://svc/x") for _ in range(12)]
+        assert [r.status_code for r in replies] == [200] * 12
+        retried = [r for r in replies if r.extensions["sail"].retried]
+        assert retried and all(
+            r.extensions["sail"].attempts[0].outcome.reason == "reset" for r in retried
+        )
+        assert cluster(mesh).ejected == {f"127.0.0.1:{bad.port}"}
+
+
+def test_only_garbage_ends_in_the_protocol_error_naming_the_attempts(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad = peers(garbage)
+    with mesh_for(tmp_path, [bad.port]) as mesh, mesh.client() as client:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            client.get("http://svc/x")
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "2 attempt(s)" in notes and "reset" in notes, notes
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            client.post("http://svc/x", content=b"not idempotent")
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "1 attempt(s)" in notes, notes  # a POST is never sent twice by default
+
+
+def test_a_body_cut_off_is_an_error_for_the_caller(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad = peers(cut_body)
+    with mesh_for(tmp_path, [bad.port]) as mesh, mesh.client() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("http://svc/x")
+        assert cluster(mesh).limits.active == 0  # the attempt's counters were given back
