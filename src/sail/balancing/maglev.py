@@ -21,10 +21,26 @@ same endpoints therefore give Envoy's table, slot for slot.
 stands in, as in Envoy. Maglev moves a little more than ring hash when endpoints change (about
 1/N of the keys plus some reshuffling) but balances more evenly and picks faster.
 
+**The cap.** Envoy accepts any prime `table_size` up to 5000011 (more, or a size that is not
+prime, is a NACK, here too, at decode). sail's build is Python, about `table_size *
+ln(table_size)` steps (the last free slots take long walks): 30-40 ms for the default 65537
+slots, but 3.6 s (3 endpoints) to 11 s (100 endpoints) for 5000011, under the GIL, and a
+table of 40 MB, rebuilt at every change of the cluster's endpoints or ejections. A faster
+algorithm in Python gains a small factor at best (the walks are sequential), so the size is
+capped as gRPC caps the ring (`sail.balancing.ring_hash`): a `table_size` above
+`table_size_cap()`, default `DEFAULT_TABLE_SIZE_CAP` = 65537 (Envoy's default size), is built
+at the cap. A user who needs bigger tables raises it in the process, to a prime of at most
+5000011, without touching the xDS config - worth it above about 650 endpoints in one
+locality, since shares stay within about 1% of each other only with 100 slots or more per
+endpoint (the Maglev paper's rule):
+
+```python
+from sail.balancing.maglev import set_table_size_cap
+set_table_size_cap(655373)     # before the mesh starts; tables built from then on use it
+```
+
 Where sail differs: one table per locality rather than per priority level (see
-`sail.balancing.ring_hash`), and `hash_balance_factor` is ignored. Building costs about
-`table_size * ln(table_size)` steps of Python: ~0.1 s for the default 65537 slots, so very
-large tables (up to Envoy's limit of 5000011) make config updates slow.
+`sail.balancing.ring_hash`), and `hash_balance_factor` is ignored.
 """
 
 from __future__ import annotations
@@ -45,11 +61,27 @@ if TYPE_CHECKING:
     from sail.balancing.stats import ClusterStats
     from sail.model import Endpoint, LbPolicy
 
-__all__ = ["DEFAULT_TABLE_SIZE", "MaglevPicker", "build_table", "is_prime", "maglev_picker"]
+__all__ = [
+    "DEFAULT_TABLE_SIZE",
+    "DEFAULT_TABLE_SIZE_CAP",
+    "MAX_TABLE_SIZE",
+    "MaglevPicker",
+    "build_table",
+    "is_prime",
+    "maglev_picker",
+    "set_table_size_cap",
+    "table_size_cap",
+]
 
 DEFAULT_TABLE_SIZE = 65537
+"""Envoy's default `table_size`."""
 MAX_TABLE_SIZE = 5_000_011
+"""Envoy's limit on `table_size` (more is a NACK)."""
+DEFAULT_TABLE_SIZE_CAP = DEFAULT_TABLE_SIZE
+"""The default cap on `table_size` at build time (see the module docstring)."""
 _MASK64 = (1 << 64) - 1
+
+_table_size_cap = DEFAULT_TABLE_SIZE_CAP
 
 
 def is_prime(n: int) -> bool:
@@ -65,9 +97,27 @@ def is_prime(n: int) -> bool:
     return True
 
 
+def table_size_cap() -> int:
+    """The cap in force on `table_size` (`DEFAULT_TABLE_SIZE_CAP` unless set)."""
+    return _table_size_cap
+
+
+def set_table_size_cap(size: int = DEFAULT_TABLE_SIZE_CAP) -> None:
+    """Build every table from now on with at most `size` slots, process-wide; no argument
+    restores the default of 65537. Tables already built keep their size until their
+    cluster's next rebuild. `size` must be a prime of at most 5000011 (`ValueError`
+    otherwise), so that a capped table is still a valid Maglev table."""
+    global _table_size_cap
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ValueError(f"table size cap {size!r} is not an integer")
+    if size > MAX_TABLE_SIZE or not is_prime(size):
+        raise ValueError(f"table size cap {size} is not a prime of at most {MAX_TABLE_SIZE}")
+    _table_size_cap = size
+
+
 def build_table(keys: Sequence[str], weights: Sequence[int], table_size: int) -> list[int]:
     """Envoy's Maglev table for hosts `keys` with `weights`: the index in `keys` of the host
-    owning each of the `table_size` slots."""
+    owning each of the `table_size` slots (no cap here: `maglev_picker` applies it)."""
     m = table_size
     order = sorted(range(len(keys)), key=keys.__getitem__)
     total = sum(weights)
@@ -128,7 +178,7 @@ def maglev_picker(
     stats: ClusterStats | None = None,
 ) -> Picker:
     """The `maglev` policy factory. Options: `table_size` (prime, default 65537, at most
-    5000011), `use_hostname_for_hashing`."""
+    5000011; built at `table_size_cap()` when above it), `use_hostname_for_hashing`."""
     hosts = tuple(endpoints)
     if not hosts:
         return UnavailablePicker("no endpoints")
@@ -141,5 +191,6 @@ def maglev_picker(
     ):
         raise ConfigError(f"maglev: table_size {size!r} is not a prime of at most {MAX_TABLE_SIZE}")
     use_hostname = bool(policy.option("use_hostname_for_hashing", False)) if policy else False
+    size = min(size, _table_size_cap)  # both prime
     owners = build_table([hash_key_of(e, use_hostname) for e in hosts], host_weights(hosts), size)
     return MaglevPicker([hosts[i] for i in owners])

@@ -8,7 +8,33 @@ entries of an endpoint are the 64-bit hashes of `"<key>_0"`, `"<key>_1"`, ... wh
 its address as `ip:port` (`[v6]:port` for IPv6) or, with `use_hostname_for_hashing`, its
 hostname; xxHash64 by default, MurmurHash2 with `hash_function: MURMUR_HASH_2`. Entry counts
 are handed out with running sums over the endpoints in order, exactly as Envoy does, and the
-ring is sorted by hash. The same endpoints therefore give Envoy's ring, point for point.
+ring is sorted by hash. The same endpoints therefore give Envoy's ring, point for point, for
+rings up to the cap.
+
+**The cap** (gRFC A42, as gRPC does: `grpc.lb.ring_hash.ring_size_cap` in C-core,
+`RingHashOptions.setRingSizeCap` in Java). Envoy accepts both sizes up to 8M (8,388,608; more
+is a NACK, here too, at decode), and a ring of 8M entries costs sail about 13 s of Python
+under the GIL and 1 GiB, rebuilt at every change of the cluster's endpoints or ejections. So
+both `minimum_ring_size` and `maximum_ring_size` are clamped to a local cap before the ring is
+built: `ring_size_cap()`, default `DEFAULT_RING_SIZE_CAP` = 4096 entries (a few ms to build),
+the same default as gRPC's. With the cap, Envoy's defaults (1024 to 8M) become 1024 to 4096:
+the control plane cannot make a client build a huge ring, and a user who wants bigger rings
+raises the cap in the process, without touching the xDS config:
+
+```python
+from sail.balancing.ring_hash import set_ring_size_cap
+set_ring_size_cap(65536)       # before the mesh starts; rings built from then on use it
+```
+
+Where sail differs from gRPC: the cap is never below the number of endpoints the ring is
+built over, so with more endpoints of equal weight than the cap (4096 in one locality) each
+still gets an entry, as in Envoy; gRPC then leaves endpoints off the ring, and they get no
+traffic. The price of a small ring: weights are represented less exactly (weights 1 and
+10,000 give the light endpoint 0 or 1 of 4096 entries, not 1 in 10,001), and shares are less
+even (an endpoint's share is off by about `1/sqrt(its entries)` of itself). And when the
+cap (or `maximum_ring_size`) clamps the ring, an endpoint's entries are not a whole number
+(4096 over 10 is 409.6): the running sums give 409 or 410 by position in the list, as in
+Envoy and gRPC, so the same endpoints listed in another order move the keys of a few entries.
 
 **Picking** (O(log ring)). The request hash `h` (`sail.balancing.hashing`) selects the first
 entry whose hash is `>= h`, wrapping past the end to the first entry - Envoy's port of
@@ -46,11 +72,47 @@ if TYPE_CHECKING:
     from sail.balancing.stats import ClusterStats
     from sail.model import Endpoint, LbPolicy
 
-__all__ = ["RingHashPicker", "build_ring", "hash_key_of", "ring_hash_picker"]
+__all__ = [
+    "DEFAULT_RING_SIZE_CAP",
+    "MAX_RING_SIZE",
+    "MIN_RING_SIZE",
+    "RingHashPicker",
+    "build_ring",
+    "hash_key_of",
+    "ring_hash_picker",
+    "ring_size_cap",
+    "set_ring_size_cap",
+]
 
 MIN_RING_SIZE = 1024
+"""Envoy's default `minimum_ring_size`."""
 MAX_RING_SIZE = 8_388_608
+"""Envoy's default `maximum_ring_size`, and its limit for both sizes (more is a NACK)."""
+DEFAULT_RING_SIZE_CAP = 4096
+"""gRPC's default ring size cap (gRFC A42): both sizes are clamped to it at build time."""
 _MASK64 = (1 << 64) - 1
+
+_ring_size_cap = DEFAULT_RING_SIZE_CAP
+
+
+def ring_size_cap() -> int:
+    """The cap in force on both ring sizes (`DEFAULT_RING_SIZE_CAP` unless set)."""
+    return _ring_size_cap
+
+
+def set_ring_size_cap(entries: int = DEFAULT_RING_SIZE_CAP) -> None:
+    """Clamp `minimum_ring_size` and `maximum_ring_size` to `entries` in every ring built from
+    now on, process-wide (gRPC Java's `RingHashOptions.setRingSizeCap`); no argument restores
+    the default of 4096. Rings already built keep their size until their cluster's next
+    rebuild. `entries` must be in 1-8388608 (`ValueError` otherwise: gRPC Java clamps
+    silently, sail refuses). An entry costs 0.5-1.5 µs to build and up to 120 bytes while
+    the ring is built."""
+    global _ring_size_cap
+    if isinstance(entries, bool) or not isinstance(entries, int):
+        raise ValueError(f"ring size cap {entries!r} is not an integer")
+    if not 1 <= entries <= MAX_RING_SIZE:
+        raise ValueError(f"ring size cap {entries} is not in 1-{MAX_RING_SIZE}")
+    _ring_size_cap = entries
 
 
 def hash_key_of(endpoint: Endpoint, use_hostname: bool = False) -> str:
@@ -69,26 +131,29 @@ def build_ring(
     hash_function: Callable[[str], int] = xxh64,
 ) -> tuple[array[int], list[int]]:
     """Envoy's ring over hosts `keys` with `weights`: `(hashes, owners)`, sorted by hash,
-    `owners[i]` being the index in `keys` of the host owning entry `i`."""
+    `owners[i]` being the index in `keys` of the host owning entry `i`. No cap here: the
+    sizes are used as given (`ring_hash_picker` applies the cap)."""
     total = sum(weights)
     normalized = [w * 1.0 / total for w in weights]
     min_weight = min(normalized)
     scale = min(math.ceil(min_weight * minimum_ring_size) / min_weight, float(maximum_ring_size))
-    hashes: list[int] = []
-    owners: list[int] = []
+    # Each entry is packed as `hash << shift | owner`, so one sort of plain ints orders the
+    # ring by hash (ties, which Envoy leaves unspecified, by owner).
+    shift = max(1, (len(keys) - 1).bit_length())
+    packed: list[int] = []
     current = 0.0
     target = 0.0
     for index, (key, weight) in enumerate(zip(keys, normalized, strict=True)):
-        prefix = key + "_"
         target += scale * weight
-        i = 0
-        while current < target:
-            hashes.append(hash_function(prefix + str(i)))
-            owners.append(index)
-            i += 1
-            current += 1
-    order = sorted(range(len(hashes)), key=hashes.__getitem__)
-    return array("Q", [hashes[i] for i in order]), [owners[i] for i in order]
+        # Envoy adds entries `while current < target`, one at a time; `current` is a whole
+        # number below 2**53, so `target - current` is exact and this is the same count.
+        count = math.ceil(target - current) if target > current else 0
+        current += count
+        prefix = key + "_"
+        packed.extend([hash_function(prefix + str(i)) << shift | index for i in range(count)])
+    packed.sort()
+    mask = (1 << shift) - 1
+    return array("Q", [p >> shift for p in packed]), [p & mask for p in packed]
 
 
 class RingHashPicker:
@@ -122,7 +187,8 @@ def ring_hash_picker(
     policy: LbPolicy | None = None,
     stats: ClusterStats | None = None,
 ) -> Picker:
-    """The `ring_hash` policy factory. Options: `minimum_ring_size`, `maximum_ring_size`,
+    """The `ring_hash` policy factory. Options: `minimum_ring_size`, `maximum_ring_size`
+    (both clamped to `ring_size_cap()`, but never below the number of endpoints),
     `hash_function` (`XX_HASH`, `MURMUR_HASH_2`), `use_hostname_for_hashing`."""
     hosts = tuple(endpoints)
     if not hosts:
@@ -135,11 +201,12 @@ def ring_hash_picker(
     if function not in ("XX_HASH", "DEFAULT_HASH", "MURMUR_HASH_2"):
         raise ConfigError(f"ring_hash: unknown hash_function {function!r}")
     use_hostname = bool(policy.option("use_hostname_for_hashing", False)) if policy else False
+    cap = max(_ring_size_cap, len(hosts))
     hashes, owners = build_ring(
         [hash_key_of(e, use_hostname) for e in hosts],
         host_weights(hosts),
-        low,
-        high,
+        min(low, cap),
+        min(high, cap),
         murmur_hash2 if function == "MURMUR_HASH_2" else xxh64,
     )
     return RingHashPicker(hashes, [hosts[i] for i in owners])

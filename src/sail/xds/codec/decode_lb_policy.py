@@ -18,7 +18,10 @@ Options are recorded only when the config sets them; policies apply their own de
 (`policy.option("choice_count", 2)`); `sail.xds.codec.lb_options` lists them. Envoy's limits
 are checked here: `choice_count >= 2`, ring sizes at most 8M with the minimum not above the
 maximum, a prime Maglev table size of at most 5000011, a slow-start `min_weight_percent` in
-0-100. Every policy Envoy's enum names except `CLUSTER_PROVIDED` is registered in
+0-100. Sizes within those limits are kept as sent (config dumps and the encoder show them);
+the balancers clamp them when they build, as gRPC does (a ring to 4096 entries, a Maglev
+table to 65537 slots by default: `sail.balancing.ring_hash`, `sail.balancing.maglev`).
+Every policy Envoy's enum names except `CLUSTER_PROVIDED` is registered in
 `sail.balancing`: `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST`, `RING_HASH`, `MAGLEV`.
 """
 

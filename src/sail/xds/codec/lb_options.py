@@ -21,6 +21,10 @@ back exactly those, so a policy round-trips unchanged. Nested and special fields
   `weight_expiration_period`, `weight_update_period`, `oob_reporting_period`,
   `error_utilization_penalty`, `metric_names_for_computing_utilization`, and
   `enable_oob_load_report` unless it is `false`.
+* `minimum_ring_size`, `maximum_ring_size` (1-8388608, the minimum not above the maximum)
+  and Maglev's `table_size` (a prime of at most 5000011) are NACKed outside Envoy's limits,
+  naming the field, and otherwise recorded as sent: the cap on what a client builds (4096
+  ring entries, 65537 table slots by default) is the balancer's, applied at build time.
 * Fields sail does not implement are not recorded and have no effect: `locality_lb_config`
   (locality weights are always on), `hash_balance_factor` (bounded load),
   `enable_full_scan` (deprecated; Envoy reads `selection_method`).
