@@ -251,10 +251,12 @@ class ConfigResolver:
         )
         refused = self._refusals(routes)
         changed = refused != self._refused
-        if changed and self._on_refused is not None:
+        if changed:
             # New refusals are in force before the snapshot, and cleared ones stay until
             # after it: a name is never, even for a moment, neither refused nor served.
-            self._on_refused({**self._refused, **refused})
+            self._refused = {**self._refused, **refused}
+            if self._on_refused is not None:
+                self._on_refused(self._refused)
         if snap != previous:
             self._snapshot = attrs.evolve(snap, version=previous.version + 1)
             self._publish(self._snapshot)
@@ -279,8 +281,7 @@ class ConfigResolver:
                 if error is not None:
                     refused[name] = error
                 continue
-            # The service's routes are its first chain's (`Listener.route_keys`).
-            hcm = listener.chains()[0].hcm
+            hcm = listener.hcm  # the first chain's, whose routes are the listener's own
             rds = hcm.rds_name if hcm.route_config is None else None
             if rds is not None and rds not in self._resources[RDS]:
                 error = self._errors[RDS].get(rds)
@@ -342,12 +343,19 @@ class ConfigResolver:
             self._subscribe(type_url, names)
 
     def _is_settled(self, listener: str) -> bool:
-        """Known absent, or resolved to complete routes (or a route config known missing)."""
-        if self._settled_missing(LDS, listener) or listener in self._snapshot.routes:
+        """Known absent, resolved to complete routes (or a route config known missing), or
+        refused. A rejected listener (or route config) settles only once its refusal has
+        been announced (`refused`), so a waiter never sees it as merely missing."""
+        if listener in self._snapshot.routes or listener in self._refused:
             return True
+        if self._settled_missing(LDS, listener):
+            return listener not in self._errors[LDS]
         lst = self._resources[LDS].get(listener)
         rds = lst.hcm.rds_name if lst is not None else None
-        return rds is not None and self._settled_missing(RDS, rds)
+        return (
+            rds is not None and self._settled_missing(RDS, rds)
+            and rds not in self._errors[RDS]
+        )
 
     def _wake_settled(self) -> None:
         with self._lock:
