@@ -93,6 +93,14 @@ class DomainIndex(Generic[V]):
         answer, whatever the wildcards say."""
         return self._exact
 
+    @property
+    def only(self) -> V | None:
+        """The value of `*` when `*` is the only domain (else `None`): every authority maps
+        to it, so a caller may skip the search."""
+        if self._exact or self._suffixes or self._prefixes:
+            return None
+        return self._default
+
     def _search(self, host: str) -> V | None:
         found = self._exact.get(host)
         if found is not None:

@@ -82,12 +82,13 @@ class Router:
     """Envoy's route matching over one `RouteConfig`. Build it with `Router.build`; it is
     immutable, so one instance serves every thread and task at once."""
 
-    __slots__ = ("_config", "_exact", "_index")
+    __slots__ = ("_config", "_exact", "_index", "_only")
 
     def __init__(self, config: RouteConfig, index: DomainIndex[RouteTable]) -> None:
         self._config = config
         self._index = index
         self._exact = index.exact
+        self._only = index.only
 
     @classmethod
     def build(cls, config: RouteConfig) -> Router:
@@ -127,8 +128,9 @@ class Router:
         Raises `NoRoute` (naming authority, path and route config) when no virtual host or
         no route matches, or when the route's `cluster_header` is missing.
         """
-        # Most authorities arrive lower-case and name an exact domain: one dict probe.
-        vhost = self._exact.get(authority) or self._index.find(authority)
+        # A config whose only domain is `*` needs no search; otherwise most authorities
+        # arrive lower-case and name an exact domain: one dict probe.
+        vhost = self._only or self._exact.get(authority) or self._index.find(authority)
         if vhost is None:
             raise NoRoute(
                 f"no virtual host for authority {authority!r} (path {path!r}) "
