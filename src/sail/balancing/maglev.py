@@ -39,6 +39,10 @@ from sail.balancing.maglev import set_table_size_cap
 set_table_size_cap(655373)     # before the mesh starts; tables built from then on use it
 ```
 
+Tables are rebuilt as rings are (see `sail.balancing.ring_hash`): at each change of the
+endpoints that take traffic, ejections included, as Envoy does; the last few are kept by
+their inputs, so a returning host gets its table back without a build.
+
 Where sail differs: one table per locality rather than per priority level (see
 `sail.balancing.ring_hash`), and `hash_balance_factor` is ignored.
 """
@@ -46,10 +50,11 @@ Where sail differs: one table per locality rather than per priority level (see
 from __future__ import annotations
 
 import random
+from array import array
 from typing import TYPE_CHECKING
 
 from sail.balancing.hashing import xxh64
-from sail.balancing.ring_hash import hash_key_of
+from sail.balancing.ring_hash import RecentBuilds, hash_key_of
 from sail.balancing.schedule import host_weights
 from sail.balancing.unavailable import UnavailablePicker
 from sail.errors import ConfigError
@@ -82,6 +87,9 @@ DEFAULT_TABLE_SIZE_CAP = DEFAULT_TABLE_SIZE
 _MASK64 = (1 << 64) - 1
 
 _table_size_cap = DEFAULT_TABLE_SIZE_CAP
+_recent_tables: RecentBuilds[tuple[int, tuple[str, ...], tuple[int, ...]], array[int]] = (
+    RecentBuilds()
+)
 
 
 def is_prime(n: int) -> bool:
@@ -192,5 +200,9 @@ def maglev_picker(
         raise ConfigError(f"maglev: table_size {size!r} is not a prime of at most {MAX_TABLE_SIZE}")
     use_hostname = bool(policy.option("use_hostname_for_hashing", False)) if policy else False
     size = min(size, _table_size_cap)  # both prime
-    owners = build_table([hash_key_of(e, use_hostname) for e in hosts], host_weights(hosts), size)
+    keys = tuple(hash_key_of(e, use_hostname) for e in hosts)
+    weights = tuple(host_weights(hosts))
+    owners = _recent_tables.get(
+        (size, keys, weights), lambda: array("I", build_table(keys, weights, size)), len
+    )
     return MaglevPicker([hosts[i] for i in owners])

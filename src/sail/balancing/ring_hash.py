@@ -36,6 +36,15 @@ cap (or `maximum_ring_size`) clamps the ring, an endpoint's entries are not a wh
 (4096 over 10 is 409.6): the running sums give 409 or 410 by position in the list, as in
 Envoy and gRPC, so the same endpoints listed in another order move the keys of a few entries.
 
+**Rebuilding.** A picker is built over the endpoints that take traffic, so the ring is built
+again whenever the cluster's endpoints change and whenever outlier detection ejects or
+returns a host (the dataplane marks it unhealthy), as Envoy rebuilds its ring: the ejected
+host's keys move, and so may a few others', when the entries per endpoint change. The last
+few rings are kept by their inputs (`RecentBuilds`), so a host's return, a flapping host or
+a cluster update that changed no endpoint or option reuses a ring instead of building it.
+gRPC differs: its picker keeps one ring over all endpoints and walks past those that are
+not ready, so only a failed endpoint's keys move and nothing is rebuilt on a failure.
+
 **Picking** (O(log ring)). The request hash `h` (`sail.balancing.hashing`) selects the first
 entry whose hash is `>= h`, wrapping past the end to the first entry - Envoy's port of
 `ketama_get_server`. Without a hash the pick uses a random 64-bit value, as Envoy does (the
@@ -56,9 +65,12 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from array import array
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sail.balancing.hashing import murmur_hash2, xxh64
 from sail.balancing.schedule import host_weights
@@ -66,7 +78,7 @@ from sail.balancing.unavailable import UnavailablePicker
 from sail.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from sail.balancing.base import Picker
     from sail.balancing.stats import ClusterStats
@@ -76,6 +88,7 @@ __all__ = [
     "DEFAULT_RING_SIZE_CAP",
     "MAX_RING_SIZE",
     "MIN_RING_SIZE",
+    "RecentBuilds",
     "RingHashPicker",
     "build_ring",
     "hash_key_of",
@@ -156,6 +169,61 @@ def build_ring(
     return array("Q", [p >> shift for p in packed]), [p & mask for p in packed]
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class RecentBuilds(Generic[K, V]):
+    """The most recent results of a pure build, by its inputs, so that a picker rebuilt over
+    the same endpoints and options reuses its ring or table: an ejected host's return (the
+    set before its ejection comes back), a host that flaps, a cluster update that changed
+    neither the endpoints nor the policy, the unchanged localities of an EDS update. At most
+    `size` results are kept, of at most `entries` ring entries or table slots in all (the
+    default, 16 and 1M, is 15 default Maglev tables or 16 capped rings: about 4 MB and
+    0.8 MB); a result larger than that alone is not kept. Shared by every cluster.
+
+    Thread-safe: builds run on the xDS thread and on the thread that ejected a host. Two
+    threads missing on the same inputs both build; the results are equal."""
+
+    __slots__ = ("_entries", "_lock", "_results", "_size", "_total")
+
+    def __init__(self, size: int = 16, entries: int = 1 << 20) -> None:
+        self._size = size
+        self._entries = entries
+        self._lock = threading.Lock()
+        self._results: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._total = 0
+
+    def get(self, key: K, build: Callable[[], V], entries: Callable[[V], int]) -> V:
+        """`build()`'s result for inputs `key`, built only when not among the recent ones;
+        `entries(result)` is its size."""
+        with self._lock:
+            found = self._results.get(key)
+            if found is not None:
+                self._results.move_to_end(key)
+                return found[0]
+        result = build()
+        count = entries(result)
+        if count <= self._entries:
+            with self._lock:
+                if key not in self._results:
+                    self._results[key] = (result, count)
+                    self._total += count
+                while len(self._results) > self._size or self._total > self._entries:
+                    _, (_, dropped) = self._results.popitem(last=False)
+                    self._total -= dropped
+        return result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+            self._total = 0
+
+
+_RingKey = tuple[str, int, int, tuple[str, ...], tuple[int, ...]]
+_recent_rings: RecentBuilds[_RingKey, tuple[array[int], array[int]]] = RecentBuilds()
+
+
 class RingHashPicker:
     """Bisects the ring for the request hash; a random point when there is none."""
 
@@ -189,7 +257,8 @@ def ring_hash_picker(
 ) -> Picker:
     """The `ring_hash` policy factory. Options: `minimum_ring_size`, `maximum_ring_size`
     (both clamped to `ring_size_cap()`, but never below the number of endpoints),
-    `hash_function` (`XX_HASH`, `MURMUR_HASH_2`), `use_hostname_for_hashing`."""
+    `hash_function` (`XX_HASH`, `MURMUR_HASH_2`), `use_hostname_for_hashing`. A ring built
+    recently from the same inputs is reused."""
     hosts = tuple(endpoints)
     if not hosts:
         return UnavailablePicker("no endpoints")
@@ -202,13 +271,17 @@ def ring_hash_picker(
         raise ConfigError(f"ring_hash: unknown hash_function {function!r}")
     use_hostname = bool(policy.option("use_hostname_for_hashing", False)) if policy else False
     cap = max(_ring_size_cap, len(hosts))
-    hashes, owners = build_ring(
-        [hash_key_of(e, use_hostname) for e in hosts],
-        host_weights(hosts),
-        min(low, cap),
-        min(high, cap),
-        murmur_hash2 if function == "MURMUR_HASH_2" else xxh64,
-    )
+    low, high = min(low, cap), min(high, cap)
+    keys = tuple(hash_key_of(e, use_hostname) for e in hosts)
+    weights = tuple(host_weights(hosts))
+    murmur = function == "MURMUR_HASH_2"
+
+    def build() -> tuple[array[int], array[int]]:
+        hashes, owners = build_ring(keys, weights, low, high, murmur_hash2 if murmur else xxh64)
+        return hashes, array("I", owners)
+
+    key = ("MURMUR_HASH_2" if murmur else "XX_HASH", low, high, keys, weights)
+    hashes, owners = _recent_rings.get(key, build, lambda built: len(built[1]))
     return RingHashPicker(hashes, [hosts[i] for i in owners])
 
 
