@@ -532,7 +532,9 @@ def test_hedge_on_per_try_timeout_like_envoy(flaky: Upstreams, tmp_path: Path,
         second = "b" if first == "a" else "a"
         gap = flaky.stats(second)["arrivals"][0] - flaky.stats(first)["arrivals"][0]
         winners[who] = (reply.json()["name"], first, elapsed)
-        assert 0.25 < gap < 0.9, (who, gap)  # the hedge started at the per-try timeout
+        # the hedge started at the per-try timeout (0.3 s after the first attempt was
+        # sent; that one's arrival may lag its sending by tens of ms on a busy machine)
+        assert 0.15 < gap < 0.9, (who, gap)
     for who, (name, first, elapsed) in winners.items():
         assert name == first, (who, winners)  # a plain retry would answer from the second
         assert 0.9 < elapsed < 1.6, (who, winners)
