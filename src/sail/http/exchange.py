@@ -175,11 +175,8 @@ def exchange(
     )
     if plan.hedge and call.policy.per_try_timeout is not None:
         return (yield from _hedged(call, target, request))
-    return (yield from _attempts(call, target, request))
-
-
-def _attempts(call: Call, target: Target, request: httpx.Request) -> Flow:
-    """Attempts one after the other: retry on a re-pick after a back-off, or return."""
+    # Attempts one after the other: retry on a re-pick after a back-off, or return. Written
+    # here, not in a generator of its own: a request is one generator, resumed per action.
     url = request.url
     endpoint = target.endpoint
     cluster = target.cluster

@@ -95,7 +95,9 @@ class _PoolSet(Generic[P]):
     def __init__(self, factory: Callable[[], P]) -> None:
         self._factory: Callable[[], P] = factory
         self._pools: dict[str, P] = {}
-        self._draining: list[_Draining[P]] = []
+        # Pools of departed endpoints, until they close (an attribute, not a property: the
+        # async transport tests it on every request).
+        self.draining: list[_Draining[P]] = []
         self._lock = threading.Lock()  # taken only when a pool is created or retired
 
     def get(self, authority: str) -> P:
@@ -113,8 +115,8 @@ class _PoolSet(Generic[P]):
         with self._lock:
             deadline = time.monotonic() + DRAIN_GRACE
             for authority in [a for a in self._pools if a not in live]:
-                self._draining.append(_Draining(self._pools.pop(authority), deadline))
-            return bool(self._draining)
+                self.draining.append(_Draining(self._pools.pop(authority), deadline))
+            return bool(self.draining)
 
     def reapable(self) -> list[P]:
         """Draining pools that may be closed now: idle at this check and the one before
@@ -124,7 +126,7 @@ class _PoolSet(Generic[P]):
         done: list[P] = []
         with self._lock:
             keep: list[_Draining[P]] = []
-            for item in self._draining:
+            for item in self.draining:
                 if item.deadline <= now:
                     done.append(item.pool)
                     continue
@@ -138,18 +140,14 @@ class _PoolSet(Generic[P]):
                     item.was_idle = idle
                     item.checked = now
                     keep.append(item)
-            self._draining = keep
+            self.draining = keep
         return done
-
-    @property
-    def draining(self) -> bool:
-        return bool(self._draining)
 
     def drain(self) -> list[P]:
         with self._lock:
-            pools = list(self._pools.values()) + [d.pool for d in self._draining]
+            pools = list(self._pools.values()) + [d.pool for d in self.draining]
             self._pools.clear()
-            self._draining.clear()
+            self.draining.clear()
             return pools
 
 
@@ -194,45 +192,42 @@ class MeshTransport(httpx.BaseTransport):
             if not inside:
                 return self._passthrough.handle_request(request)
             state = self._dataplane.state
+        flow = exchange(self._dataplane, state, request, name)
+        result: object = None
         try:
-            return self._drive(exchange(self._dataplane, state, request, name))
+            while True:  # perform the exchange's actions until it returns a response
+                try:
+                    action = flow.send(result)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                result = None
+                try:
+                    if isinstance(action, Send):
+                        try:
+                            result = self._pools.get(action.authority).handle_request(
+                                action.request
+                            )
+                        except httpx.TransportError as exc:
+                            result = exc
+                    elif isinstance(action, Sleep):
+                        time.sleep(action.seconds)
+                    elif isinstance(action, Close):
+                        action.response.close()
+                    elif isinstance(action, Mirror):
+                        self._mirror(action.authority, action.request)
+                    elif isinstance(action, Launch):
+                        return self._drive_hedged(flow, action.attempt)
+                    else:
+                        raise AssertionError(f"unexpected {action!r}")
+                except BaseException as exc:  # interrupted: the exchange gives back what it holds
+                    flow.throw(exc)
+                    raise
         except RequestError as exc:  # the one boundary: sail's errors leave as httpx's
             raise to_httpx(exc, request) from exc.__cause__
 
-    def _drive(self, flow: Flow) -> httpx.Response:
-        """Perform the exchange's actions until it returns a response (or raises)."""
-        result: object = None
-        while True:
-            try:
-                action = flow.send(result)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            result = None
-            try:
-                if isinstance(action, Send):
-                    try:
-                        result = self._pools.get(action.authority).handle_request(
-                            action.request
-                        )
-                    except httpx.TransportError as exc:
-                        result = exc
-                elif isinstance(action, Sleep):
-                    time.sleep(action.seconds)
-                elif isinstance(action, Close):
-                    action.response.close()
-                elif isinstance(action, Mirror):
-                    self._mirror(action.authority, action.request)
-                elif isinstance(action, Launch):
-                    return self._drive_hedged(flow, action.attempt)
-                else:
-                    raise AssertionError(f"unexpected {action!r}")
-            except BaseException as exc:  # interrupted: the exchange gives back what it holds
-                flow.throw(exc)
-                raise
-
     def _drive_hedged(self, flow: Flow, first: Launched) -> httpx.Response:
-        """`_drive` for a hedged exchange: attempts in threads, so that one whose per-try
-        timeout fired goes on while the next starts."""
+        """`handle_request`'s loop for a hedged exchange: attempts in threads, so that one
+        whose per-try timeout fired goes on while the next starts."""
         done: queue.SimpleQueue[Launched] = queue.SimpleQueue()
         lock = threading.Lock()  # a late attempt's thread vs. the exchange's end
         out: set[Launched] = set()  # launched, not yet handed to the exchange
@@ -384,45 +379,42 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             if not inside:
                 return await self._passthrough.handle_async_request(request)
             state = self._dataplane.state
+        flow = exchange(self._dataplane, state, request, name)
+        result: object = None
         try:
-            return await self._drive(exchange(self._dataplane, state, request, name))
+            while True:  # `MeshTransport.handle_request`'s loop, with `await`
+                try:
+                    action = flow.send(result)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                result = None
+                try:
+                    if isinstance(action, Send):
+                        try:
+                            result = await self._pools.get(
+                                action.authority
+                            ).handle_async_request(action.request)
+                        except httpx.TransportError as exc:
+                            result = exc
+                    elif isinstance(action, Sleep):
+                        await anyio.sleep(action.seconds)
+                    elif isinstance(action, Close):
+                        await action.response.aclose()
+                    elif isinstance(action, Mirror):
+                        self._mirror(action.authority, action.request)
+                    elif isinstance(action, Launch):
+                        return await self._drive_hedged(flow, action.attempt)
+                    else:
+                        raise AssertionError(f"unexpected {action!r}")
+                except BaseException as exc:  # cancelled: the exchange gives back what it holds
+                    flow.throw(exc)
+                    raise
         except RequestError as exc:  # the one boundary: sail's errors leave as httpx's
             raise to_httpx(exc, request) from exc.__cause__
 
-    async def _drive(self, flow: Flow) -> httpx.Response:
-        """`MeshTransport._drive` with `await`."""
-        result: object = None
-        while True:
-            try:
-                action = flow.send(result)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            result = None
-            try:
-                if isinstance(action, Send):
-                    try:
-                        result = await self._pools.get(action.authority).handle_async_request(
-                            action.request
-                        )
-                    except httpx.TransportError as exc:
-                        result = exc
-                elif isinstance(action, Sleep):
-                    await anyio.sleep(action.seconds)
-                elif isinstance(action, Close):
-                    await action.response.aclose()
-                elif isinstance(action, Mirror):
-                    self._mirror(action.authority, action.request)
-                elif isinstance(action, Launch):
-                    return await self._drive_hedged(flow, action.attempt)
-                else:
-                    raise AssertionError(f"unexpected {action!r}")
-            except BaseException as exc:  # cancelled: the exchange gives back what it holds
-                flow.throw(exc)
-                raise
-
     async def _drive_hedged(self, flow: Flow, first: Launched) -> httpx.Response:
-        """`_drive` for a hedged exchange: attempts as tasks, so that one whose per-try
-        timeout fired goes on while the next starts."""
+        """`handle_async_request`'s loop for a hedged exchange: attempts as tasks, so that
+        one whose per-try timeout fired goes on while the next starts."""
         send, receive = anyio.create_memory_object_stream[Launched](max_buffer_size=64)
         out: set[Launched] = set()  # launched, not yet handed to the exchange
 
