@@ -18,7 +18,7 @@ the same name (the module docstrings say how, and where sail differs):
 | `random` | independent draws proportional to endpoint weights | O(log N) |
 | `least_request` | equal weights: least loaded of `choice_count` (2) random draws | O(1) |
 | | weights differ: EDF over `weight / (active + 1) ** active_request_bias` | O(log N) |
-| `ring_hash` | ketama ring of xxHash64 points, 1024 to 8M entries scaled by weight | O(log ring) |
+| `ring_hash` | ketama ring of xxHash64 points by weight, at most 4096 entries (A42) | O(log ring) |
 | `maglev` | Maglev table of `table_size` (prime, 65537) slots claimed by weighted turns | O(1) |
 
 `ring_hash` and `maglev` read the request hash passed to `pick(hash_key)` (see
