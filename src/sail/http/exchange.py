@@ -144,7 +144,7 @@ def exchange(
         )
     target = dataplane.resolve(
         name,
-        request.headers.get("host", name),
+        _host_header(request.headers, name),
         request.url.raw_path.decode("ascii"),
         request.headers,
         request.method,
@@ -475,6 +475,27 @@ def _mirror_requests(
     return copies
 
 
+def _host_header(headers: httpx.Headers, default: str) -> str:
+    """`headers.get("host", default)`, read off httpx's header list when the request has
+    at most one Host and it is ASCII (always, but for a caller's odd headers):
+    `Headers.get` first decodes every header to choose their encoding, which costs more
+    than routing the request."""
+    entries: object = getattr(headers, "_list", None)
+    if isinstance(entries, list):
+        hosts = 0
+        found = b""
+        for _, key, value in entries:
+            if key == b"host":
+                hosts += 1
+                found = value
+        if hosts == 0:
+            return default
+        if hosts == 1 and found.isascii():
+            return found.decode("ascii")
+    host: str = headers.get("host", default)  # repeated (httpx joins them), or not ASCII
+    return host
+
+
 class _EndpointURL:
     """The parts of a URL that `httpx.HTTPTransport` reads to send a request (`raw_scheme`,
     `raw_host`, `port`, `raw_path`), for the picked endpoint.
@@ -509,7 +530,7 @@ def _host_for(target: Target, endpoint: Endpoint) -> str | None:
 def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> httpx.URL:
     """What to put in `request.url` while `endpoint`'s pool sends it; sets Host if the
     route rewrites it (for a retry's endpoint, `auto_host_rewrite` takes its hostname)."""
-    host = _host_for(target, endpoint)
+    host = target.host if endpoint is target.endpoint else _host_for(target, endpoint)
     if host is not None:
         request.headers["host"] = host
     url = _EndpointURL(
@@ -682,19 +703,18 @@ class Releasing(httpx.SyncByteStream, httpx.AsyncByteStream):
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._stream.__aiter__()  # type: ignore[attr-defined,no-any-return]
 
-    def _release(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.release(self._host)
-
     def close(self) -> None:
+        call, self._call = self._call, None
         try:
             self._stream.close()
         finally:
-            self._release()
+            if call is not None:
+                call.release(self._host)
 
     async def aclose(self) -> None:
+        call, self._call = self._call, None
         try:
             await self._stream.aclose()  # type: ignore[attr-defined]
         finally:
-            self._release()
+            if call is not None:
+                call.release(self._host)
