@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-import re
 
 import attrs
+
+from sail.model.regex import Regex
 
 __all__ = [
     "FractionalPercent",
@@ -41,7 +42,7 @@ class StringMatcher:
     kind: StringMatchKind
     value: str
     ignore_case: bool = False
-    regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    regex: Regex | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

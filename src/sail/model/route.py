@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import re
 
 import attrs
 
@@ -15,6 +14,7 @@ from sail.model.matchers import (
     QueryParameterMatcher,
 )
 from sail.model.policy import HashPolicy, RetryPolicy
+from sail.model.regex import Regex
 
 __all__ = [
     "ClusterWeight",
@@ -54,7 +54,7 @@ class PathMatch:
 
     kind: PathMatchKind
     value: str
-    regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    regex: Regex | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -100,7 +100,7 @@ class MirrorPolicy:
 
 @attrs.frozen
 class RegexRewrite:
-    pattern: re.Pattern[str] = attrs.field(eq=False)
+    pattern: Regex = attrs.field(eq=False)
     source: str
     substitution: str
 

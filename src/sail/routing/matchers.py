@@ -31,6 +31,7 @@ from sail.model import (
     StringMatcher,
     StringMatchKind,
 )
+from sail.model.regex import InvalidRegex, Regex, compile_regex
 from sail.routing.request import Headers, header_getter, header_values, is_pseudo
 
 __all__ = [
@@ -63,13 +64,15 @@ _INT64_MAX = 2**63 - 1
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
-def _regex(source: str, compiled: re.Pattern[str] | None, where: str) -> re.Pattern[str]:
+def _regex(source: str, compiled: Regex | None, where: str) -> Regex:
+    # A model built by hand may carry only the source; it is compiled here, once, as the
+    # decoders do (RE2, Envoy's program-size limit; `InvalidRegex` is a `ConfigError`).
     if compiled is not None:
         return compiled
     try:
-        return re.compile(source)
-    except re.error as exc:
-        raise ConfigError(f"{where}: invalid regex {source!r}: {exc}") from None
+        return compile_regex(source, where)
+    except InvalidRegex as exc:
+        raise ConfigError(f"{where}: invalid regex: {exc.reason}") from None
 
 
 def compile_string_matcher(matcher: StringMatcher) -> StringTest:
@@ -81,8 +84,7 @@ def compile_string_matcher(matcher: StringMatcher) -> StringTest:
     kind = matcher.kind
     value = matcher.value
     if kind is StringMatchKind.REGEX:
-        fullmatch = _regex(value, matcher.regex, "string matcher").fullmatch
-        return lambda v: fullmatch(v) is not None
+        return _regex(value, matcher.regex, "string matcher").matches
     if matcher.ignore_case:
         low = value.lower()
         n = len(low)
@@ -222,8 +224,7 @@ def compile_path(match: RouteMatch) -> tuple[int, str, PathTest]:
     kind = match.path.kind
     value = match.path.value
     if kind is PathMatchKind.REGEX:
-        fullmatch = _regex(value, match.path.regex, "safe_regex path").fullmatch
-        return OTHER, value, lambda p: fullmatch(p) is not None
+        return OTHER, value, _regex(value, match.path.regex, "safe_regex path").matches
     if match.case_sensitive:
         if kind is PathMatchKind.PREFIX:
             return PREFIX, value, lambda p: p.startswith(value)

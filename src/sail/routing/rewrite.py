@@ -16,16 +16,16 @@ fragment, should a client send one) is carried over unchanged, as Envoy's
   Python's template reads `\\0` as a NUL and `\\n` as a newline; and `re.sub` also replaces an
   empty match right after a non-empty one, which RE2 skips (`x*` over `axxb` gives `-a-b-`
   in Envoy, `-a--b-` with `re.sub`). So the substitution is parsed at build time and the
-  replacement loop is RE2's.
+  replacement loop is RE2's; the pattern itself is RE2 (`sail.model.regex`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from sail.errors import ConfigError
 from sail.model import PathMatchKind, RegexRewrite, RouteAction, RouteMatch
+from sail.model.regex import Regex, RegexMatch
 
 __all__ = ["Rewrite", "compile_rewrite", "compile_substitution", "global_replace"]
 
@@ -76,11 +76,11 @@ def compile_substitution(substitution: str, groups: int) -> Substitution:
     return tuple(parts)
 
 
-def _expand(match: re.Match[str], parts: Substitution) -> str:
+def _expand(match: RegexMatch, parts: Substitution) -> str:
     return "".join(part if isinstance(part, str) else match.group(part) or "" for part in parts)
 
 
-def global_replace(pattern: re.Pattern[str], parts: Substitution, text: str) -> str:
+def global_replace(pattern: Regex, parts: Substitution, text: str) -> str:
     """RE2's `GlobalReplace`: every non-overlapping match of `pattern` in `text` replaced by
     `parts`, scanning left to right; an empty match where the previous match ended is
     skipped (one character is copied instead)."""

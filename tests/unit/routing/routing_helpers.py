@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -25,6 +24,7 @@ from sail.model import (
     StringMatchKind,
     VirtualHost,
 )
+from sail.model.regex import compile_regex
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +41,7 @@ def match(
     query: tuple[QueryParameterMatcher, ...] = (),
     fraction: FractionalPercent | None = None,
 ) -> RouteMatch:
-    regex = re.compile(value) if kind is PathMatchKind.REGEX else None
+    regex = compile_regex(value) if kind is PathMatchKind.REGEX else None
     return RouteMatch(
         PathMatch(kind, value, regex=regex),
         case_sensitive=case,
@@ -68,7 +68,7 @@ def sep(value: str, **kw: Any) -> RouteMatch:
 
 
 def sm(kind: StringMatchKind, value: str, *, ignore_case: bool = False) -> StringMatcher:
-    compiled = re.compile(value) if kind is S.REGEX else None
+    compiled = compile_regex(value) if kind is S.REGEX else None
     return StringMatcher(kind=kind, value=value, ignore_case=ignore_case, regex=compiled)
 
 
@@ -121,7 +121,7 @@ def route(
     rewrite = None
     if regex_rewrite is not None:
         pattern, substitution = regex_rewrite
-        rewrite = RegexRewrite(re.compile(pattern), pattern, substitution)
+        rewrite = RegexRewrite(compile_regex(pattern), pattern, substitution)
     action = RouteAction(
         cluster=cluster,
         weighted_clusters=tuple(ClusterWeight(n, w) for n, w in weights),

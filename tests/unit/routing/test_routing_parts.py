@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from sail.errors import ConfigError
+from sail.model.regex import compile_regex
 from sail.routing.domains import DomainIndex, strip_port
 from sail.routing.matchers import compile_header_matcher, compile_string_matcher
 from sail.routing.request import header_getter, parse_query, path_end
@@ -194,6 +193,6 @@ def test_compile_substitution(substitution: str, groups: int, parts: tuple[str |
     ],
 )
 def test_global_replace(pattern: str, substitution: str, text: str, expected: str) -> None:
-    compiled = re.compile(pattern)
+    compiled = compile_regex(pattern)
     parts = compile_substitution(substitution, compiled.groups)
     assert global_replace(compiled, parts, text) == expected

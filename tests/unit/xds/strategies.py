@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import string
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +55,7 @@ from sail.model import (
     Thresholds,
     VirtualHost,
 )
+from sail.model.regex import compile_regex
 from sail.xds.codec.extensions import CORS, FAULT, RBAC, ROUTER, ROUTER_NAME
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def string_matchers(draw: st.DrawFn) -> StringMatcher:
     kind = draw(st.sampled_from(list(StringMatchKind)))
     if kind is StringMatchKind.REGEX:
         source = draw(regex_sources)
-        return StringMatcher(kind, source, regex=re.compile(source))
+        return StringMatcher(kind, source, regex=compile_regex(source))
     value = draw(text if kind is StringMatchKind.EXACT else nonempty_text)
     return StringMatcher(kind, value, ignore_case=draw(st.booleans()))
 
@@ -155,7 +155,7 @@ def path_matches(draw: st.DrawFn) -> PathMatch:
     kind = draw(st.sampled_from(list(PathMatchKind)))
     if kind is PathMatchKind.REGEX:
         source = draw(regex_sources)
-        return PathMatch(kind, source, regex=re.compile(source))
+        return PathMatch(kind, source, regex=compile_regex(source))
     if kind is PathMatchKind.PATH_SEPARATED_PREFIX:
         return PathMatch(kind, "/" + draw(token))
     return PathMatch(kind, draw(text))
@@ -217,7 +217,7 @@ def route_actions(draw: st.DrawFn) -> RouteAction:
         kwargs["prefix_rewrite"] = draw(header_values)
     elif draw(st.booleans()):
         source = draw(regex_sources)
-        kwargs["regex_rewrite"] = RegexRewrite(re.compile(source), source, draw(names))
+        kwargs["regex_rewrite"] = RegexRewrite(compile_regex(source), source, draw(names))
     if draw(st.booleans()):
         kwargs["host_rewrite_literal"] = draw(names)
     else:

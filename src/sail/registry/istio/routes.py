@@ -36,7 +36,6 @@ retries or disabled timeouts are added: a route without `timeout` has Envoy's (1
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 from sail.model import (
@@ -61,6 +60,7 @@ from sail.model import (
     StringMatchKind,
     literal_header_value,
 )
+from sail.model.regex import compile_regex
 from sail.registry.istio.errors import IstioConfigError
 from sail.registry.istio.hosts import short_host
 from sail.registry.istio.model import VirtualService
@@ -318,7 +318,7 @@ def _path(uri: StringMatch | None) -> PathMatch:
     if uri.prefix is not None:
         return PathMatch(PathMatchKind.PREFIX, uri.prefix)
     assert uri.regex is not None
-    return PathMatch(PathMatchKind.REGEX, uri.regex, regex=re.compile(uri.regex))
+    return PathMatch(PathMatchKind.REGEX, uri.regex, regex=compile_regex(uri.regex, "uri.regex"))
 
 
 def _string(sm: StringMatch) -> StringMatcher:
@@ -327,4 +327,4 @@ def _string(sm: StringMatch) -> StringMatcher:
     if sm.prefix is not None:
         return StringMatcher(StringMatchKind.PREFIX, sm.prefix)
     assert sm.regex is not None
-    return StringMatcher(StringMatchKind.REGEX, sm.regex, regex=re.compile(sm.regex))
+    return StringMatcher(StringMatchKind.REGEX, sm.regex, regex=compile_regex(sm.regex, "regex"))

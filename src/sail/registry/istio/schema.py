@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from sail.model.regex import InvalidRegex, compile_regex
 from sail.registry.istio.errors import FieldError
 
 __all__ = [
@@ -82,6 +83,13 @@ _UNIT_NANOS = {
 _NANOS = 1_000_000_000
 
 
+_MAX_NANOS = 2**63 - 1
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
+
+
 def parse_duration(value: object) -> float:
     """A duration in Go's syntax (what Istio accepts) → seconds.
 
@@ -102,6 +110,11 @@ def parse_duration(value: object) -> float:
         if m is None:
             raise FieldError("", f"invalid duration {value!r}: expected {example}")
         total += Decimal(m[1]) * _UNIT_NANOS[m[2]]
+        if total > _MAX_NANOS:
+            # Go's ParseDuration refuses what overflows an int64 of nanoseconds (~292 years)
+            raise FieldError(
+                "", f"invalid duration {_shown(value)}: out of range (at most 2562047h)"
+            )
         pos = m.end()
     if total != int(total):
         raise FieldError("", f"invalid duration {value!r}: finer than a nanosecond")
@@ -148,15 +161,15 @@ def non_empty(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def valid_regex(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    """Check a regex compiles (with Python's `re`; Envoy uses RE2, a subset for routes)."""
+    """Check a regex compiles as Envoy compiles it: RE2, within Envoy's program-size limit
+    (`sail.model.regex.compile_regex`, the function the translation uses), so `sail apply`
+    refuses what Envoy would NACK."""
     if value is None:
         return
-    if not value:
-        raise FieldError(field_key(attribute), "must not be empty")
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise FieldError(field_key(attribute), f"does not compile: {exc}") from None
+        compile_regex(value, field_key(attribute))
+    except InvalidRegex as exc:
+        raise FieldError(field_key(attribute), exc.reason) from None
 
 
 def exactly_one(instance: Any, *names: str, at_most: bool = False) -> None:

@@ -1,14 +1,12 @@
 """Matchers shared by routes and headers: regexes, string, header, query and fraction matchers.
 
-Regexes are compiled here, once, with Python's `re`. Envoy and gRPC use RE2, whose syntax is
-a subset of `re`'s for everything a route needs; the difference is that `re` also accepts
-backreferences and lookarounds that RE2 rejects, so sail may accept a pattern Envoy NACKs.
-The data plane matches with `fullmatch`, as RE2's `FullMatch` does.
+Regexes are compiled here, once, with RE2 (`sail.model.regex`), as Envoy and gRPC do: RE2's
+syntax, no backreferences or lookarounds, and Envoy's program-size limit; what RE2 refuses is
+NACKed with its reason. The data plane matches the whole value, as RE2's `FullMatch` does.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from envoy.type.v3 import percent_pb2
@@ -21,6 +19,8 @@ from sail.model import (
     StringMatcher,
     StringMatchKind,
 )
+from sail.model.regex import InvalidRegex, Regex
+from sail.model.regex import compile_regex as compile_re2
 from sail.xds.codec.validation import Invalid, at, header_safe
 
 __all__ = [
@@ -40,15 +40,13 @@ DENOMINATORS: dict[int, int] = {
 """`FractionalPercent.DenominatorType` enum value → denominator."""
 
 
-def compile_regex(matcher: Any) -> tuple[str, re.Pattern[str]]:
-    """The source and compiled pattern of an Envoy `RegexMatcher`."""
+def compile_regex(matcher: Any) -> tuple[str, Regex]:
+    """The source and compiled RE2 pattern of an Envoy `RegexMatcher`."""
     source = matcher.regex
-    if not source:
-        raise Invalid("regex", "must not be empty")
     try:
-        return source, re.compile(source)
-    except re.error as exc:
-        raise Invalid("regex", f"does not compile: {exc}") from None
+        return source, compile_re2(source, "regex")
+    except InvalidRegex as exc:
+        raise Invalid(exc.field, exc.reason) from None
 
 
 _STRING_KINDS = {

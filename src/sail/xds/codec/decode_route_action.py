@@ -215,7 +215,7 @@ def _check_substitution(substitution: str, groups: int) -> None:
     while i < len(substitution) - 1:
         if substitution[i] == "\\":
             nxt = substitution[i + 1]
-            if nxt.isdigit() and int(nxt) > groups:
+            if nxt in "0123456789" and int(nxt) > groups:
                 raise Invalid(
                     "substitution",
                     f"\\{nxt} refers to a group the pattern does not have (it has {groups})",
