@@ -303,7 +303,11 @@ class Dataplane:
             and action.auto_host_rewrite
         ):
             host = endpoint.hostname
-        return Target(service, result, endpoint, host, cluster, request_hash, runtime.faults)
+        # `tuple.__new__`, not `Target(...)`: the same object without the Python-level
+        # `__new__` a NamedTuple runs.
+        return tuple.__new__(
+            Target, (service, result, endpoint, host, cluster, request_hash, runtime.faults)
+        )
 
 
 def pick(

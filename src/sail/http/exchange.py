@@ -188,7 +188,9 @@ def exchange(
             authority = endpoint.authority
             request.url = _to_endpoint(request, target, endpoint)
             try:
-                result = yield Send(authority, request)
+                # `tuple.__new__`, not `Send(...)`: the same object without the Python-level
+                # `__new__` a NamedTuple runs.
+                result = yield tuple.__new__(Send, (authority, request))
             except BaseException:  # interrupted: the attempt is over all the same
                 call.release(host)
                 call.abandon(authority, time.monotonic())
