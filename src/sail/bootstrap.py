@@ -313,6 +313,24 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_MAX_DEPTH: Final = 64
+
+
+def _too_deep(value: object) -> bool:
+    """Whether objects and arrays in `value` nest more than `_MAX_DEPTH` deep (iteratively, so
+    that checking cannot exhaust the stack that freezing it would)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
 class _Reader:
     """Type-checked access to raw JSON; every error names the source and the field path."""
 
@@ -325,6 +343,13 @@ class _Reader:
     def check(self, value: object, path: str, kind: str) -> Any:
         if not isinstance(value, _KINDS[kind]):
             raise self.error(path, f"expected {kind}, got {_show(value)}")
+        return value
+
+    def free_json(self, obj: Mapping[str, Any], path: str, key: str) -> Mapping[str, Any]:
+        """An optional free-form object (`metadata`, `config`), `{}` when absent."""
+        value = self.get(obj, path, key, "an object") or {}
+        if _too_deep(value):
+            raise self.error(_join(path, key), f"nested more than {_MAX_DEPTH} deep")
         return value
 
     def get(self, obj: Mapping[str, Any], path: str, key: str, kind: str) -> Any:
@@ -350,7 +375,7 @@ def _parse_servers(r: _Reader, value: list[Any], path: str) -> tuple[XdsServer, 
             c_at = f"{at}.channel_creds[{j}]"
             c_obj = r.check(c, c_at, "an object")
             c_type = r.need(c_obj, c_at, "type", "a string")
-            creds.append(ChannelCreds(c_type, r.get(c_obj, c_at, "config", "an object") or {}))
+            creds.append(ChannelCreds(c_type, r.free_json(c_obj, c_at, "config")))
         if not any(c.type in SUPPORTED_CHANNEL_CREDS for c in creds):
             seen = ", ".join(repr(c.type) for c in creds) or "none"
             raise r.error(
@@ -373,7 +398,7 @@ def _parse_node(r: _Reader, obj: Mapping[str, Any]) -> Node:
         id=r.get(obj, "node", "id", "a string") or "",
         cluster=r.get(obj, "node", "cluster", "a string") or "",
         locality=Locality(*parts),
-        metadata=r.get(obj, "node", "metadata", "an object") or {},
+        metadata=r.free_json(obj, "node", "metadata"),
     )
 
 
@@ -394,6 +419,8 @@ def parse_bootstrap(
             ) from None
         except UnicodeDecodeError as e:
             raise BootstrapError(f"{source}: not UTF-8 text: {e.reason}") from None
+        except RecursionError:
+            raise BootstrapError(f"{source}: invalid JSON: nested too deeply") from None
     r = _Reader(source)
     if not isinstance(raw, Mapping):
         raise BootstrapError(f"{source}: expected a JSON object at the top level, got {_show(raw)}")
@@ -408,7 +435,7 @@ def parse_bootstrap(
         at = f"certificate_providers[{name!r}]"
         obj = r.check(value, at, "an object")
         plugin = r.need(obj, at, "plugin_name", "a string")
-        providers[name] = CertificateProvider(plugin, r.get(obj, at, "config", "an object") or {})
+        providers[name] = CertificateProvider(plugin, r.free_json(obj, at, "config"))
 
     authorities = {}
     for name, value in (r.get(top, "", "authorities", "an object") or {}).items():

@@ -42,12 +42,19 @@ def load_file(
     Raises `ConfigError` naming the file when it cannot be read or parsed at all.
     """
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+            yaml.YAMLError) as exc:
+        # Besides YAMLError, PyYAML's constructors raise these for a bad explicit tag
+        # (`!!timestamp 2020-13-45`, `!!bool x`).
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{exc}") from None
     if data is None:

@@ -3,6 +3,7 @@ sail's own thread."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -97,3 +98,84 @@ def test_unknown_mesh_service_routes_nowhere_and_raises(xds: testing.XdsServer) 
         with pytest.raises(sail.NoRoute) as info:
             http.get("http://reviews/elsewhere")
     assert "reviews" in str(info.value) and "/elsewhere" in str(info.value)
+
+
+# -- reproducers found by fuzzing: sail's own error, never another exception ----------------
+
+CLUSTER_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER_URL = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("type.json", '[{"@type": 5}]', "[0].@type: expected a string"),
+        ("nested_type.json",
+         json.dumps([{"@type": LISTENER_URL, "name": "l",
+                      "api_listener": {"api_listener": {"@type": 5}}}]),
+         "api_listener.api_listener.@type: expected a string"),
+        ("inf.yaml", f'- "@type": {CLUSTER_URL}\n  name: c\n  connect_timeout: .inf\n',
+         "connect_timeout: inf is not a finite number"),
+        ("big.json",
+         json.dumps([{"@type": CLUSTER_URL, "name": "c"}])[:-2] + ', "lb_policy": 1e400}]',
+         "lb_policy: inf is not a finite number"),
+        ("deep.json", "[" * 1000 + "]" * 1000, "nested too deeply"),
+        ("deep.yaml", "[" * 1000 + "]" * 1000, "nested too deeply"),
+        ("tag.yaml", "- !!timestamp 2020-13-45\n", "not valid YAML"),
+        ("latin1.yaml", "name: caf\xe9\n", "not UTF-8"),
+    ],
+)
+def test_local_file_crashers_are_config_errors(
+    tmp_path: Path, name: str, text: str, reason: str
+) -> None:
+    from sail.local import load_file
+
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1" if "latin1" in name else "utf-8"))
+    with pytest.raises(sail.ConfigError) as info:
+        load_file(path)
+    assert str(path) in str(info.value) and reason in str(info.value)
+
+
+def test_bootstrap_crashers_are_bootstrap_errors() -> None:
+    from sail.bootstrap import parse_bootstrap
+
+    with pytest.raises(sail.BootstrapError, match="nested too deeply"):
+        parse_bootstrap("[" * 1100, source="b.json")
+    server = {"server_uri": "x:1", "channel_creds": [{"type": "insecure"}]}
+    deep = json.dumps({"xds_servers": [server], "node": {"metadata": _nested(600)}})
+    with pytest.raises(sail.BootstrapError, match=r"b\.json: node\.metadata: nested"):
+        parse_bootstrap(deep, source="b.json")
+
+
+@pytest.mark.parametrize("text", ["[" * 1000, "a: !!timestamp 2020-02-30\n", "!!bool x\n"])
+def test_istio_yaml_crashers_are_istio_errors(text: str) -> None:
+    from sail.registry.istio.errors import IstioConfigError
+    from sail.registry.istio.parse import load_documents
+
+    with pytest.raises(IstioConfigError, match=r"^mesh\.yaml: invalid YAML"):
+        load_documents(text, "mesh.yaml")
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_fault_typed_struct_with_non_finite_number_is_invalid(number: float) -> None:
+    from google.protobuf import any_pb2, struct_pb2
+    from xds.type.v3 import typed_struct_pb2
+
+    from sail.xds.codec.decode_fault import decode_fault_config
+    from sail.xds.codec.extensions import FAULT
+    from sail.xds.codec.validation import Invalid
+
+    value = struct_pb2.Struct()
+    value["x"] = number
+    config = any_pb2.Any()
+    config.Pack(typed_struct_pb2.TypedStruct(type_url=FAULT, value=value))
+    with pytest.raises(Invalid, match="not an HTTPFault"):
+        decode_fault_config(config)

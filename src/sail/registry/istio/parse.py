@@ -86,6 +86,11 @@ def load_documents(text: str, source: str) -> list[IstioObject]:
         documents = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source) from None
+    except RecursionError:
+        raise IstioConfigError("invalid YAML: nested too deeply", source=source) from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for a bad explicit tag (`!!timestamp 2020-13-45`).
+        raise IstioConfigError(f"invalid YAML: {exc!r}", source=source) from None
     objects = []
     for index, document in enumerate(documents):
         if document is None:

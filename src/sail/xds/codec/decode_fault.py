@@ -52,7 +52,8 @@ def decode_fault_config(config: Any) -> FaultPolicy:
         msg = fault_pb2.HTTPFault()
         try:
             json_format.ParseDict(json_format.MessageToDict(struct), msg)
-        except json_format.ParseError as exc:
+        except (json_format.ParseError, ValueError) as exc:
+            # ValueError: a NaN or infinite number, which has no JSON form.
             raise Invalid("value", f"not an HTTPFault: {exc}") from None
     return decode_http_fault(msg)
 

@@ -18,6 +18,7 @@ entries need no `"@type"`. Parsing is strict: an unknown field is an error, repo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,44 @@ from sail.xds.codec.types import (
     resource_type,
 )
 
-__all__ = ["load_resources", "parse_resource"]
+__all__ = ["MAX_DEPTH", "load_resources", "parse_resource"]
+
+MAX_DEPTH = 64
+"""How deep objects and arrays may nest in one resource: deeper than any Envoy resource
+needs, and it keeps the parser's stack bounded."""
+
+
+def _show_type(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_json(data: Mapping[str, Any]) -> str | None:
+    """Why `data` is not plain JSON that protobuf's parser can take, naming the field; or None.
+
+    Iterative, so a deep or self-referencing (YAML alias) value cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any, int]] = [("", data, 1)]
+    while stack:
+        where, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{where}: nested more than {MAX_DEPTH} deep"
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{where or '.'}: key {key!r} is not a string (quote it)"
+                at = f"{where}.{key}" if where else key
+                if key == "@type" and not isinstance(item, str):
+                    return f"{at}: expected a string, got {_show_type(item)}"
+                stack.append((at, item, depth + 1))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                stack.append((f"{where}[{i}]", item, depth + 1))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{where}: {value} is not a finite number"
+        elif value is not None and not isinstance(value, str | int):
+            return f"{where}: a {_show_type(value)} is not a JSON value (quote it)"
+    return None
 
 
 def _name_of(data: Mapping[str, Any]) -> str:
@@ -59,10 +97,13 @@ def parse_resource(type_url_or_short_name: str, data: Mapping[str, Any]) -> Mess
     declared = body.pop("@type", None)
     if declared is not None and declared != rtype.type_url:
         raise ResourceError(rtype.short_name, name, f"@type: {declared!r} is not {rtype.type_url}")
+    problem = _check_json(body)
+    if problem is not None:
+        raise ResourceError(rtype.short_name, name, problem)
     message = rtype.message_class()
     try:
         json_format.ParseDict(body, message)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, ValueError, TypeError, OverflowError) as exc:
         # The first line says what and where; later lines list every field of the message.
         reason = str(exc).split("\n", 1)[0].strip()
         raise ResourceError(rtype.short_name, name, reason) from None
@@ -96,7 +137,9 @@ def _typed_list(entries: Any, where: str) -> list[Message]:
             raise ResourceError("Resource", "", f"{at}: expected an object")
         if "@type" not in entry:
             raise ResourceError("Resource", _name_of(entry), f"{at}.@type: is required")
-        out.append(_located(at, str(entry["@type"]), entry))
+        if not isinstance(entry["@type"], str):
+            raise ResourceError("Resource", _name_of(entry), f"{at}.@type: expected a string")
+        out.append(_located(at, entry["@type"], entry))
     return out
 
 
