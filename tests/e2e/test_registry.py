@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ import pytest
 import sail
 from sail._loop import background_loop
 from sail.bootstrap import parse_bootstrap
+from sail.registry.file_store import FileStore
 from sail.registry.remote import AdminClient
 from sail.registry.server import Registry
+from sail.registry.store import MemoryStore, Store
 from tests.e2e.procs import ROOT, start, stop
 from tests.helpers import free_port, wait_until
 
@@ -28,8 +31,12 @@ TOKEN = "test-token"
 
 
 class RunningRegistry:
-    def __init__(self, port: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, port: int = 0, store_factory: Callable[[], Store] = MemoryStore, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("registration_grace", 0)
+        self.store_factory = store_factory
+        kwargs.setdefault("store", store_factory())
         self.registry = Registry(token=TOKEN, **kwargs)
         self.port = self._run(self.registry.start(f"127.0.0.1:{port}"))
         self.address = f"127.0.0.1:{self.port}"
@@ -62,8 +69,14 @@ class RunningRegistry:
 
 
 @pytest.fixture
-def registry() -> Iterator[RunningRegistry]:
-    running = RunningRegistry()
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningRegistry]:
+    """An in-process registry; parametrized indirectly with "file", a `FileStore` under
+    `tmp_path/state` (`running.store_factory` opens it again), else in memory."""
+    kind = getattr(request, "param", "memory")
+    kwargs: dict[str, Any] = {}
+    if kind == "file":
+        kwargs["store_factory"] = lambda: FileStore(tmp_path / "state")
+    running = RunningRegistry(**kwargs)
     try:
         yield running
     finally:
@@ -253,9 +266,11 @@ def test_graceful_drain_fails_no_request(
     assert hammer.failures == []
 
 
+@pytest.mark.parametrize("registry", ["file", "memory"], indirect=True)
 def test_registry_restart_clients_keep_serving_and_workloads_return(
     reviews: dict[str, subprocess.Popen[bytes]], registry: RunningRegistry
 ) -> None:
+    durable = isinstance(registry.registry.store, FileStore)
     with registry.admin() as admin:
         admin.apply("reviews.yaml", reviews_config({"v1": 100}))
     port = registry.port
@@ -266,12 +281,25 @@ def test_registry_restart_clients_keep_serving_and_workloads_return(
             registry.stop()
             seen = hammer.total()
             wait_until(lambda: hammer.total() > seen + 100)  # served from the last config
-            # The same port again, with an empty memory store: workloads re-register on
-            # their next heartbeat (answered NOT_FOUND) within the registration grace.
-            registry.__init__(port=port, registration_grace=2.5)  # type: ignore[misc]
+            # The same port again, with a new store (the file store reading its file):
+            # workloads re-register on their next heartbeat (answered NOT_FOUND) within
+            # the registration grace.
+            registry.__init__(  # type: ignore[misc]
+                port=port, registration_grace=2.5, store_factory=registry.store_factory)
             wait_until(lambda: len(registry.call(registry.registry.store.workloads)) == 3)
-            # The applied config died with the store: the default route takes all three.
-            wait_until(lambda: len(hammer.counts) == 3, timeout=20)
+            if durable:
+                # The applied config survived: v1 keeps all the traffic, past the grace
+                # and the rebuilds the re-registrations cause.
+                assert "reviews.yaml" in registry.call(registry.registry.store.configs)
+                time.sleep(4)
+                before = dict(hammer.counts)
+                wait_until(lambda: hammer.total() > sum(before.values()) + 200)
+                grown = {k for k, v in hammer.counts.items() if v > before.get(k, 0)}
+                assert grown == {"reviews-v1"}
+            else:
+                # The applied config died with the memory store: the default route takes
+                # all three.
+                wait_until(lambda: len(hammer.counts) == 3, timeout=20)
         finally:
             hammer.stop()
     assert hammer.failures == []

@@ -2,11 +2,12 @@
 
 * `sail registry [--config PATH ...] [--address HOST:PORT]
   [--envoy-listener HOST:PORT | --no-envoy-listeners]
-  [--store memory|etcd://HOST:PORT[/PREFIX]] [--server-listener-template TEMPLATE]` - run
-  the control plane (token from `--token` or `$SAIL_REGISTRY_TOKEN`), keeping workloads and
-  applied config in memory (the default) or in etcd. Envoy clients get a loopback port
-  listener per service port (`127.0.0.1:9080`), or the one `--envoy-listener` names, or
-  none with `--no-envoy-listeners`.
+  [--store file:///PATH|memory|etcd://HOST:PORT[/PREFIX]] [--state-dir DIR]
+  [--server-listener-template TEMPLATE]` - run the control plane (token from `--token` or
+  `$SAIL_REGISTRY_TOKEN`), keeping applied config across restarts in `--state-dir` (the
+  default store; `$XDG_STATE_HOME/sail/registry-PORT`), in memory only, or in etcd.
+  Envoy clients get a loopback port listener per service port (`127.0.0.1:9080`), or the
+  one `--envoy-listener` names, or none with `--no-envoy-listeners`.
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
   `127.0.0.1:15010`).
@@ -121,8 +122,19 @@ def _run_registry(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")
 
+    url = args.store
+    if url is None:
+        from sail.registry.file_store import default_state_dir
+
+        state_dir = args.state_dir or str(default_state_dir(
+            int(args.address.rpartition(":")[2] or 0)
+            if args.address.rpartition(":")[2].isdigit() else 0))
+        url = "file://" + os.path.abspath(state_dir)
+    elif args.state_dir is not None:
+        raise SystemExit("sail registry: --state-dir is for the default store; "
+                         "with --store, give file:///PATH instead")
     try:
-        store = open_store(args.store)
+        store = open_store(url)
     except ValueError as exc:
         raise SystemExit(f"sail registry: --store: {exc}") from None
 
@@ -213,9 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--no-envoy-listeners", action="store_true",
                        help="serve Envoy clients no port listeners (by default each service "
                             "port gets one on 127.0.0.1)")
-    registry.add_argument("--store", default="memory", metavar="URL",
-                          help="where workloads and applied config live: 'memory' (default) "
-                               "or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix /sail/)")
+    registry.add_argument("--store", default=None, metavar="URL",
+                          help="where applied config lives: file:///DIR (the default, DIR "
+                               "being --state-dir), 'memory' (lost at exit) or "
+                               "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix /sail/)")
+    registry.add_argument("--state-dir", default=None, metavar="DIR",
+                          help="the default store's directory (default: "
+                               "$XDG_STATE_HOME/sail/registry-PORT, $XDG_STATE_HOME "
+                               "defaulting to ~/.local/state)")
     registry.add_argument("--server-listener-template", default=DEFAULT_SERVER_LISTENER_TEMPLATE,
                           metavar="TEMPLATE",
                           help="the names of xDS-enabled gRPC servers' Listeners, %%s being "
