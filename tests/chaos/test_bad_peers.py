@@ -5,6 +5,7 @@ served by a thread of this test that does exactly one bad thing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -100,6 +101,41 @@ def good(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
+class Blackhole:
+    """A port on 127.0.0.1 whose SYNs go unanswered: a listening socket that never
+    accepts, its backlog filled, so the kernel drops new SYNs (as for a host that is gone
+    from the network). `connect()` hangs until the caller's own timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        for _ in range(16):
+            probe = socket.socket()
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", self.port))
+            except TimeoutError:
+                probe.close()
+                return  # full: SYNs are dropped now
+            self.held.append(probe)
+        raise AssertionError("the backlog never filled")
+
+    def close(self) -> None:
+        for probe in self.held:
+            probe.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    yield hole
+    hole.close()
+
+
 @pytest.fixture
 def peers() -> Iterator[Callable[[Behaviour], Peer]]:
     made: list[Peer] = []
@@ -114,11 +150,13 @@ def peers() -> Iterator[Callable[[Behaviour], Peer]]:
         peer.close()
 
 
-def mesh_for(tmp_path: Path, ports: list[int], **route: Any) -> sail.Mesh:
+def mesh_for(
+    tmp_path: Path, ports: list[int], cluster: dict[str, Any] | None = None, **route: Any
+) -> sail.Mesh:
     resources = [
         testing.api_listener("svc", routes=testing.route_config(
             "svc", [testing.route("svc", **route)])),
-        testing.eds_cluster("svc"),
+        testing.eds_cluster("svc", **(cluster or {})),
         testing.load_assignment("svc", [("127.0.0.1", p) for p in ports]),
     ]
     path = tmp_path / "mesh.json"
@@ -199,3 +237,61 @@ def test_a_body_cut_off_is_an_error_for_the_caller(
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("http://svc/x")
         assert cluster(mesh).limits.active == 0  # the attempt's counters were given back
+
+
+def test_a_cut_off_body_is_a_local_origin_failure_and_ejects_by_default(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad = peers(cut_body)
+    with mesh_for(tmp_path, [bad.port]) as mesh, mesh.client() as client:
+        for _ in range(4):
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.get("http://svc/x")
+        assert cluster(mesh).ejected == frozenset()  # the headers said 200 each time
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("http://svc/x")
+        # the fifth cut-off body in a row is the default accrual's fifth failure
+        assert cluster(mesh).ejected == {f"127.0.0.1:{bad.port}"}
+
+
+def test_a_cut_off_body_read_by_the_async_client_counts_too(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad = peers(cut_body)
+
+    async def five(mesh: sail.Mesh) -> None:
+        async with mesh.async_client() as client:
+            for _ in range(5):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.get("http://svc/x")
+
+    with mesh_for(tmp_path, [bad.port]) as mesh:
+        asyncio.run(five(mesh))
+        assert cluster(mesh).ejected == {f"127.0.0.1:{bad.port}"}
+        assert cluster(mesh).limits.active == 0
+
+
+def test_an_endpoint_that_drops_syns_fails_at_the_default_connect_timeout(
+    blackhole: Blackhole, tmp_path: Path
+) -> None:
+    # The route's 3 s deadline is under httpx's own 5 s connect timeout: without the
+    # cluster's 1 s default both attempts would wait and the call end at its deadline.
+    with mesh_for(tmp_path, [blackhole.port], timeout="3s") as mesh, mesh.client() as client:
+        with pytest.raises(httpx.ConnectTimeout) as caught:
+            client.get("http://svc/x")
+    assert not isinstance(caught.value, sail.DeadlineExceeded)
+    notes = getattr(caught.value, "__notes__", [])
+    assert any("after 2 attempt(s)" in n for n in notes), notes  # connect failures retry
+
+
+def test_a_cluster_connect_timeout_moves_a_call_to_a_live_endpoint(
+    blackhole: Blackhole, peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    ok = peers(good)
+    ports = [blackhole.port, ok.port]
+    with mesh_for(tmp_path, ports, {"connect_timeout": "0.2s"}, timeout="3s") as mesh:
+        with mesh.client() as client:
+            replies = [client.get("http://svc/x") for _ in range(4)]
+    assert [r.status_code for r in replies] == [200] * 4
+    firsts = [r.extensions["sail"].attempts[0] for r in replies if r.extensions["sail"].retried]
+    assert firsts and all(a.outcome.reason == "connect-failure" for a in firsts)

@@ -181,7 +181,7 @@ def exchange(
     endpoint = target.endpoint
     cluster = target.cluster
     assert endpoint is not None and cluster is not None
-    timeouts = request.extensions.get("timeout")
+    timeouts = _connect_capped(request, cluster)
     try:
         while True:
             host = _begin(call, request, timeouts, cluster, endpoint)
@@ -204,6 +204,7 @@ def exchange(
                         result.stream,  # type: ignore[arg-type]
                         call,
                         host,
+                        authority,
                     )
                     _finish(result, target, call)
                     return result
@@ -251,6 +252,7 @@ def _hedged(call: Call, target: Target, request: httpx.Request) -> Flow:
                     response.stream,  # type: ignore[arg-type]
                     call,
                     verdict.host,
+                    verdict.endpoint.authority,
                 )
                 _finish(response, target, call)
                 return response
@@ -316,7 +318,7 @@ class Hedge:
         self.target = target
         self.cluster = target.cluster
         self.request = request
-        self.timeouts = request.extensions.get("timeout")
+        self.timeouts = _connect_capped(request, self.cluster)
         self.pending = 0
         self.hedge_at = math.inf
         self.kept: Launched | None = None
@@ -558,6 +560,19 @@ def _replayable(request: httpx.Request) -> Callable[[], bool]:
     return replayable
 
 
+def _connect_capped(request: httpx.Request, cluster: ClusterRuntime) -> object:
+    """The request's httpx timeouts with `connect` capped by the cluster's
+    `connect_timeout` (set on the request too): what each attempt's timeouts start from."""
+    timeouts = request.extensions.get("timeout")
+    if isinstance(timeouts, dict):
+        connect = cluster.cluster.connect_timeout
+        current = timeouts.get("connect")
+        if current is None or current > connect:
+            timeouts = {**timeouts, "connect": connect}
+            request.extensions["timeout"] = timeouts
+    return timeouts
+
+
 def _begin(
     call: Call, request: httpx.Request, timeouts: object, cluster: ClusterRuntime,
     endpoint: Endpoint,
@@ -690,20 +705,39 @@ def _finish(response: httpx.Response, target: Target, call: Call) -> None:
 
 class Releasing(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A response body that ends its attempt's share of the circuit counters when closed,
-    for the sync and the async transport alike (each uses its own half)."""
+    for the sync and the async transport alike (each uses its own half), and tells the
+    outlier detector when it is cut off (`Call.cut_off`): a reset or a read timeout while
+    it is read."""
 
-    __slots__ = ("_call", "_host", "_stream")
+    __slots__ = ("_authority", "_call", "_host", "_stream")
 
-    def __init__(self, stream: httpx.SyncByteStream, call: Call, host: HostStats) -> None:
+    def __init__(
+        self, stream: httpx.SyncByteStream, call: Call, host: HostStats, authority: str
+    ) -> None:
         self._stream = stream
         self._call: Call | None = call
         self._host = host
+        self._authority = authority
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._stream)  # no generator of our own between httpx and the body
+        try:
+            yield from self._stream
+        except httpx.TransportError as exc:
+            self._cut_off(exc)
+            raise
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._stream.__aiter__()  # type: ignore[attr-defined,no-any-return]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:  # type: ignore[attr-defined]
+                yield chunk
+        except httpx.TransportError as exc:
+            self._cut_off(exc)
+            raise
+
+    def _cut_off(self, exc: httpx.TransportError) -> None:
+        call = self._call
+        if call is not None and _local_outcome(exc) is not None:
+            call.cut_off(self._authority)
 
     def close(self) -> None:
         call, self._call = self._call, None

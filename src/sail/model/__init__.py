@@ -5,7 +5,7 @@ Nothing here knows protobuf; `sail.xds` converts in both directions.
 
 from __future__ import annotations
 
-from sail.model.cluster import Cluster, DiscoveryType, LbPolicy
+from sail.model.cluster import DEFAULT_CONNECT_TIMEOUT, Cluster, DiscoveryType, LbPolicy
 from sail.model.endpoint import (
     ClusterLoadAssignment,
     Endpoint,
@@ -65,6 +65,7 @@ from sail.model.route import (
 from sail.model.snapshot import MeshSnapshot
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "CidrRange",
     "CircuitBreakers",
     "Cluster",

@@ -263,6 +263,12 @@ class Call:
             return True
         return False
 
+    def cut_off(self, endpoint: str) -> None:
+        """The response of the attempt to `endpoint`, already ended as answered, lost its
+        body mid-way: tell the outlier detector (`OutlierDetector.put_cut_off`)."""
+        if self.outlier is not None:
+            self.outlier.put_cut_off(endpoint)
+
     def release(self, host: HostStats | None = None) -> None:
         """An attempt is over (its response closed or dropped); `host` as given to
         `begin`."""

@@ -222,6 +222,7 @@ class _Host:
         "consecutive_5xx",
         "consecutive_gateway",
         "consecutive_local",
+        "consecutive_local_before",
         "ejected",
         "ejected_at",
         "ejected_for",
@@ -243,6 +244,7 @@ class _Host:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
         self.consecutive_local = 0
+        self.consecutive_local_before = 0  # the run the last local success ended
         # The bucket being written, and the one of the interval last ended (Envoy's two).
         self.ext_total = self.ext_success = 0
         self.local_total = self.local_success = 0
@@ -423,7 +425,29 @@ class OutlierDetector:
             return
         h.local_total += 1
         h.local_success += 1
+        h.consecutive_local_before = h.consecutive_local
         h.consecutive_local = 0
+
+    def put_cut_off(self, host: str) -> None:
+        """The response from `host` ended before its body did (a reset, a read timeout):
+        the attempt failed after its headers were reported as a success. With the split,
+        the local-origin success they reported becomes a failure and the run of
+        consecutive local-origin failures it broke goes on (so a host that cuts every body
+        is ejected as one that resets every connection is); without it, a 503, as Envoy
+        reports a reset. Envoy's router reports a reset after the headers as a local-origin
+        failure on top of the success, which breaks the run; sail counts the attempt once."""
+        h = self._hosts.get(host)
+        if h is None:
+            return
+        if not self._split:
+            self.put_http_status(host, 503)
+            return
+        if h.local_success > 0:
+            h.local_success -= 1
+        h.consecutive_local = h.consecutive_local_before + 1
+        h.consecutive_local_before = 0
+        if h.consecutive_local == self._consecutive_local:
+            self._on_consecutive(h, EjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
 
     def _on_consecutive(self, h: _Host, kind: EjectionType) -> None:
         """A consecutive-error threshold was reached (Envoy's `onConsecutiveErrorWorker`)."""

@@ -10,6 +10,7 @@ import pytest
 
 from sail.errors import NoRoute
 from sail.model import (
+    DEFAULT_CONNECT_TIMEOUT,
     CircuitBreakers,
     Cluster,
     ClusterWeight,
@@ -35,6 +36,7 @@ from sail.registry.translate import FAULT_FILTER, ROUTER_FILTER, Resources, tran
 from sail.resilience.limits import DEFAULT_BUDGET
 from sail.resilience.outlier import DEFAULT_ACCRUAL
 from sail.routing import Router
+from sail.xds.codec.encode import encode_cluster
 from sail.xds.codec.types import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -321,6 +323,9 @@ def test_cluster_names_and_policies() -> None:
     assert cluster(resources, "outbound|9080|v1|reviews").lb_policy == LbPolicy("random")
     ratings = cluster(resources, "outbound|9090|v1|ratings")
     assert ratings.connect_timeout == 0.25
+    # no connectTimeout: sail's 1 s, written on the wire so that Envoy uses it too
+    served = encode_cluster(cluster(resources, "outbound|9080||reviews"))
+    assert served.connect_timeout.ToTimedelta().total_seconds() == DEFAULT_CONNECT_TIMEOUT == 1
     assert ratings.circuit_breakers == CircuitBreakers(
         (
             Thresholds(

@@ -213,6 +213,33 @@ def test_split_connect_success_resets_the_local_count() -> None:
     assert h.enforced(EjectionType.CONSECUTIVE_5XX) == 1
 
 
+def test_split_a_cut_off_body_turns_its_success_into_a_failure_of_the_run() -> None:
+    h = Harness(split_external_local_origin_errors=True)
+    h.result(A, Result.LOCAL_ORIGIN_CONNECT_FAILED, 2)
+    for _ in range(2):  # headers (a success that resets the run), then the body is cut
+        h.result(A, Result.LOCAL_ORIGIN_CONNECT_SUCCESS)
+        h.status(A, 200)
+        h.det.put_cut_off(A)
+    assert h.ejected == frozenset()
+    h.result(A, Result.LOCAL_ORIGIN_CONNECT_SUCCESS)
+    h.det.put_cut_off(A)  # the fifth local-origin failure in a row
+    assert h.ejected == {A}
+    assert h.enforced(EjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE) == 1
+
+
+def test_a_cut_off_body_is_a_503_without_the_split() -> None:
+    h = Harness()
+    for _ in range(4):
+        h.status(A, 200)
+        h.det.put_cut_off(A)
+    assert h.ejected == frozenset()  # each 200 broke the run of 5xx
+    h.det.put_cut_off(A)
+    h.status(A, 503, 3)
+    h.det.put_cut_off(A)
+    assert h.ejected == {A}
+    assert h.enforced(EjectionType.CONSECUTIVE_5XX) == 1
+
+
 def test_split_local_threshold_and_enforcement() -> None:
     h = Harness(
         split_external_local_origin_errors=True,

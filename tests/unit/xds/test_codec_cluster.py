@@ -73,7 +73,7 @@ def test_eds_cluster_with_defaults() -> None:
     cluster = decode(eds())
     assert cluster == Cluster("reviews")
     assert cluster.eds_name == "reviews"
-    assert cluster.connect_timeout == 5.0
+    assert cluster.connect_timeout == 1.0
     assert cluster.healthy_panic_threshold == 50.0
 
 

@@ -20,7 +20,8 @@ Traffic policy:
   outlier detection on, Istio turns the panic threshold off unless it is set.
 * Defaults, written out so that Envoy applies what sail applies (`with_defaults`):
   without `outlierDetection`, sail's failure accrual; without `maxRetries`, the default
-  retry budget.
+  retry budget; without `tcp.connectTimeout`, sail's 1 s connect timeout (the model's
+  default, which the encoder always writes).
 
 Load assignments group endpoints by locality, sorted. A locality's weight is the sum of the
 weights of its endpoints that take traffic, and at least 1: a gRPC client drops a locality
