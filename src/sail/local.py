@@ -8,8 +8,11 @@ decoders as xDS, so a file is validated exactly as a server's response would be.
 The file is polled for changes (once a second by default) and re-read once a change has
 held still for one interval (so a half-written file is never read). A reload with errors
 keeps the last good version of each bad resource and uses the good ones, like a partial
-NACK, and the errors are logged naming the file and the resource; a reload that finds no
-resources at all keeps the last good config.
+NACK, and the errors are logged naming the file and the resource (an entry that does not
+parse at all is one bad resource too, named by its `name` or its place, `[3]`); a reload
+that finds no resources at all keeps the last good config. The first load refuses a file
+with any error (`ConfigError`), as Envoy refuses to start on a bad static config: there
+is no last good version to keep.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from typing import Any
 import yaml
 
 from sail.errors import ConfigError, ResourceError
-from sail.xds.codec.envoy_json import load_resources
-from sail.xds.codec.extensions import type_url_of
+from sail.xds.codec.envoy_json import load_entries
 from sail.xds.codec.types import RESOURCE_TYPES, resource_name
 
 __all__ = ["LocalConfig", "load_file"]
@@ -60,17 +62,18 @@ def load_file(
     if data is None:
         data = []
     try:
-        messages = load_resources(data)
+        entries = load_entries(data)
     except ResourceError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     resources: dict[str, dict[str, Any]] = {t: {} for t in RESOURCE_TYPES}
     errors: dict[tuple[str, str], str] = {}
-    for message in messages:
-        type_url = type_url_of(message)
-        rtype = RESOURCE_TYPES[type_url]
-        name = resource_name(message)
+    for type_url, entry_name, parsed in entries:
+        if isinstance(parsed, ResourceError):
+            errors[(type_url, entry_name)] = f"{path}: {parsed}"
+            continue
+        name = resource_name(parsed)
         try:
-            resources[type_url][name] = rtype.decode(message)
+            resources[type_url][name] = RESOURCE_TYPES[type_url].decode(parsed)
         except ResourceError as exc:
             errors[(type_url, name)] = f"{path}: {exc}"
     return resources, errors

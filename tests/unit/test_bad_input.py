@@ -139,9 +139,50 @@ def test_local_file_crashers_are_config_errors(
 
     path = tmp_path / name
     path.write_bytes(text.encode("latin-1" if "latin1" in name else "utf-8"))
-    with pytest.raises(sail.ConfigError) as info:
-        load_file(path)
-    assert str(path) in str(info.value) and reason in str(info.value)
+    try:
+        _, errors = load_file(path)
+    except sail.ConfigError as exc:  # the file as a whole
+        message = str(exc)
+    else:  # one entry: named, the others kept (the next test)
+        assert len(errors) == 1, errors
+        [message] = errors.values()
+    assert str(path) in message and reason in message
+
+
+def test_a_local_file_with_one_bad_entry_keeps_the_good_ones(tmp_path: Path) -> None:
+    from sail.local import load_file
+
+    good = [testing.eds_cluster("a"), testing.eds_cluster("b")]
+    entries = [good[0], {"@type": 5, "name": "typo"}, "not an object",
+               {"@type": CLUSTER_URL, "name": "c", "lb_policy": "NOPE"},
+               {"@type": CLUSTER_URL, "name": "d", "connect_timeout": 1e400}, good[1]]
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps(entries).replace("Infinity", "1e400"))
+    resources, errors = load_file(path)
+    assert sorted(resources[CLUSTER_URL]) == ["a", "b"]
+    assert sorted(errors) == [("", "[2]"), ("", "typo"), (CLUSTER_URL, "c"), (CLUSTER_URL, "d")]
+    assert "[1].@type: expected a string" in errors[("", "typo")]
+    assert "[2]: expected an object" in errors[("", "[2]")]
+    assert "[3]" in errors[(CLUSTER_URL, "c")] and "lb_policy" in errors[(CLUSTER_URL, "c")]
+    assert "connect_timeout: inf is not a finite number" in errors[(CLUSTER_URL, "d")]
+
+
+def test_a_reload_with_a_bad_entry_keeps_the_others_and_reports_it(tmp_path: Path) -> None:
+    listener = testing.api_listener("svc", routes=testing.route_config(
+        "svc", [testing.route("svc")]))
+    others = [testing.eds_cluster("svc"), testing.load_assignment("svc", [("127.0.0.1", 1)])]
+    path = tmp_path / "mesh.json"
+    path.write_text(json.dumps([listener, *others]))
+    with sail.Mesh.local(path, poll_interval=0) as mesh:
+        assert mesh.is_mesh_host("svc", "svc")
+        moved = testing.api_listener("svc", routes=testing.route_config(
+            "svc", [testing.route("new")]))
+        path.write_text(json.dumps([moved, *others, testing.eds_cluster("new"),
+                                    {"@type": 5, "name": "typo"}]))
+        mesh._source.config.reload()
+        assert set(mesh.snapshot.clusters) == {"new"}  # the good entries were taken
+        [nack] = mesh.status().nacks
+        assert nack.name == "typo" and "@type: expected a string" in nack.reason
 
 
 def test_bootstrap_crashers_are_bootstrap_errors() -> None:

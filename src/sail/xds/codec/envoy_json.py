@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 
@@ -34,7 +34,7 @@ from sail.xds.codec.types import (
     resource_type,
 )
 
-__all__ = ["MAX_DEPTH", "load_resources", "parse_resource"]
+__all__ = ["MAX_DEPTH", "Entry", "load_entries", "load_resources", "parse_resource"]
 
 MAX_DEPTH = 64
 """How deep objects and arrays may nest in one resource: deeper than any Envoy resource
@@ -111,7 +111,30 @@ def parse_resource(type_url_or_short_name: str, data: Mapping[str, Any]) -> Mess
 
 
 def load_resources(data: Mapping[str, Any] | Sequence[Any]) -> list[Message]:
-    """Parse every resource of a document; see the module docstring for the shapes."""
+    """Parse every resource of a document; see the module docstring for the shapes. Raises
+    `ResourceError` for the first entry that does not parse."""
+    out = []
+    for entry in load_entries(data):
+        if isinstance(entry.parsed, ResourceError):
+            raise entry.parsed
+        out.append(entry.parsed)
+    return out
+
+
+class Entry(NamedTuple):
+    """One entry of a document: its type URL (`""` when it names none sail knows), its
+    name (for a bad entry without one, its place in the document: `[3]`), and the
+    message, or why it does not parse."""
+
+    type_url: str
+    name: str
+    parsed: Message | ResourceError
+
+
+def load_entries(data: Mapping[str, Any] | Sequence[Any]) -> list[Entry]:
+    """`load_resources`, entry by entry: a bad entry is an `Entry` whose `parsed` is its
+    `ResourceError`, and the others still parse (as a partly bad xDS response is taken).
+    Raises `ResourceError` only when the document as a whole has none of the shapes."""
     if isinstance(data, Mapping):
         if "resources" in data:
             return _typed_list(data["resources"], "resources")
@@ -127,23 +150,24 @@ def load_resources(data: Mapping[str, Any] | Sequence[Any]) -> list[Message]:
     )
 
 
-def _typed_list(entries: Any, where: str) -> list[Message]:
+def _typed_list(entries: Any, where: str) -> list[Entry]:
     if not isinstance(entries, Sequence) or isinstance(entries, str | bytes):
         raise ResourceError("Resource", "", f"{where or 'resources'}: expected a list")
     out = []
     for i, entry in enumerate(entries):
         at = f"{where}[{i}]"
         if not isinstance(entry, Mapping):
-            raise ResourceError("Resource", "", f"{at}: expected an object")
-        if "@type" not in entry:
-            raise ResourceError("Resource", _name_of(entry), f"{at}.@type: is required")
-        if not isinstance(entry["@type"], str):
-            raise ResourceError("Resource", _name_of(entry), f"{at}.@type: expected a string")
-        out.append(_located(at, entry["@type"], entry))
+            out.append(_bad("", at, "", f"{at}: expected an object"))
+        elif "@type" not in entry:
+            out.append(_bad("", at, _name_of(entry), f"{at}.@type: is required"))
+        elif not isinstance(entry["@type"], str):
+            out.append(_bad("", at, _name_of(entry), f"{at}.@type: expected a string"))
+        else:
+            out.append(_located(at, entry["@type"], entry))
     return out
 
 
-def _bootstrap(static: Any) -> list[Message]:
+def _bootstrap(static: Any) -> list[Entry]:
     if not isinstance(static, Mapping):
         raise ResourceError("Resource", "", "static_resources: expected an object")
     out = []
@@ -154,14 +178,26 @@ def _bootstrap(static: Any) -> list[Message]:
         for i, entry in enumerate(entries):
             at = f"static_resources.{key}[{i}]"
             if not isinstance(entry, Mapping):
-                raise ResourceError("Resource", "", f"{at}: expected an object")
-            out.append(_located(at, type_url, entry))
+                out.append(_bad(type_url, at, "", f"{at}: expected an object"))
+            else:
+                out.append(_located(at, type_url, entry))
     return out
 
 
-def _located(at: str, type_url: str, entry: Mapping[str, Any]) -> Message:
-    """`parse_resource`, with the entry's place in the document added to any error."""
+def _bad(type_url: str, at: str, name: str, reason: str) -> Entry:
+    rtype = RESOURCE_TYPES.get(type_url)
+    return Entry(type_url, name or at, ResourceError(
+        rtype.short_name if rtype is not None else "Resource", name, reason
+    ))
+
+
+def _located(at: str, type_url: str, entry: Mapping[str, Any]) -> Entry:
+    """`parse_resource` as an `Entry`, with the entry's place in the document added to any
+    error."""
+    rtype = resource_type(type_url)
+    known = rtype.type_url if rtype is not None else ""
     try:
-        return parse_resource(type_url, entry)
+        return Entry(known, _name_of(entry), parse_resource(type_url, entry))
     except ResourceError as exc:
-        raise ResourceError(exc.type_name, exc.name, f"{at}: {exc.reason}") from None
+        error = ResourceError(exc.type_name, exc.name, f"{at}: {exc.reason}")
+        return Entry(known, exc.name or at, error)
