@@ -128,7 +128,7 @@ class _LocalSource:
     def _errors(self) -> dict[tuple[str, str], str]:
         """The file's per-resource errors (by type URL and name) at its last good load."""
         errors = self.config.errors if self._made else {}
-        return {k: v for k, v in errors.items() if k[0]}
+        return {k: v for k, v in errors.items() if k != ("", "")}  # not the file's own
 
     def _apply(self, resources: Mapping[str, Mapping[str, Any]]) -> None:
         """A (re)load of the file (on `LocalConfig`'s thread, which set its errors first)."""
