@@ -196,8 +196,15 @@ class Call:
         self.attempts.append(attempt)
         if self.observer is not None:
             self._ended(attempt, token, now)
-        if self.outlier is not None:
-            _report(self.outlier, endpoint, outcome)
+        outlier = self.outlier
+        if outlier is not None:
+            if outcome.local is None:  # one call for the common case: an answer
+                grpc = outcome.grpc_status
+                outlier.put_response(
+                    endpoint, outcome.status if grpc is None else grpc_to_http_status(grpc)
+                )
+            else:
+                _report_local(outlier, endpoint, outcome.local)
         limits = self.limits
         was_retry = self.retries_held > 0
         if was_retry:  # a retry is counted from its attempt's start until it ends
@@ -303,14 +310,10 @@ class Call:
         return f"{what} after {len(self.attempts)} attempt(s): {tried}"
 
 
-def _report(outlier: OutlierDetector, host: str, outcome: Outcome) -> None:
-    """Tell the outlier detector how an attempt ended, as Envoy's router does."""
-    local = outcome.local
-    if local is None:
-        outlier.put_result(host, Result.LOCAL_ORIGIN_CONNECT_SUCCESS)
-        grpc = outcome.grpc_status
-        outlier.put_http_status(host, outcome.status if grpc is None else grpc_to_http_status(grpc))
-    elif local is Local.TIMEOUT:
+def _report_local(outlier: OutlierDetector, host: str, local: Local) -> None:
+    """Tell the outlier detector of an attempt that got no answer, as Envoy's router does
+    (an answer is `OutlierDetector.put_response`)."""
+    if local is Local.TIMEOUT:
         outlier.put_result(host, Result.LOCAL_ORIGIN_TIMEOUT)
     else:
         outlier.put_result(host, Result.LOCAL_ORIGIN_CONNECT_FAILED)

@@ -386,6 +386,26 @@ class OutlierDetector:
             h.consecutive_5xx = 0
             h.consecutive_gateway = 0
 
+    def put_response(self, host: str, status: int) -> None:
+        """A response with `status` came from `host`: what Envoy's router reports as
+        `LOCAL_ORIGIN_CONNECT_SUCCESS` and then `putHttpResponseCode`, in one call (this is
+        every request's report)."""
+        h = self._hosts.get(host)
+        if h is None:
+            return
+        if self._split:
+            h.local_total += 1
+            h.local_success += 1
+            h.consecutive_local_before = h.consecutive_local
+            h.consecutive_local = 0
+        if status >= 500:
+            self.put_http_status(host, status)
+            return
+        h.ext_total += 1
+        h.ext_success += 1
+        h.consecutive_5xx = 0
+        h.consecutive_gateway = 0
+
     def put_result(self, host: str, result: Result, status: int | None = None) -> None:
         """A connection-level or non-HTTP result from `host` (Envoy's `putResult`).
 

@@ -769,3 +769,28 @@ def test_sparse_ticks_decide_as_a_tick_every_interval(
             apply(sparse, sparse_clock, op)
         sparse.maybe_tick(sparse_clock.t)
         assert sparse.ejected == dense.ejected
+
+
+@settings(max_examples=200, deadline=None)
+@given(config=configs, script=scripts, seed=st.integers(0, 1000))
+def test_put_response_is_a_connect_success_then_the_status(
+    config: OutlierDetection, script: list[tuple[str, int, Any]], seed: int
+) -> None:
+    """`put_response`, the one call per answered request, decides as Envoy's two reports
+    (`LOCAL_ORIGIN_CONNECT_SUCCESS`, then the status) do."""
+    one_clock, two_clock = Clock(), Clock()
+    one = OutlierDetector(config, HOSTS, clock=one_clock, rand=random.Random(seed).random)
+    two = OutlierDetector(config, HOSTS, clock=two_clock, rand=random.Random(seed).random)
+    for kind, a, b in script:
+        if kind in ("status", "many"):
+            for _ in range(10 if kind == "many" else 1):
+                one.put_response(HOSTS[a], b)
+                two.put_result(HOSTS[a], Result.LOCAL_ORIGIN_CONNECT_SUCCESS)
+                two.put_http_status(HOSTS[a], b)
+        else:
+            apply(one, one_clock, (kind, a, b))
+            apply(two, two_clock, (kind, a, b))
+        one.maybe_tick(one_clock.t)
+        two.maybe_tick(two_clock.t)
+        assert one.ejected == two.ejected
+    assert all(getattr(one.stats, k) == getattr(two.stats, k) for k in one.stats.__slots__)
