@@ -25,7 +25,9 @@ MAX_PROGRAM_SIZE = 100
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # RE2 would log each refused pattern to stderr
-_ANCHOR_BOTH = re2._Anchor.ANCHOR_BOTH
+# RE2's own Match on UTF-8 bytes, under the wrapper (see `Regex.__init__`); private names
+# of google-re2, so a release without them falls back to the public `fullmatch`.
+_ANCHOR_BOTH = getattr(getattr(re2, "_Anchor", None), "ANCHOR_BOTH", None)
 _NO_MATCH = (-1, -1)
 
 
@@ -69,14 +71,18 @@ class Regex:
         self._compiled = compiled
         # The wrapper's `fullmatch` decodes every span back to str offsets (about 4 us per
         # call); a yes/no full match needs only RE2's own Match on the UTF-8 bytes (~0.7 us).
-        self._raw = compiled._regexp.Match
+        regexp = getattr(compiled, "_regexp", None)
+        self._raw = regexp.Match if regexp is not None and _ANCHOR_BOTH is not None else None
         self.groups: int = compiled.groups
         self.program_size: int = compiled.programsize
 
     def matches(self, text: str) -> bool:
         """Whether the whole of `text` matches (RE2 `FullMatch`)."""
+        raw = self._raw
+        if raw is None:
+            return self._compiled.fullmatch(text) is not None
         data = text.encode()
-        return bool(self._raw(_ANCHOR_BOTH, data, 0, len(data))[0] != _NO_MATCH)
+        return bool(raw(_ANCHOR_BOTH, data, 0, len(data))[0] != _NO_MATCH)
 
     def search(self, text: str, pos: int = 0) -> RegexMatch | None:
         """The first match in `text` at or after `pos` (str offsets)."""

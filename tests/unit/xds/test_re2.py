@@ -215,3 +215,17 @@ def test_istio_duration_of_400_digits_is_refused_naming_the_field() -> None:
         load_documents(text, "mesh.yaml")
     assert info.value.field == "spec.http[0].timeout"
     assert "out of range" in str(info.value)
+
+
+def test_the_public_fullmatch_fallback_decides_as_the_fast_path() -> None:
+    """Without google-re2's private `Match` (a release that renames it), `matches` falls
+    back to the public `fullmatch`, with the same answers."""
+    from sail.model.regex import compile_regex
+
+    for pattern, texts in [("^(a+)+$", ["a" * 100, "a" * 100 + "b", ""]),
+                           ("v[0-9]+", ["v1", "v12x", "xv1"]), ("é.", ["éa", "é", "aé"])]:
+        fast = compile_regex(pattern)
+        slow = compile_regex(pattern)
+        slow._raw = None
+        for text in texts:
+            assert fast.matches(text) == slow.matches(text), (pattern, text)
