@@ -138,6 +138,8 @@ def _decode_request(data: bytes) -> Any:
         return decode(data) if data else {}
     except ValueError as exc:
         return _BadBody(str(exc))
+    except RecursionError:
+        return _BadBody("nested too deeply")
 
 
 class RegistryApi:

@@ -194,6 +194,7 @@ def test_register_names_the_invalid_field(server, change, message):
     ("body", "message"),
     [
         (b"{not json", "Heartbeat: body is not JSON"),
+        (b"[" * 100_000, "Heartbeat: body is not JSON: nested too deeply"),
         (b"[1, 2]", "Heartbeat: body must be a JSON object"),
         (b"{}", "Heartbeat: missing required field 'lease_id'"),
     ],
