@@ -225,15 +225,18 @@ class Mesh:
         arguments go to `sail.xds.client.AdsClient` (e.g. `does_not_exist_timeout`).
 
         `register=True` registers `@mesh.service` workloads with the `sail registry` at the
-        bootstrap's first xDS server (token from `$SAIL_REGISTRY_TOKEN`), through a
-        `sail.registry.remote.RemoteRegistrar`; pass `registrar` for anything else.
+        bootstrap's xDS servers (token from `$SAIL_REGISTRY_TOKEN`), through a
+        `sail.registry.remote.RemoteRegistrar` given every `server_uri` in order: it uses
+        the first and fails over to the next, as the xDS client does; pass `registrar` for
+        anything else.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
         if register and registrar is None:
             from sail.registry.remote import RemoteRegistrar
 
             registrar = RemoteRegistrar(
-                boot.xds_servers[0].server_uri, os.environ.get("SAIL_REGISTRY_TOKEN")
+                [server.server_uri for server in boot.xds_servers],
+                os.environ.get("SAIL_REGISTRY_TOKEN"),
             )
         mesh = cls(
             lambda publish, refuse: _XdsSource(boot, publish, refuse, client_options),

@@ -13,9 +13,16 @@ Two registrars exist:
   sees them; it is for tests and for meshes whose endpoints come from elsewhere.
 * `sail.registry.remote.RemoteRegistrar` (`Mesh.from_bootstrap(register=True)`): registers
   with a `sail registry` under a lease that a background thread renews, so the workload
-  reaches every client's EDS, and leaves it when the lease lapses.
+  reaches every client's EDS, and leaves it when the lease lapses. Given several
+  registries (`register=True` passes every `xds_servers[*].server_uri` of the bootstrap,
+  in order) it uses one and moves to the next at once when that one is unreachable; with
+  registries sharing an etcd the lease is renewed there as it is, elsewhere the workload
+  registers again.
 
-The registry itself keeps registered `Workload`s in its store (`sail.registry.store`).
+The registry itself keeps registered `Workload`s in its store (`sail.registry.store`):
+in its own process with the default file store and the memory store (a restarted registry
+learns them again from the next heartbeats), in etcd with the etcd store (every registry on
+that etcd knows every lease).
 """
 
 from __future__ import annotations

@@ -10,12 +10,25 @@ daemon thread (one per registrar) heartbeats every lease each `heartbeat_interva
 process dies, heartbeats stop and the registry removes the workload once the lease lapses,
 so a `kill -9`-ed workload leaves the mesh within about `ttl` seconds.
 
-**When the registry restarts** it has forgotten every lease (the memory store); the next
-heartbeat is answered NOT_FOUND and the thread registers the workload again, with the
-health it last set. **While the registry is unreachable** the thread retries with backoff
-(0.25 s, ×1.6, up to `heartbeat_interval`), logs a warning when it starts failing (and
-every minute while it goes on), and an info line when the registry answers again. It never
-stops on an error; only `close()` stops it.
+**When the registry restarts** with the default file store or the memory store it has
+forgotten every lease (leases are never written to disk); the next heartbeat is answered
+NOT_FOUND and the thread registers the workload again, with the health it last set. With
+the etcd store a lease is an etcd lease, so it survives the restart and heartbeats go on.
+
+**Several registries** (`RemoteRegistrar(["a:15010", "b:15010"], ...)`, what
+`Mesh.from_bootstrap(register=True)` passes from the bootstrap's `xds_servers`): the
+registrar uses one at a time, starting with the first. A call that finds the one in use
+unreachable (UNAVAILABLE, DEADLINE_EXCEEDED) moves to the next at once and is made there,
+at most one round over the list per call, and the registrar stays with the one that
+answered; each move is logged as a warning naming the registry left and the one now used.
+The addresses are meant to be replicas of one mesh (registries sharing an etcd), where a
+lease taken at one is renewed at any other; a registry that does not know the lease (one
+with a store of its own) answers NOT_FOUND, and the workload registers there again.
+
+**While no registry answers** the thread retries with backoff (0.25 s, ×1.6, up to
+`heartbeat_interval`; each retry one round over the list), logs a warning when it starts
+failing (and every minute while it goes on), and an info line when a registry answers
+again. It never stops on an error; only `close()` stops it.
 
 **Graceful drain**:
 
@@ -36,7 +49,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -135,7 +148,9 @@ class RemoteRegistrar:
 
     **Parameters**
 
-    * `target` - the registry's gRPC address (`registry.mesh:15010`).
+    * `target` - the registry's gRPC address (`registry.mesh:15010`), or a sequence of them
+      (replicas sharing one store, in order of preference): the registrar fails over to
+      the next when the one in use is unreachable (see the module docstring).
     * `token` - its bearer token, or `None` if it runs without authentication.
     * `heartbeat_interval` - seconds between heartbeats (default 3); must be below `ttl`.
     * `ttl` - the lease asked for (default 10 s): how long a dead workload stays in EDS.
@@ -148,14 +163,16 @@ class RemoteRegistrar:
     misconfiguration shows at startup; if the registry is *unreachable* it logs a warning and
     returns, and the heartbeat thread registers the workload as soon as it can. `set_health`
     and `deregister` never raise for the registry's sake: a change not delivered is retried by
-    the thread, and an undelivered deregistration lapses with its lease.
+    the thread, and an undelivered deregistration lapses with its lease. A call made while
+    the registry in use is unreachable is made at the next one before any of this applies.
 
-    Thread-safe: calls are serialized by one lock (a call waits for at most one RPC).
+    Thread-safe: calls are serialized by one lock (a call waits for at most one RPC per
+    registry address).
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         token: str | None,
         *,
         heartbeat_interval: float = 3.0,
@@ -169,10 +186,16 @@ class RemoteRegistrar:
                 f"heartbeat_interval ({heartbeat_interval!r}) must be positive and below the "
                 f"lease ttl ({ttl!r}); a third of it leaves room for two lost heartbeats"
             )
-        self._channel = _Channel(
-            target, token, credentials, call_timeout, max_reconnect_backoff=heartbeat_interval
-        )
-        self._target = target
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"target must be a registry address or a list of them, got "
+                             f"{target!r}")
+        self._targets = targets
+        self._channels = [
+            _Channel(t, token, credentials, call_timeout, max_reconnect_backoff=heartbeat_interval)
+            for t in targets
+        ]
+        self._current = 0  # the registry in use: the one that answered last
         self._interval = heartbeat_interval
         self._ttl = ttl
         self._backoff = backoff or Backoff(initial=0.25, maximum=heartbeat_interval)
@@ -183,6 +206,25 @@ class RemoteRegistrar:
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
         self._warned_at = 0.0
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every registry address, in order of preference."""
+        return self._targets
+
+    @property
+    def target(self) -> str:
+        """The registry in use now: the one that answered last (the first, to begin with)."""
+        return self._targets[self._current]
+
+    @property
+    def _target(self) -> str:
+        return self._targets[self._current]
+
+    @property
+    def _channel(self) -> _Channel:
+        """The channel to the registry in use."""
+        return self._channels[self._current]
 
     def lease_id(self, workload: Workload) -> str | None:
         """The workload's current lease, `None` if it is not registered right now."""
@@ -232,7 +274,7 @@ class RemoteRegistrar:
             if entry is None or entry.lease_id is None or self._closed:
                 return
             try:
-                self._channel.call("Deregister", {"lease_id": entry.lease_id})
+                self._call("Deregister", {"lease_id": entry.lease_id})
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     log.warning(
@@ -247,7 +289,8 @@ class RemoteRegistrar:
         docstring for a drain); idempotent."""
         self._closed = True
         self._wake.set()
-        self._channel.close()  # cancels a call in flight on the thread
+        for channel in self._channels:
+            channel.close()  # cancels a call in flight on the thread
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
 
@@ -306,11 +349,11 @@ class RemoteRegistrar:
             try:
                 if entry.sent_health != entry.health:
                     body = {"lease_id": entry.lease_id, "health": entry.health.name}
-                    self._channel.call("SetHealth", body)
+                    self._call("SetHealth", body)
                     entry.sent_health = entry.health
                     log.info("%s is now %s at %s", key, entry.health.name, self._target)
                 else:
-                    self._channel.call("Heartbeat", {"lease_id": entry.lease_id})
+                    self._call("Heartbeat", {"lease_id": entry.lease_id})
                 return
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
@@ -320,12 +363,47 @@ class RemoteRegistrar:
                 "registry restarted): registering again", self._target, key,
             )
             entry.lease_id = None
-        reply = self._channel.call(
-            "Register", workload_to_json(entry.workload, entry.health, self._ttl)
-        )
+        reply = self._call("Register", workload_to_json(entry.workload, entry.health, self._ttl))
         entry.lease_id = str(reply.get("lease_id", ""))
         entry.sent_health = entry.health
         log.info("registered %s at %s (lease %s)", key, self._target, entry.lease_id)
+
+    def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Call `method` at the registry in use; if it is unreachable, at the next, at most
+        one round over the list. The first that answers (even with a refusal) is the one in
+        use from then on. Called with the lock held; raises `grpc.RpcError`: the refusal,
+        or the last registry's error after a round in which none answered."""
+        start = self._current
+        count = len(self._channels)
+        left: grpc.RpcError | None = None  # why the one in use was left
+        for step in range(count):
+            index = (start + step) % count
+            try:
+                reply = self._channels[index].call(method, body)
+            except grpc.RpcError as exc:
+                if exc.code() in _UNREACHABLE and step < count - 1 and not self._closed:
+                    left = left or exc
+                    log.debug("registry at %s unreachable (%s: %s) for %s; trying %s",
+                              self._targets[index], exc.code().name, exc.details(), method,
+                              self._targets[(index + 1) % count])
+                    continue
+                if exc.code() not in _UNREACHABLE:
+                    self._use(index, left)
+                raise
+            self._use(index, left)
+            return reply
+        raise AssertionError("not reached: the last step returns or raises")
+
+    def _use(self, index: int, left: grpc.RpcError | None) -> None:
+        """Make the registry at `index`, which just answered, the one in use."""
+        if index == self._current or left is None:
+            return
+        log.warning(
+            "registry at %s is unreachable (%s: %s); the registrar now uses the registry at %s",
+            self._targets[self._current], left.code().name, left.details(),
+            self._targets[index],
+        )
+        self._current = index
 
     def _failed(self, exc: Any) -> None:
         # Loud when failures start and once a minute while they go on; quiet in between.
@@ -338,9 +416,10 @@ class RemoteRegistrar:
                 self._warned_at = now
         log.log(
             logging.WARNING if loud else logging.DEBUG,
-            "registry at %s failed (%s: %s); retrying with backoff. Registered workloads stay "
+            "%s at %s failed (%s: %s); retrying with backoff. Registered workloads stay "
             "in the mesh until their leases (%gs) lapse",
-            self._target, exc.code().name, exc.details(), self._ttl,
+            "registry" if len(self._targets) == 1 else "every registry",
+            ", ".join(self._targets), exc.code().name, exc.details(), self._ttl,
         )
 
     def _succeeded(self) -> None:
