@@ -12,6 +12,9 @@ threads sending `GET /work`, and once a fifth of the requests are done, a fault:
 * `kill`       - one uvicorn upstream SIGKILLed (connections refused from then on);
 * `kill+stop`  - one SIGKILLed and another SIGSTOPped (it accepts connections, never answers);
 * `blackhole`  - from the start, one endpoint is a listening socket that never reads.
+* `unreachable` - from the start, one endpoint's SYNs go unanswered (a listening socket that
+                 never accepts, its backlog full), as for a host gone from the network: what
+                 the connect timeout is for (sail's 1 s default, Envoy's 5 s).
 
 Contenders, each fed the same Listener/RouteConfiguration/Cluster/ClusterLoadAssignment
 JSON (`sail.testing` builders; Envoy gets them as a static bootstrap with a STATIC cluster,
@@ -19,8 +22,8 @@ and the callers' requests on its listener from 8 plain `httpx.Client`s, as a sid
 `sail defaults` (the config says nothing), `sail resilient` (docs/resilience.md's "Settings
 that keep requests": `RESILIENT_ROUTE`/`RESILIENT_CLUSTER` of the test), `envoy defaults`,
 `envoy resilient`, `envoy registry defaults` (the cluster as `sail registry` emits it:
-`DEFAULT_ACCRUAL` outlier detection and the 20 %/3 retry budget written out) and `envoy
-registry + resilient`.
+`DEFAULT_ACCRUAL` outlier detection, the 20 %/3 retry budget and the 1 s connect timeout
+written out, from the registry's own encoder) and `envoy registry + resilient`.
 
 Attempts per endpoint are counted over time, every 50 ms: for sail by an attempt observer
 (`mesh.observe`: attempts started, attempts in flight), for Envoy from its admin `/clusters`
@@ -54,12 +57,16 @@ from typing import Any
 
 import httpx
 from _bench import fmt, progress, table
+from google.protobuf import json_format
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sail  # noqa: E402
 from sail import testing  # noqa: E402
+from sail.model import Cluster  # noqa: E402
+from sail.registry.istio.clusters import with_defaults  # noqa: E402
+from sail.xds.codec.encode import encode_cluster  # noqa: E402
 from tests.chaos.test_endpoint_loss import RESILIENT_CLUSTER, RESILIENT_ROUTE  # noqa: E402
 from tests.e2e.envoy import bootstrap, launch_envoy  # noqa: E402
 from tests.e2e.procs import start, stop, wait_port  # noqa: E402
@@ -71,26 +78,13 @@ QUIET = 1.0  # seconds without attempts that count as "out of rotation"
 GRACE = 1.0  # seconds the callers' last requests get once sending stops
 
 #: What `sail registry` writes into every Cluster it serves without a DestinationRule
-#: saying otherwise (`sail.registry.istio.clusters.with_defaults`): `DEFAULT_ACCRUAL` and
-#: `DEFAULT_BUDGET`, encoded by hand.
-REGISTRY_OUTLIER = {
-    "split_external_local_origin_errors": True,
-    "consecutive_local_origin_failure": 5,
-    "enforcing_consecutive_local_origin_failure": 100,
-    "enforcing_consecutive_5xx": 0,
-    "enforcing_consecutive_gateway_failure": 0,
-    "enforcing_success_rate": 0,
-    "enforcing_local_origin_success_rate": 0,
-    "interval": "1s",
-    "base_ejection_time": "5s",
-    "max_ejection_percent": 100,
-}
-REGISTRY_DEFAULTS = {
-    "outlier_detection": REGISTRY_OUTLIER,
-    "circuit_breakers": {"thresholds": [{
-        "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
-    }]},
-}
+#: saying otherwise (`sail.registry.istio.clusters.with_defaults`: `DEFAULT_ACCRUAL`,
+#: `DEFAULT_BUDGET` and the 1 s connect timeout), taken from the registry's own encoder.
+_SERVED = json_format.MessageToDict(
+    encode_cluster(with_defaults(Cluster("svc"))), preserving_proto_field_name=True
+)
+REGISTRY_DEFAULTS = {k: _SERVED[k] for k in ("outlier_detection", "circuit_breakers",
+                                             "connect_timeout")}
 
 
 @dataclass(frozen=True)
@@ -108,9 +102,10 @@ CONTENDERS = [
     Contender("envoy resilient", True, RESILIENT_ROUTE, RESILIENT_CLUSTER),
     Contender("envoy registry defaults", True, {}, REGISTRY_DEFAULTS),
     Contender("envoy registry + resilient", True, RESILIENT_ROUTE,
-              {**RESILIENT_CLUSTER, "outlier_detection": REGISTRY_OUTLIER}),
+              {**RESILIENT_CLUSTER, "outlier_detection": REGISTRY_DEFAULTS["outlier_detection"],
+               "connect_timeout": REGISTRY_DEFAULTS["connect_timeout"]}),
 ]
-SCENARIOS = ["kill", "kill+stop", "blackhole"]
+SCENARIOS = ["kill", "kill+stop", "blackhole", "unreachable"]
 
 
 # -- upstreams ------------------------------------------------------------------------------
@@ -118,17 +113,22 @@ SCENARIOS = ["kill", "kill+stop", "blackhole"]
 
 class Upstreams:
     """Three endpoints: uvicorn upstreams, the first replaced by a socket that never reads
-    in the `blackhole` scenario."""
+    in the `blackhole` scenario, and in `unreachable` by one whose SYNs go unanswered (a
+    listening socket that never accepts, its backlog filled: as a host gone from the
+    network)."""
 
-    def __init__(self, blackhole: bool) -> None:
+    def __init__(self, scenario: str) -> None:
         self.ports = [free_port() for _ in range(3)]
         self.hole: socket.socket | None = None
+        self.held: list[socket.socket] = []
         names = list(enumerate(self.ports))
-        if blackhole:
+        if scenario in ("blackhole", "unreachable"):
             self.hole = socket.socket()
             self.hole.bind(("127.0.0.1", self.ports[0]))
-            self.hole.listen(4096)
+            self.hole.listen(4096 if scenario == "blackhole" else 0)
             names = names[1:]
+        if scenario == "unreachable":
+            self._fill_backlog()
         self.procs = [start(
             [sys.executable, "-m", "uvicorn", "tests.e2e.backend:app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -137,10 +137,24 @@ class Upstreams:
         for (_, port), proc in zip(names, self.procs, strict=True):
             wait_port(port, proc=proc)
 
+    def _fill_backlog(self) -> None:
+        for _ in range(16):
+            probe = socket.socket()
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", self.ports[0]))
+            except TimeoutError:
+                probe.close()
+                return  # full: SYNs are dropped from now on
+            self.held.append(probe)
+        raise RuntimeError("the backlog never filled")
+
     def endpoint(self, i: int) -> str:
         return f"127.0.0.1:{self.ports[i]}"
 
     def close(self) -> None:
+        for probe in self.held:
+            probe.close()
         if self.hole is not None:
             self.hole.close()
         for proc in self.procs:
@@ -338,7 +352,7 @@ def contender_client(c: Contender, ports: list[int], workdir: Path) -> Iterator[
 
 
 def run_one(scenario: str, c: Contender, requests: int, cap: float) -> dict[str, Any]:
-    ups = Upstreams(blackhole=scenario == "blackhole")
+    ups = Upstreams(scenario)
     try:
         with tempfile.TemporaryDirectory() as tmp, contender_client(
                 c, ups.ports, Path(tmp)) as (client, url, snapshot):
@@ -352,7 +366,8 @@ def run_one(scenario: str, c: Contender, requests: int, cap: float) -> dict[str,
             sampler = Sampler(snapshot)
             sampler.start()
             load = Load(client, url, requests)
-            fault_at, result = load.run(None if scenario == "blackhole" else fault, cap)
+            from_start = scenario in ("blackhole", "unreachable")
+            fault_at, result = load.run(None if from_start else fault, cap)
             time.sleep(SAMPLE * 2)
             sampler.halt.set()
             sampler.join()
