@@ -6,6 +6,11 @@ SailError
 ├── ConfigError(SailError, ValueError)           a config resource that cannot be used
 │   └── ResourceError(ConfigError)               one xDS resource failed validation (NACKed)
 ├── XdsError(SailError, ConnectionError)         the control plane cannot be reached
+├── SecurityError(SailError)                     identity: an ID, certificate or token refused
+│   ├── InvalidSpiffeId(SecurityError, ValueError)   not a SPIFFE ID: says which rule
+│   ├── CertificateRefused(SecurityError)        the CA will not sign this CSR: says why
+│   └── TokenError(SecurityError)                a join token is malformed, forged, expired
+│                                                or for another identity
 └── RequestError(SailError)                      a mesh request could not be sent
     ├── UnknownService(RequestError)             no listener for that host
     │   └── RejectedService(UnknownService)      its Listener or routes were rejected
@@ -29,14 +34,18 @@ from __future__ import annotations
 
 __all__ = [
     "BootstrapError",
+    "CertificateRefused",
     "ConfigError",
     "DeadlineExceeded",
+    "InvalidSpiffeId",
     "NoHealthyUpstream",
     "NoRoute",
     "RejectedService",
     "RequestError",
     "ResourceError",
     "SailError",
+    "SecurityError",
+    "TokenError",
     "UnknownService",
     "UnsupportedRequest",
     "UpstreamOverflow",
@@ -79,6 +88,27 @@ class ResourceError(ConfigError):
 
 class XdsError(SailError, ConnectionError):
     """The xDS control plane could not be reached or answered badly."""
+
+
+class SecurityError(SailError):
+    """An identity could not be established or was refused: a SPIFFE ID, a certificate, a
+    certificate signing request or a join token. The message says which rule failed and
+    never carries a secret (a token or a key)."""
+
+
+class InvalidSpiffeId(SecurityError, ValueError):
+    """Text that is not a SPIFFE ID (`spiffe://<trust-domain>/<path>`, as the SPIFFE ID
+    standard defines it); the message names the rule it breaks."""
+
+
+class CertificateRefused(SecurityError):
+    """The mesh CA will not sign a certificate signing request: a bad signature or key, an
+    identity the caller may not ask for, a lifetime out of bounds."""
+
+
+class TokenError(SecurityError):
+    """A join token that is malformed, not signed by this registry, expired, or granting
+    another identity than the one asked for."""
 
 
 class RequestError(SailError):
