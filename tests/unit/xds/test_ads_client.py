@@ -177,6 +177,22 @@ def test_falls_back_to_second_server(server, recorder):
         client.close()
 
 
+def test_a_refused_server_is_left_at_once_not_after_the_connect_timeout(server, recorder):
+    # The connect timeout (60 s) is far beyond the wait: only a server that refuses being
+    # given up at once lets the client reach the second in time (gRFC A71's fallback).
+    dead = f"127.0.0.1:{free_port()}"
+    boot = server.bootstrap_json()
+    boot["xds_servers"].insert(0, {"server_uri": dead, "channel_creds": [{"type": "insecure"}]})
+    client = AdsClient(parse_bootstrap(boot), recorder, backoff=FAST, connect_timeout=60)
+    client.start()
+    try:
+        client.set_names(LDS, ["reviews"])
+        wait_until(lambda: (LDS, "reviews") in recorder.values, timeout=10)
+        assert client.status().server == server.address
+    finally:
+        client.close()
+
+
 def test_stale_nonce_is_ignored_by_server_and_client_acks_latest(server, recorder):
     client = make_client(server, recorder)
     try:
