@@ -262,10 +262,13 @@ class Proxy:
 # -- the registry and its API -------------------------------------------------------------------
 
 
-def registry_on(address: str, prefix: str = "/sail/", **store_kwargs: Any) -> RunningRegistry:
+def registry_on(
+    address: str, prefix: str = "/sail/", trust_domain: str | None = None, **store_kwargs: Any
+) -> RunningRegistry:
     store_kwargs.setdefault("backoff", (0.05, 0.3))
     store_kwargs.setdefault("probe_interval", 0.5)
-    return RunningRegistry(store=EtcdStore([address], prefix=prefix, **store_kwargs))
+    return RunningRegistry(store=EtcdStore([address], prefix=prefix, **store_kwargs),
+                           trust_domain=trust_domain)
 
 
 class Api:
@@ -401,6 +404,33 @@ def test_two_registries_share_workloads_and_config(etcd: Etcd) -> None:
     finally:
         first.stop()
         second.stop()
+
+
+def test_registries_on_one_etcd_share_one_ca_across_restarts(etcd: Etcd) -> None:
+    from sail.registry.remote import create_certificate
+    from tests.e2e.test_registry_ca import REVIEWS, csr, join_token
+
+    first = registry_on(etcd.address, trust_domain="example.org")
+    try:
+        second = registry_on(etcd.address, trust_domain="example.org")
+        try:
+            one, two = first.registry.identity, second.registry.identity
+            assert one is not None and two is not None
+            assert one.ca.trust_bundle == two.ca.trust_bundle
+            # a token made at one registry is good at the other (one secret in etcd)
+            chain = create_certificate(second.address, join_token(first), csr())
+            assert one.ca.identity_of(chain) == REVIEWS
+            bundle = one.ca.trust_bundle
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    again = registry_on(etcd.address, trust_domain="example.org")
+    try:
+        assert again.registry.identity is not None
+        assert again.registry.identity.ca.trust_bundle == bundle
+    finally:
+        again.stop()
 
 
 def test_a_restarted_registry_finds_workloads_and_config_in_etcd(etcd: Etcd) -> None:

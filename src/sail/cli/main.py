@@ -8,6 +8,10 @@
   default store; `$XDG_STATE_HOME/sail/registry-PORT`), in memory only, or in etcd.
   Envoy clients get a loopback port listener per service port (`127.0.0.1:9080`), or the
   one `--envoy-listener` names, or none with `--no-envoy-listeners`.
+  With `--trust-domain TD` it runs the mesh CA (`--ca-cert FILE --ca-key FILE` for an
+  intermediate under a company root; else the store's own root, made at first start).
+* `sail token create --namespace NS --service-account SA [--ttl SECONDS]` - print a join
+  token granting `spiffe://TD/ns/NS/sa/SA` its first certificate (`$SAIL_JOIN_TOKEN`).
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
   `127.0.0.1:15010`).
@@ -143,6 +147,9 @@ def _run_registry(args: argparse.Namespace) -> int:
             config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
             envoy_listeners=not args.no_envoy_listeners,
             store=store, server_listener_template=args.server_listener_template,
+            trust_domain=args.trust_domain,
+            ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+            ca_key=Path(args.ca_key) if args.ca_key else None,
         )
         try:
             port = await registry.start(args.address)
@@ -179,6 +186,8 @@ def _admin(args: argparse.Namespace) -> int:
         elif args.command == "delete":
             admin.delete(str(Path(args.file)))
             print(f"deleted {args.file}")
+        elif args.command == "token":
+            print(admin.create_join_token(args.namespace, args.service_account, args.ttl))
         else:
             _print_status(admin.status(), as_json=args.json)
     return 0
@@ -237,6 +246,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                           metavar="TEMPLATE",
                           help="the names of xDS-enabled gRPC servers' Listeners, %%s being "
                                "ip:port (default: %(default)s)")
+    registry.add_argument("--trust-domain", metavar="TD",
+                          help="run the mesh CA, issuing spiffe://TD/ns/NS/sa/SA identities")
+    registry.add_argument("--ca-cert", metavar="FILE",
+                          help="the CA certificate (then the chain above it), PEM; with "
+                               "--ca-key, instead of the store's own root")
+    registry.add_argument("--ca-key", metavar="FILE", help="the CA's private key, PEM")
+    token = sub.add_parser("token", help="join tokens for workloads' first certificates")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="print a join token")
+    create.add_argument("--namespace", required=True)
+    create.add_argument("--service-account", required=True)
+    create.add_argument("--ttl", type=float, default=None, metavar="SECONDS",
+                        help="how long it may be used (default 24 h)")
+    create.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
+    create.add_argument("--token", help="the registry's admin token")
     for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
         cmd = sub.add_parser(name, help=f"{text} in a running registry")
         cmd.add_argument("-f", "--file", required=True)
@@ -252,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.file)
         if args.command == "registry":
             return _run_registry(args)
-        if args.command in ("apply", "delete", "status"):
+        if args.command in ("apply", "delete", "status", "token"):
             return _admin(args)
         return _dump(args)
     except SailError as exc:

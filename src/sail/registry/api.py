@@ -74,6 +74,20 @@ Apply and Delete are serialized in a registry. With a store shared by several re
 (etcd), a config changed at another registry while this one validated is noticed by the
 store, and the call validates again against the new set (up to 3 times, then `ABORTED`).
 
+**CreateJoinToken** `{"namespace", "service_account", "ttl"}` → `{"token", "identity",
+"expires_in"}`: a join token granting `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`
+its first certificate (`ttl` seconds, default 24 h). An operator call, with the registry's
+token like Apply. `FAILED_PRECONDITION` when the registry runs no CA (no
+`--trust-domain`).
+
+**CreateCertificate** `{"csr", "validity_duration"}` → `{"cert_chain": [PEM, ...]}`, leaf
+first and root last, in the shape of Istio's `IstioCertificateService/CreateCertificate`:
+the mesh CA signs the CSR (`validity_duration` seconds, 0 or absent: 24 h) for the identity
+of the **join token** the call carries as `authorization: Bearer <join token>`, not for the
+registry's token, which this call does not take. A missing, forged or expired join token is
+`UNAUTHENTICATED`; a CSR the CA refuses (one asking for another identity, a bad signature or
+key, a lifetime over the CA's maximum) is `PERMISSION_DENIED`, with the reason.
+
 **Status** `{}` → the registry's status (connected clients and the config versions they
 acknowledged, workloads...), as the server supplies it.
 
@@ -92,7 +106,8 @@ from typing import Any
 
 import grpc
 
-from sail.errors import ConfigError
+from sail.errors import CertificateRefused, ConfigError, TokenError
+from sail.registry.identity import MeshIdentity
 from sail.registry.store import DEFAULT_TTL, Store, StoreConflict, StoreUnavailable
 from sail.registry.wire import (
     MAX_TTL,
@@ -191,7 +206,9 @@ class RegistryApi:
             "Apply": self._apply,
             "Delete": self._delete,
             "Status": self._status_call,
+            "CreateJoinToken": self._create_join_token,
         }
+        self.identity: MeshIdentity | None = None  # set by the registry when it runs a CA
 
     def add_to(self, server: Any) -> None:
         """Serve the API on a `grpc.aio.Server` (before it starts)."""
@@ -203,6 +220,10 @@ class RegistryApi:
             )
             for name, handler in self._handlers.items()
         }
+        handlers["CreateCertificate"] = grpc.unary_unary_rpc_method_handler(
+            self._certificate_rpc, request_deserializer=_decode_request,
+            response_serializer=bytes,
+        )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -234,22 +255,41 @@ class RegistryApi:
     def _authenticate(self, method: str, metadata: Any) -> None:
         if self._token is None:
             return
-        values = [value for key, value in metadata if key == "authorization"]
-        if not values:
-            raise _Reject(
-                _UNAUTHENTICATED,
-                f"{method}: missing 'authorization' metadata; send 'authorization: Bearer "
-                "<token>' with the registry's token",
-            )
-        scheme, _, given = str(values[0]).strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise _Reject(
-                _UNAUTHENTICATED,
-                f"{method}: 'authorization' metadata must be 'Bearer <token>', got a "
-                f"{scheme[:16]!r} credential",
-            )
-        if not hmac.compare_digest(given.strip().encode(), self._token):
+        given = _bearer(method, metadata, "the registry's token")
+        if not hmac.compare_digest(given.encode(), self._token):
             raise _Reject(_UNAUTHENTICATED, f"{method}: wrong bearer token")
+
+    async def _certificate_rpc(self, request: Any, context: Any) -> bytes:
+        """`CreateCertificate`: authenticated by the join token it carries as its bearer
+        credential (not by the registry's token: a workload holds only its own)."""
+        method = "CreateCertificate"
+        try:
+            if self.identity is None:
+                raise _Reject(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{method}: this registry runs no CA (start it with "
+                              "--trust-domain)")
+            token = _bearer(method, context.invocation_metadata() or (), "a join token")
+            if isinstance(request, _BadBody) or not isinstance(request, dict):
+                raise _Reject(_INVALID, f"{method}: body must be a JSON object")
+            check_fields(request, ("csr", "validity_duration"))
+            try:
+                return encode(self.identity.create_certificate(request, token))
+            except TokenError as exc:
+                raise _Reject(_UNAUTHENTICATED, f"{method}: {exc}") from None
+            except CertificateRefused as exc:
+                raise _Reject(grpc.StatusCode.PERMISSION_DENIED, f"{method}: {exc}") from None
+            except ValueError as exc:
+                raise _Reject(_INVALID, f"{method}: {exc}") from None
+        except _Reject as exc:
+            rejection = exc
+        except BodyError as exc:
+            rejection = _Reject(_INVALID, f"{method}: {exc}")
+        except Exception as exc:
+            log.exception("registry API %s failed", method)
+            rejection = _Reject(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc!r}")
+        log.warning("registry API %s refused: %s", method, rejection.message)
+        await context.abort(rejection.code, rejection.message)
+        raise AssertionError("context.abort returned")
 
     # -- workloads ----------------------------------------------------------------------------
 
@@ -335,6 +375,39 @@ class RegistryApi:
     async def _status_call(self, body: Json) -> Json:
         check_fields(body, ())
         return dict(self._status())
+
+    # -- identity -----------------------------------------------------------------------------
+
+    async def _create_join_token(self, body: Json) -> Json:
+        check_fields(body, ("namespace", "service_account", "ttl"))
+        if self.identity is None:
+            raise _Reject(grpc.StatusCode.FAILED_PRECONDITION,
+                          "CreateJoinToken: this registry runs no CA (start it with "
+                          "--trust-domain)")
+        try:
+            return self.identity.create_join_token(body)
+        except ValueError as exc:
+            raise BodyError(str(exc)) from None
+
+
+def _bearer(method: str, metadata: Any, what: str) -> str:
+    """The `authorization: Bearer <credential>` of a call, or `_Reject` saying what is
+    missing (never echoing the credential)."""
+    values = [value for key, value in metadata if key == "authorization"]
+    if not values:
+        raise _Reject(
+            _UNAUTHENTICATED,
+            f"{method}: missing 'authorization' metadata; send 'authorization: Bearer "
+            f"<token>' with {what}",
+        )
+    scheme, _, given = str(values[0]).strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise _Reject(
+            _UNAUTHENTICATED,
+            f"{method}: 'authorization' metadata must be 'Bearer <token>', got a "
+            f"{scheme[:16]!r} credential",
+        )
+    return given.strip()
 
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -21,6 +21,7 @@ cannot be confused with the separators:
 | `<prefix>workloads/<service>/<address>:<port>` | its `Register` body, JSON; under its lease |
 | `<prefix>configs/<source>` | the config document, raw YAML text |
 | `<prefix>meta/configs` | the last source changed; its revision orders config writes |
+| `<prefix>values/<key>` | the registry's own state (`create_value`): CA, join-token secret |
 
 A workload's JSON has `service`, `address`, `port`, `labels`, `locality`, `weight`,
 `health`, `ttl` (and `service_port` if set), read back as strictly as `Register` reads it.
@@ -186,6 +187,9 @@ class KeyLayout:
     @property
     def marker(self) -> str:
         return f"{self.prefix}meta/configs"
+
+    def value(self, key: str) -> str:
+        return f"{self.prefix}values/{quote(key, safe='')}"
 
     def workload(self, workload: Workload) -> str:
         service = quote(workload.service, safe="")
@@ -565,6 +569,29 @@ class EtcdStore:
             )
         await self._caught_up(_revision(answer))
         return answer
+
+    # -- the registry's own values ------------------------------------------------------------
+
+    async def create_value(self, key: str, value: str) -> str:
+        """`Store.create_value`: one etcd transaction, put on condition that the key was
+        never created, else read what is there."""
+        where = _b64(self._layout.value(key))
+        answer = await self._call("kv/txn", {
+            "compare": [{"target": "CREATE", "key": where, "create_revision": "0"}],
+            "success": [{"request_put": {"key": where, "value": _b64(value)}}],
+            "failure": [{"request_range": {"key": where}}],
+        })
+        if answer.get("succeeded"):
+            return value
+        responses = answer.get("responses") or [{}]
+        kvs = (responses[0].get("response_range") or {}).get("kvs") or []
+        if not kvs:  # deleted between the compare and the read: cannot happen in one txn
+            raise StoreUnavailable(f"etcd at {self._where}: {key!r} vanished in a transaction")
+        try:
+            return _unb64(kvs[0].get("value")).decode()
+        except UnicodeDecodeError:
+            raise StoreUnavailable(f"etcd at {self._where}: the value of {key!r} is not "
+                                   "UTF-8") from None
 
     # -- requests -----------------------------------------------------------------------------
 

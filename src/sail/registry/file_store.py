@@ -117,6 +117,15 @@ class FileStore(MemoryStore):
         """The value stored under `key`, or None."""
         return self._values.get(key)
 
+    async def create_value(self, key: str, value: str) -> str:
+        """`Store.create_value`, on disk when it returns."""
+        async with self._lock:
+            if key in self._values:
+                return self._values[key]
+            await self._save(self._configs, {**self._values, key: value})
+            self._values[key] = value
+        return value
+
     async def put_value(self, key: str, value: str) -> None:
         """Store `value` under `key` durably (on disk when this returns)."""
         async with self._lock:

@@ -61,7 +61,13 @@ from sail.registration import Workload
 from sail.registry.wire import decode, encode, method_path, workload_to_json
 from sail.xds.client import Backoff
 
-__all__ = ["AdminClient", "RegistryError", "RemoteRegistrar", "registry_error"]
+__all__ = [
+    "AdminClient",
+    "RegistryError",
+    "RemoteRegistrar",
+    "create_certificate",
+    "registry_error",
+]
 
 log = logging.getLogger("sail.registry.remote")
 
@@ -462,6 +468,16 @@ class AdminClient:
         """The registry's status, as its server assembles it."""
         return self._call("Status", {})
 
+    def create_join_token(
+        self, namespace: str, service_account: str, ttl: float | None = None
+    ) -> str:
+        """A join token granting `spiffe://<trust-domain>/ns/<namespace>/sa/<account>` its
+        first certificate, valid `ttl` seconds (the registry's default: 24 h)."""
+        body: dict[str, Any] = {"namespace": namespace, "service_account": service_account}
+        if ttl is not None:
+            body["ttl"] = ttl
+        return str(self._call("CreateJoinToken", body)["token"])
+
     def close(self) -> None:
         self._channel.close()
 
@@ -476,3 +492,26 @@ class AdminClient:
             return self._channel.call(method, body)
         except grpc.RpcError as exc:
             raise registry_error(self._channel.target, method, exc) from None
+
+
+def create_certificate(
+    target: str, join_token: str, csr_pem: str, lifetime: float = 0, *,
+    timeout: float = 10.0, credentials: Any = None,
+) -> list[str]:
+    """Ask the registry's CA to sign `csr_pem` (`CreateCertificate`), with `join_token` as
+    the credential: the chain, leaf first. `lifetime` 0 takes the CA's default (24 h).
+    A refusal is a `RegistryError` whose message says why (a bad token is UNAUTHENTICATED,
+    a CSR for another identity PERMISSION_DENIED)."""
+    channel = _Channel(target, join_token, credentials, timeout)
+    try:
+        reply = channel.call("CreateCertificate",
+                             {"csr": csr_pem, "validity_duration": lifetime})
+    except grpc.RpcError as exc:
+        raise registry_error(target, "CreateCertificate", exc) from None
+    finally:
+        channel.close()
+    chain = reply.get("cert_chain")
+    if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
+        raise RegistryError(f"the registry at {target} answered CreateCertificate without "
+                            "a cert_chain", grpc.StatusCode.INTERNAL)
+    return chain

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -35,6 +36,7 @@ import grpc.aio
 from sail.errors import ConfigError
 from sail.registry.api import RegistryApi
 from sail.registry.envoy_listener import outbound_listener, outbound_routes
+from sail.registry.identity import MeshIdentity
 from sail.registry.istio.model import IstioObject
 from sail.registry.istio.parse import load_documents, load_paths
 from sail.registry.istio.validate import validate
@@ -88,6 +90,11 @@ class Registry:
     * `server_listener_template` - how xDS-enabled gRPC servers name their Listener (the
       `server_listener_resource_name_template` of their bootstrap): each registered
       workload gets one (see `sail.registry.server_listener`), sent only when asked for.
+    * `trust_domain` - run the mesh CA for this trust domain (`sail.registry.identity`):
+      workloads get SPIFFE certificates for join tokens. `None`: no CA.
+    * `ca_cert`, `ca_key` - the CA's certificate (then the chain above it) and key, for an
+      intermediate under a company root; without them the CA is the store's (generated
+      there at first start).
     """
 
     def __init__(
@@ -101,6 +108,9 @@ class Registry:
         expiry_interval: float = 1.0,
         registration_grace: float = 3.0,
         server_listener_template: str = DEFAULT_TEMPLATE,
+        trust_domain: str | None = None,
+        ca_cert: Path | None = None,
+        ca_key: Path | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
@@ -120,6 +130,9 @@ class Registry:
         self._serving = False
         self.last_error = ""
         self.port = 0
+        self._trust_domain = trust_domain
+        self._ca_files = (ca_cert, ca_key)
+        self.identity: MeshIdentity | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -127,6 +140,15 @@ class Registry:
         """Serve on `address` (`host:port`, port 0 picks one); returns the port.
         `StoreUnavailable` if the store cannot reach its backend."""
         await self.store.start()
+        if self._trust_domain is not None:
+            try:
+                self.identity = await MeshIdentity.open(
+                    self.store, self._trust_domain, ca_cert=self._ca_files[0],
+                    ca_key=self._ca_files[1])
+            except BaseException:
+                await self.store.close()
+                raise
+            self.api.identity = self.identity
         # grpc.aio accepts one new call at a time and refuses calls past
         # `max_pending_requests` (1,000 by default): after a registry restart thousands of
         # clients reconnect at once, and the defaults turned some of them away.

@@ -155,6 +155,13 @@ class Store(Protocol):
         """Call `callback()` after every change; returns a function that stops it."""
         ...
 
+    async def create_value(self, key: str, value: str) -> str:
+        """Store `value` under `key` unless a value is there already, and return the value
+        that is there now: ours, or the one another registry sharing the store put first
+        (so replicas that start together agree on one CA). Values are the registry's own
+        state (the CA, the join-token secret), kept apart from config and workloads."""
+        ...
+
     def expire(self, now: float | None = None) -> list[Workload]:
         """Remove workloads whose lease has lapsed at `now` (default: the store's clock) and
         return them. A store whose leases expire by themselves (etcd) returns `[]`."""
@@ -218,10 +225,14 @@ class MemoryStore:
         self._leases: dict[str, _Entry] = {}
         self._by_key: dict[str, str] = {}  # Workload.key -> lease id
         self._configs: dict[str, str] = {}
+        self._values: dict[str, str] = {}
         self._watchers = Watchers()
 
     async def start(self) -> None:
         pass
+
+    async def create_value(self, key: str, value: str) -> str:
+        return self._values.setdefault(key, value)
 
     async def close(self) -> None:
         pass
