@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test fuzz-long lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The fuzz suite (tests/fuzz, run by `make test` in its quick, repeatable `ci` profile) with
+# over 100,000 fresh random cases: tens of minutes.
+fuzz-long: $(STAMP)
+	SAIL_FUZZ_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/http_overhead.py
