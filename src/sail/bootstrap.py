@@ -436,6 +436,13 @@ def parse_bootstrap(
         obj = r.check(value, at, "an object")
         plugin = r.need(obj, at, "plugin_name", "a string")
         providers[name] = CertificateProvider(plugin, r.free_json(obj, at, "config"))
+        if plugin == "file_watcher":  # checked now, so a typo fails at start, not at TLS
+            from sail.security.providers import file_watcher_from_config
+
+            try:
+                file_watcher_from_config(name, providers[name].config)
+            except BootstrapError as exc:
+                raise BootstrapError(f"{r.source}: {exc}") from None
 
     authorities = {}
     for name, value in (r.get(top, "", "authorities", "an object") or {}).items():

@@ -45,7 +45,8 @@ FULL: dict[str, Any] = {
     "certificate_providers": {
         "default": {
             "plugin_name": "file_watcher",
-            "config": {"certificate_file": "/certs/cert.pem", "refresh_interval": "60s"},
+            "config": {"certificate_file": "/certs/cert.pem", "private_key_file": "/certs/key.pem",
+                       "refresh_interval": "60s"},
         }
     },
     "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
