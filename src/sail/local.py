@@ -61,6 +61,10 @@ def load_file(
                           f"{exc}") from None
     if data is None:
         data = []
+    unique, expanded = _sizes(data)
+    if expanded > _MAX_EXPANSION and expanded > _ALIAS_FACTOR * unique:
+        raise ConfigError(f"{path}: its YAML aliases expand {unique:,} values to "
+                          f"{expanded:,}; write the repeated parts out")
     try:
         entries = load_entries(data)
     except ResourceError as exc:
@@ -77,6 +81,32 @@ def load_file(
         except ResourceError as exc:
             errors[(type_url, name)] = f"{path}: {exc}"
     return resources, errors
+
+
+_MAX_EXPANSION = 10_000
+_ALIAS_FACTOR = 10
+
+
+def _sizes(data: object) -> tuple[int, int]:
+    """`(distinct values, values once YAML aliases are expanded)` of a loaded document, in
+    time linear in the distinct ones: a "billion laughs" of a few hundred bytes is found
+    without expanding it (JSON and alias-free YAML give equal counts)."""
+    sizes: dict[int, int] = {}
+    distinct = 0
+    stack: list[tuple[object, bool]] = [(data, False)]
+    while stack:
+        value, children_done = stack.pop()
+        if not isinstance(value, dict | list) or (id(value) in sizes and not children_done):
+            continue
+        items = list(value.values()) if isinstance(value, dict) else value
+        if not children_done:
+            stack.append((value, True))
+            stack.extend((item, False) for item in items if isinstance(item, dict | list))
+            continue
+        sizes[id(value)] = 1 + sum(sizes.get(id(item), 1) if isinstance(item, dict | list)
+                                   else 1 for item in items)
+        distinct += 1 + sum(not isinstance(item, dict | list) for item in items)
+    return max(distinct, 1), sizes.get(id(data), 1)
 
 
 class LocalConfig:
