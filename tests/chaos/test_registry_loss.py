@@ -79,16 +79,6 @@ def upstreams() -> Iterator[Upstreams]:
         ups.close()
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    server = Etcd(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def bootstrap(*registries: RegistryProc) -> sail.Bootstrap:
     return parse_bootstrap({
         "xds_servers": [{"server_uri": r.address, "channel_creds": [{"type": "insecure"}]}

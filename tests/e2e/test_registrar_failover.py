@@ -79,16 +79,6 @@ class RegistryProc:
 
 
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    server = Etcd(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def two_registries(etcd: Etcd, tmp_path: Path) -> Iterator[tuple[RegistryProc, RegistryProc]]:
     procs = (RegistryProc(["--store", etcd.url], tmp_path / "first.log"),
              RegistryProc(["--store", etcd.url], tmp_path / "second.log"))
