@@ -13,8 +13,8 @@
 * `sail token create --namespace NS --service-account SA [--ttl SECONDS]` - print a join
   token granting `spiffe://TD/ns/NS/sa/SA` its first certificate (`$SAIL_JOIN_TOKEN`).
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
-  in a running registry (`--registry HOST:PORT` or `$SAIL_REGISTRY`, default
-  `127.0.0.1:15010`).
+  in a running registry (`--registry HOST:PORT[,HOST:PORT...]` or `$SAIL_REGISTRY`,
+  default `127.0.0.1:15010`; with several, the first that answers).
 * `sail status` - one row per connected xDS client: node, service, ACKed version,
   SYNCED / STALE / NACKED and why (like `istioctl proxy-status`).
 * `sail check FILE` - validate a local-mode file as xDS would (exit 1 with the errors).
@@ -173,7 +173,9 @@ def _admin(args: argparse.Namespace) -> int:
 
     target = args.registry or os.environ.get("SAIL_REGISTRY", DEFAULT_REGISTRY)
     token = args.token or os.environ.get("SAIL_REGISTRY_TOKEN")
-    with AdminClient(target, token) as admin:
+    # several registries sharing one store: HOST:PORT,HOST:PORT, tried in order
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    with AdminClient(targets, token) as admin:
         if args.command == "apply":
             path = Path(args.file)
             try:

@@ -443,7 +443,9 @@ class AdminClient:
 
     **Parameters**
 
-    * `target`, `token`, `credentials` - as for `RemoteRegistrar`.
+    * `target`, `token`, `credentials` - as for `RemoteRegistrar`: with several registry
+      addresses (replicas sharing one store), a call that finds one unreachable is made at
+      the next.
     * `timeout` - deadline of each call (default 10 s; Apply validates the whole config).
 
     Errors: a config the registry rejects is a `ConfigError` with the registry's message
@@ -452,9 +454,13 @@ class AdminClient:
     """
 
     def __init__(
-        self, target: str, token: str | None, *, timeout: float = 10.0, credentials: Any = None
+        self, target: str | Sequence[str], token: str | None, *, timeout: float = 10.0,
+        credentials: Any = None,
     ) -> None:
-        self._channel = _Channel(target, token, credentials, timeout)
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        if not targets:
+            raise ValueError("AdminClient needs a registry address")
+        self._channels = [_Channel(t, token, credentials, timeout) for t in targets]
 
     def apply(self, source: str, yaml_text: str) -> None:
         """Store `yaml_text` (Istio-style YAML) under `source`, replacing what was there."""
@@ -479,7 +485,8 @@ class AdminClient:
         return str(self._call("CreateJoinToken", body)["token"])
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> AdminClient:
         return self
@@ -488,28 +495,41 @@ class AdminClient:
         self.close()
 
     def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return _call_first(self._channels, method, body)
+
+
+def _call_first(channels: Sequence[_Channel], method: str, body: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    """`method` at the first registry that answers (a refusal is an answer); sail's error
+    for the last failure when none does."""
+    for i, channel in enumerate(channels):
         try:
-            return self._channel.call(method, body)
+            return channel.call(method, body)
         except grpc.RpcError as exc:
-            raise registry_error(self._channel.target, method, exc) from None
+            if exc.code() in _UNREACHABLE and i + 1 < len(channels):
+                log.warning("registry at %s is unreachable (%s); trying %s", channel.target,
+                            exc.code().name, channels[i + 1].target)
+                continue
+            raise registry_error(channel.target, method, exc) from None
+    raise AssertionError("no registry address")
 
 
 def create_certificate(
-    target: str, join_token: str, csr_pem: str, lifetime: float = 0, *,
+    target: str | Sequence[str], join_token: str, csr_pem: str, lifetime: float = 0, *,
     timeout: float = 10.0, credentials: Any = None,
 ) -> list[str]:
     """Ask the registry's CA to sign `csr_pem` (`CreateCertificate`), with `join_token` as
     the credential: the chain, leaf first. `lifetime` 0 takes the CA's default (24 h).
     A refusal is a `RegistryError` whose message says why (a bad token is UNAUTHENTICATED,
     a CSR for another identity PERMISSION_DENIED)."""
-    channel = _Channel(target, join_token, credentials, timeout)
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    channels = [_Channel(t, join_token, credentials, timeout) for t in targets]
     try:
-        reply = channel.call("CreateCertificate",
-                             {"csr": csr_pem, "validity_duration": lifetime})
-    except grpc.RpcError as exc:
-        raise registry_error(target, "CreateCertificate", exc) from None
+        reply = _call_first(channels, "CreateCertificate",
+                            {"csr": csr_pem, "validity_duration": lifetime})
     finally:
-        channel.close()
+        for channel in channels:
+            channel.close()
     chain = reply.get("cert_chain")
     if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
         raise RegistryError(f"the registry at {target} answered CreateCertificate without "

@@ -133,3 +133,17 @@ def test_a_refusal_is_not_failed_over(servers, make_registrar):
     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert registrar.target == first.address
     assert listed(first) == [] and listed(second) == []
+
+
+def test_admin_calls_go_to_the_first_registry_that_answers(servers):
+    from sail.registry.remote import AdminClient
+
+    first, second = servers
+    dead = f"127.0.0.1:{free_port()}"
+    with AdminClient([dead, second.address], TOKEN, timeout=2.0) as admin:
+        admin.apply("reviews.yaml", "# nothing")
+    assert second.call(second.store.configs) == {"reviews.yaml": "# nothing"}
+    assert first.call(first.store.configs) == {}
+    with AdminClient([first.address, second.address], "wrong", timeout=2.0) as admin:
+        with pytest.raises(RegistryError, match="wrong bearer token"):
+            admin.status()  # a refusal is an answer: not tried elsewhere
