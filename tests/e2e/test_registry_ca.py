@@ -47,7 +47,7 @@ def join_token(running: RunningRegistry, ttl: float | None = None) -> str:
 
 
 def code_of(exc: pytest.ExceptionInfo[RegistryError]) -> grpc.StatusCode:
-    return exc.value.code  # type: ignore[no-any-return]
+    return exc.value.code
 
 
 def test_a_join_token_gets_a_certificate_for_its_identity(registry: RunningRegistry) -> None:

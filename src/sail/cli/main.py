@@ -12,6 +12,10 @@
   intermediate under a company root; else the store's own root, made at first start).
 * `sail token create --namespace NS --service-account SA [--ttl SECONDS]` - print a join
   token granting `spiffe://TD/ns/NS/sa/SA` its first certificate (`$SAIL_JOIN_TOKEN`).
+* `sail cert --out DIR [--lifetime SECONDS] [--once]` - get a workload certificate from
+  the registry's CA with the join token in `$SAIL_JOIN_TOKEN`, write Istio's files
+  (`cert-chain.pem`, `key.pem`, `root-cert.pem`) into DIR, and keep them renewed at
+  half-life (the certificate is the credential of each renewal) until stopped.
 * `sail apply -f FILE` / `sail delete -f FILE` - add, replace or remove Istio-style config
   in a running registry (`--registry HOST:PORT[,HOST:PORT...]` or `$SAIL_REGISTRY`,
   default `127.0.0.1:15010`; with several, the first that answers).
@@ -195,6 +199,52 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cert(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from sail.registry.remote import create_certificate
+    from sail.security.enroll import Enrollment, write_files
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log = logging.getLogger("sail.cert")
+    token = os.environ.get("SAIL_JOIN_TOKEN", "")
+    if not token:
+        print("sail cert: no join token in $SAIL_JOIN_TOKEN (sail token create makes one)",
+              file=sys.stderr)
+        return 1
+    target = args.registry or os.environ.get("SAIL_REGISTRY", DEFAULT_REGISTRY)
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+
+    def ask(csr: str, current: Sequence[str] | None) -> list[str]:
+        return create_certificate(targets, None if current else token, csr, args.lifetime,
+                                  current_chain=current)
+
+    enrollment = Enrollment(ask)
+    out = Path(args.out)
+    enrollment.obtain()  # the first one fails loudly: a bad token is a misconfiguration
+    write_files(out, enrollment)
+    print(f"wrote {out}/cert-chain.pem for {enrollment.identity}", flush=True)
+    if args.once:
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    failures = 0
+    while not stop.wait(max(0.0, enrollment.renew_at() - time.time()) if not failures
+                        else min(30.0, 0.5 * 2 ** failures)):
+        try:
+            enrollment.obtain()
+            write_files(out, enrollment)
+        except (SailError, OSError) as exc:  # keep the current files; try again soon
+            failures += 1
+            log.warning("renewing the certificate failed (%s); trying again", exc)
+            continue
+        failures = 0
+        log.info("renewed the certificate of %s", enrollment.identity)
+    return 0
+
+
 def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -263,6 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how long it may be used (default 24 h)")
     create.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
     create.add_argument("--token", help="the registry's admin token")
+    cert = sub.add_parser("cert", help="get and keep renewed a workload certificate")
+    cert.add_argument("--out", required=True, metavar="DIR",
+                      help="where to write cert-chain.pem, key.pem and root-cert.pem")
+    cert.add_argument("--lifetime", type=float, default=0, metavar="SECONDS",
+                      help="the lifetime to ask for (default: the CA's, 24 h)")
+    cert.add_argument("--once", action="store_true", help="write the files once and exit")
+    cert.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
     for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
         cmd = sub.add_parser(name, help=f"{text} in a running registry")
         cmd.add_argument("-f", "--file", required=True)
@@ -278,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.file)
         if args.command == "registry":
             return _run_registry(args)
+        if args.command == "cert":
+            return _cert(args)
         if args.command in ("apply", "delete", "status", "token"):
             return _admin(args)
         return _dump(args)

@@ -84,8 +84,12 @@ token like Apply. `FAILED_PRECONDITION` when the registry runs no CA (no
 first and root last, in the shape of Istio's `IstioCertificateService/CreateCertificate`:
 the mesh CA signs the CSR (`validity_duration` seconds, 0 or absent: 24 h) for the identity
 of the **join token** the call carries as `authorization: Bearer <join token>`, not for the
-registry's token, which this call does not take. A missing, forged or expired join token is
-`UNAUTHENTICATED`; a CSR the CA refuses (one asking for another identity, a bad signature or
+registry's token, which this call does not take. With `"current_chain"` (a certificate
+the CA issued, leaf first) it is a **renewal**, for that certificate's identity and no
+token: the CSR must be for that certificate's key, its signature proving the caller holds
+it (EST's re-enrollment). A missing, forged or expired join token is
+`UNAUTHENTICATED`; a CSR the CA refuses (a renewal of a certificate it did not issue, or
+that expired, included) (one asking for another identity, a bad signature or
 key, a lifetime over the CA's maximum) is `PERMISSION_DENIED`, with the reason.
 
 **Status** `{}` → the registry's status (connected clients and the config versions they
@@ -268,11 +272,13 @@ class RegistryApi:
                 raise _Reject(grpc.StatusCode.FAILED_PRECONDITION,
                               f"{method}: this registry runs no CA (start it with "
                               "--trust-domain)")
-            token = _bearer(method, context.invocation_metadata() or (), "a join token")
             if isinstance(request, _BadBody) or not isinstance(request, dict):
                 raise _Reject(_INVALID, f"{method}: body must be a JSON object")
-            check_fields(request, ("csr", "validity_duration"))
+            check_fields(request, ("csr", "validity_duration", "current_chain"))
             try:
+                if "current_chain" in request:  # a renewal: the certificate is the credential
+                    return encode(self.identity.renew_certificate(request))
+                token = _bearer(method, context.invocation_metadata() or (), "a join token")
                 return encode(self.identity.create_certificate(request, token))
             except TokenError as exc:
                 raise _Reject(_UNAUTHENTICATED, f"{method}: {exc}") from None

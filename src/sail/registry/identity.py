@@ -14,7 +14,8 @@ another trust domain is refused at start (`CertificateRefused`): changing the tr
 domain re-keys the whole mesh, which is a decision, not a flag change.
 
 Calls (`sail.registry.api`): `CreateCertificate` signs a workload's CSR for the identity
-its join token grants; `CreateJoinToken` (an operator call) makes a token.
+its join token grants, or renews a certificate the CA issued (`current_chain`, the CSR for
+the same key); `CreateJoinToken` (an operator call) makes a token.
 """
 
 from __future__ import annotations
@@ -94,16 +95,21 @@ class MeshIdentity:
         """`CreateCertificate`: `{csr, validity_duration}` with a join token → `{cert_chain}`.
         Raises `TokenError` or `CertificateRefused` (the API answers UNAUTHENTICATED or
         PERMISSION_DENIED / INVALID_ARGUMENT) and `ValueError` for a malformed body."""
-        csr = body.get("csr")
-        if not isinstance(csr, str) or not csr:
-            raise ValueError("'csr' must be a PEM certificate signing request")
-        lifetime = body.get("validity_duration", 0)
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-            raise ValueError("'validity_duration' must be a number of seconds")
+        csr, lifetime = _csr_and_lifetime(body)
         identity = verify_token(self._secret, token)
-        chain = self.ca.sign(csr, identity, float(lifetime) or DEFAULT_CERT_LIFETIME)
-        log.info("signed a certificate for %s (%g s)", identity,
-                 float(lifetime) or DEFAULT_CERT_LIFETIME)
+        chain = self.ca.sign(csr, identity, lifetime)
+        log.info("signed a certificate for %s (%g s)", identity, lifetime)
+        return {"cert_chain": chain}
+
+    def renew_certificate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`CreateCertificate` with `current_chain`: a renewal, for the identity of that
+        certificate and the same key (`CertificateAuthority.renew`)."""
+        csr, lifetime = _csr_and_lifetime(body)
+        current = body.get("current_chain")
+        if not isinstance(current, list) or not all(isinstance(c, str) for c in current):
+            raise ValueError("'current_chain' must be a list of PEM certificates, leaf first")
+        chain = self.ca.renew(csr, current, lifetime)
+        log.info("renewed a certificate (%g s)", lifetime)
         return {"cert_chain": chain}
 
     def create_join_token(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +132,16 @@ class MeshIdentity:
     def check_token(self, token: str | None) -> SpiffeId:
         """The identity a join token grants (`TokenError` if none)."""
         return verify_token(self._secret, token)
+
+
+def _csr_and_lifetime(body: dict[str, Any]) -> tuple[str, float]:
+    csr = body.get("csr")
+    if not isinstance(csr, str) or not csr:
+        raise ValueError("'csr' must be a PEM certificate signing request")
+    lifetime = body.get("validity_duration", 0)
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        raise ValueError("'validity_duration' must be a number of seconds")
+    return csr, float(lifetime) or DEFAULT_CERT_LIFETIME
 
 
 async def _stored_ca(store: Store, trust_domain: str, max_lifetime: float

@@ -515,18 +515,22 @@ def _call_first(channels: Sequence[_Channel], method: str, body: Mapping[str, An
 
 
 def create_certificate(
-    target: str | Sequence[str], join_token: str, csr_pem: str, lifetime: float = 0, *,
-    timeout: float = 10.0, credentials: Any = None,
+    target: str | Sequence[str], join_token: str | None, csr_pem: str, lifetime: float = 0,
+    *, current_chain: Sequence[str] | None = None, timeout: float = 10.0,
+    credentials: Any = None,
 ) -> list[str]:
-    """Ask the registry's CA to sign `csr_pem` (`CreateCertificate`), with `join_token` as
-    the credential: the chain, leaf first. `lifetime` 0 takes the CA's default (24 h).
-    A refusal is a `RegistryError` whose message says why (a bad token is UNAUTHENTICATED,
-    a CSR for another identity PERMISSION_DENIED)."""
+    """Ask the registry's CA to sign `csr_pem` (`CreateCertificate`): the chain, leaf first.
+    The credential is `join_token` for a first certificate, or `current_chain` (the
+    certificate to renew; the CSR for its key) for a renewal. `lifetime` 0 takes the CA's
+    default (24 h). A refusal is a `RegistryError` whose message says why (a bad token is
+    UNAUTHENTICATED, a CSR for another identity PERMISSION_DENIED)."""
     targets = (target,) if isinstance(target, str) else tuple(target)
+    body: dict[str, Any] = {"csr": csr_pem, "validity_duration": lifetime}
+    if current_chain is not None:
+        body["current_chain"] = list(current_chain)
     channels = [_Channel(t, join_token, credentials, timeout) for t in targets]
     try:
-        reply = _call_first(channels, "CreateCertificate",
-                            {"csr": csr_pem, "validity_duration": lifetime})
+        reply = _call_first(channels, "CreateCertificate", body)
     finally:
         for channel in channels:
             channel.close()

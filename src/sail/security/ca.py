@@ -284,6 +284,32 @@ class CertificateAuthority:
         leaf = builder.sign(self.key, _hash_for(self.key))
         return [_pem(leaf), *self._chain_pem]
 
+    def renew(
+        self, csr_pem: bytes | str, current_chain: Sequence[str] | str | bytes,
+        lifetime: float, *, now: float | None = None,
+    ) -> list[str]:
+        """Sign `csr_pem` again for the identity of `current_chain`, a certificate this CA
+        issued that is valid at `now`: a renewal needs no join token. The CSR must be for
+        the key of that certificate, so that its signature proves that the caller holds the
+        key (EST's re-enrollment, RFC 7030 4.2.2), whoever else saw the certificate.
+        `CertificateRefused` names what fails."""
+        identity = self.identity_of(current_chain, now=now)
+        data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+        try:
+            asked = x509.load_pem_x509_csr(data).public_key()
+        except ValueError as exc:
+            raise CertificateRefused(f"CSR: not a PEM certificate signing request: {exc}") \
+                from None
+        text = current_chain if isinstance(current_chain, str | bytes) else "".join(current_chain)
+        leaf = _load_chain(text.encode() if isinstance(text, str) else text, "certificate")[0]
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if asked.public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
+            raise CertificateRefused(
+                "CSR: a renewal must be for the key of the certificate it renews (its "
+                "signature is the proof that the caller holds that key)")
+        return self.sign(data, identity, lifetime, now=now)
+
     @staticmethod
     def _check_requested(csr: x509.CertificateSigningRequest, identity: SpiffeId) -> None:
         try:
