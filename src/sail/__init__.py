@@ -36,7 +36,7 @@ from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar, Workload
 from sail.resilience.call import Attempt, CallInfo
 from sail.resilience.events import AttemptObserver
-from sail.status import MeshStatus, Nack
+from sail.status import Identity, MeshStatus, Nack
 
 __all__ = [
     "Attempt",
@@ -46,6 +46,7 @@ __all__ = [
     "CallInfo",
     "ConfigError",
     "DeadlineExceeded",
+    "Identity",
     "InProcessRegistrar",
     "Mesh",
     "MeshSnapshot",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -19,7 +19,7 @@ from sail.model import MeshSnapshot
 from sail.registration import InProcessRegistrar, Registrar
 from sail.resilience.events import AttemptObserver, Observers
 from sail.seam import MeshSeam
-from sail.status import MeshStatus, Nack
+from sail.status import Identity, MeshStatus, Nack
 from sail.xds.resolver import LDS, ConfigResolver
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sail.grpc.aio import AioMeshChannel
     from sail.grpc.channel import MeshChannel
     from sail.grpc.server import AioMeshServer, MeshServer
+    from sail.security.workload import WorkloadIdentity
 
 __all__ = ["Mesh"]
 
@@ -177,6 +178,29 @@ class _LocalSource:
         self.config.close()
 
 
+def _workload_identity(boot: Bootstrap, join_token: str | None) -> WorkloadIdentity | None:
+    """The identity source the bootstrap and a join token call for (`Mesh.from_bootstrap`)."""
+    from sail.security.workload import WorkloadIdentity
+
+    if join_token:
+        from sail.registry.remote import create_certificate
+        from sail.security.enroll import Enrollment
+
+        targets = [server.server_uri for server in boot.xds_servers]
+
+        def ask(csr: str, current: Sequence[str] | None) -> list[str]:
+            return create_certificate(targets, None if current else join_token, csr,
+                                      current_chain=current)
+
+        return WorkloadIdentity(Enrollment(ask))
+    provider = boot.certificate_providers.get("default")
+    if provider is not None and provider.plugin_name == "file_watcher":
+        from sail.security.providers import file_watcher_from_config
+
+        return WorkloadIdentity(file_watcher_from_config("default", provider.config))
+    return None
+
+
 class Mesh:
     """A service's view of the mesh. Make one per process with `Mesh.from_bootstrap()` or
     `Mesh.local(path)`, and close it (or use it as a context manager) at shutdown.
@@ -197,7 +221,9 @@ class Mesh:
         mesh_domains: Iterable[str] = (),
         discovery_timeout: float = 15.0,
         registrar: Registrar | None = None,
+        identity: WorkloadIdentity | None = None,
     ) -> None:
+        self._identity = identity
         self._dataplane = Dataplane()
         self._observers: tuple[AttemptObserver, ...] = ()
         self.registrar: Registrar = registrar or InProcessRegistrar()
@@ -215,6 +241,7 @@ class Mesh:
         discovery_timeout: float = 15.0,
         registrar: Registrar | None = None,
         register: bool = False,
+        join_token: str | None = None,
         **client_options: Any,
     ) -> Mesh:
         """A mesh fed by xDS from the bootstrap's servers.
@@ -229,8 +256,15 @@ class Mesh:
         `sail.registry.remote.RemoteRegistrar` given every `server_uri` in order: it uses
         the first and fails over to the next, as the xDS client does; pass `registrar` for
         anything else.
+
+        The workload's identity (`mesh.identity`, docs/security.md): with a `join_token`
+        (or `$SAIL_JOIN_TOKEN`), a certificate from the mesh CA of the registry at the
+        bootstrap's xDS servers, renewed at half-life; else, when the bootstrap's
+        `certificate_providers` has a `file_watcher` instance `default` (Istio's name),
+        the certificate in its files; else none.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
+        identity = _workload_identity(boot, join_token or os.environ.get("SAIL_JOIN_TOKEN"))
         if register and registrar is None:
             from sail.registry.remote import RemoteRegistrar
 
@@ -243,6 +277,7 @@ class Mesh:
             mesh_domains=mesh_domains,
             discovery_timeout=discovery_timeout,
             registrar=registrar,
+            identity=identity,
         )
         for name in services:
             mesh._source.request(name)
@@ -282,6 +317,16 @@ class Mesh:
         earlier good version fails its requests with `sail.RejectedService` carrying that
         reason; it is never sent to DNS (see `sail.seam`)."""
         return self._source.status()
+
+    @property
+    def identity(self) -> Identity | None:
+        """The workload's identity now (`sail.Identity`: SPIFFE ID, expiry, source), `None`
+        without one or before the first certificate came (see `from_bootstrap`)."""
+        return self._identity.identity if self._identity is not None else None
+
+    def wait_identity(self, timeout: float | None = None) -> Identity | None:
+        """Wait (at most `timeout` seconds) for the first certificate; `identity` then."""
+        return self._identity.wait(timeout) if self._identity is not None else None
 
     def check_fork(self) -> None:
         """Restart the config source's thread in a forked child (cheap: no system call)."""
@@ -506,6 +551,8 @@ class Mesh:
     def close(self) -> None:
         """Stop the config source. Clients made by this mesh should be closed first."""
         self._source.close()
+        if self._identity is not None:
+            self._identity.close()
 
     def __enter__(self) -> Mesh:
         return self

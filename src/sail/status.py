@@ -8,8 +8,9 @@ for nack in status.nacks:  # each resource refused, and why
     print(nack.type_name, nack.name, nack.version, nack.reason)
 ```
 
-A leaf module (it imports nothing of sail), so the wire (`sail.xds`), the mesh and the
-public face can all use it.
+and `Mesh.identity` returns an `Identity` (the workload's SPIFFE ID and its certificate's
+expiry). A leaf module (it imports nothing of sail), so the wire (`sail.xds`), the mesh and
+the public face can all use it.
 """
 
 from __future__ import annotations
@@ -75,3 +76,19 @@ class MeshStatus:
     last_error: str
     versions: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
     nacks: tuple[Nack, ...] = ()
+
+
+@attrs.frozen
+class Identity:
+    """The certificate a workload holds now (`Mesh.identity`).
+
+    **Parameters**
+
+    * `spiffe_id` - `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    * `not_after` - when the certificate expires (Unix seconds).
+    * `source` - where it came from: `"mesh CA"` or the provider's certificate file.
+    """
+
+    spiffe_id: str
+    not_after: float
+    source: str

@@ -14,6 +14,7 @@ def test_exported_names() -> None:
             "CallInfo",
             "ConfigError",
             "DeadlineExceeded",
+            "Identity",
             "InProcessRegistrar",
             "Mesh",
             "MeshSnapshot",

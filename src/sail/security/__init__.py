@@ -4,9 +4,9 @@
 * `sail.security.ca` - `CertificateAuthority`: signs workload certificates for SPIFFE
   identities from CSRs, and checks the certificates it issued.
 * `sail.security.tokens` - join tokens, which grant a workload its first certificate.
+* `sail.security.providers` - gRPC's `file_watcher` certificate provider.
+* `sail.security.enroll` - a workload's key and its certificates from the mesh CA.
+* `sail.security.workload` - the identity a workload holds, kept current by a thread.
+
+The modules are imported where they are used (`cryptography` is not cheap to import).
 """
-
-from sail.security.ca import CertificateAuthority
-from sail.security.spiffe import SpiffeId
-
-__all__ = ["CertificateAuthority", "SpiffeId"]
