@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The fuzz suite (tests/fuzz, run by `make test` in its quick, repeatable `ci` profile) with
-# over 100,000 fresh random cases: tens of minutes.
+# over 100,000 fresh random cases: tens of minutes (see tests/fuzz/conftest.py).
 fuzz-long: $(STAMP)
 	SAIL_FUZZ_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 

@@ -1,8 +1,10 @@
 """Hypothesis profiles of the fuzz suite, chosen by `SAIL_FUZZ_PROFILE` (default `ci`).
 
-* `ci` - a few thousand cases over the whole suite, derandomized so a run is repeatable
-  and CI is never flaky; what `make test` runs.
-* `long` - over 100,000 cases, a fresh random seed each run (`make fuzz-long`).
+* `ci` - about 1,850 cases over the whole suite (each test's `scale` times 120), in
+  about 45 s on a busy 2-core machine, derandomized so a run is repeatable and CI is never
+  flaky; what `make test` runs.
+* `long` - about 100,500 cases (`scale` times 6,700), a fresh random seed each run
+  (`make fuzz-long`): some 50 minutes on one busy core, half that split over two.
 
 The profile is applied to the fuzz tests only (each takes `tests.fuzz.mutate.fuzz_settings`),
 never loaded globally, so the rest of the suite's property tests keep their own settings.
