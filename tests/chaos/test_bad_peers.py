@@ -95,6 +95,14 @@ def cut_body(conn: socket.socket) -> None:
     conn.close()
 
 
+def cut_stream(conn: socket.socket) -> None:
+    """A body of unknown length (chunked), cut off after its first chunk."""
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                 b"a\r\n0123456789\r\n")
+    conn.close()
+
+
 def good(conn: socket.socket) -> None:
     while True:
         read_request(conn)
@@ -229,20 +237,42 @@ def test_only_garbage_ends_in_the_protocol_error_naming_the_attempts(
         assert "1 attempt(s)" in notes, notes  # a POST is never sent twice by default
 
 
-def test_a_body_cut_off_is_an_error_for_the_caller(
+def test_a_small_body_cut_off_is_a_reset_retried_on_another_endpoint(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad, ok = peers(cut_body), peers(good)
+    with mesh_for(tmp_path, [bad.port, ok.port]) as mesh, mesh.client() as client:
+        replies = [client.get("http://svc/x") for _ in range(4)]
+        assert [r.status_code for r in replies] == [200] * 4
+        assert [r.content for r in replies] == [b"ok"] * 4
+        cut = [r.extensions["sail"].attempts[0] for r in replies if r.extensions["sail"].retried]
+        assert cut and all(a.outcome.reason == "reset" for a in cut)
+        assert cluster(mesh).limits.active == 0
+        # a POST is not sent twice: its cut-off (or the reset of the closed connection,
+        # when the peer closes with the request unread) reaches the caller
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as caught:
+            for _ in range(4):
+                client.post("http://svc/x", content=b"once")
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "1 attempt(s)" in notes, notes
+
+
+def test_a_small_body_cut_off_everywhere_is_an_error_naming_the_attempts(
     peers: Callable[[Behaviour], Peer], tmp_path: Path
 ) -> None:
     bad = peers(cut_body)
     with mesh_for(tmp_path, [bad.port]) as mesh, mesh.client() as client:
-        with pytest.raises(httpx.RemoteProtocolError):
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as caught:
             client.get("http://svc/x")
-        assert cluster(mesh).limits.active == 0  # the attempt's counters were given back
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "2 attempt(s)" in notes and "reset" in notes, notes
+        assert cluster(mesh).limits.active == 0  # the attempts' counters were given back
 
 
-def test_a_cut_off_body_is_a_local_origin_failure_and_ejects_by_default(
+def test_a_streamed_body_cut_off_is_a_local_origin_failure_and_ejects_by_default(
     peers: Callable[[Behaviour], Peer], tmp_path: Path
 ) -> None:
-    bad = peers(cut_body)
+    bad = peers(cut_stream)
     with mesh_for(tmp_path, [bad.port]) as mesh, mesh.client() as client:
         for _ in range(4):
             with pytest.raises(httpx.RemoteProtocolError):
@@ -252,12 +282,13 @@ def test_a_cut_off_body_is_a_local_origin_failure_and_ejects_by_default(
             client.get("http://svc/x")
         # the fifth cut-off body in a row is the default accrual's fifth failure
         assert cluster(mesh).ejected == {f"127.0.0.1:{bad.port}"}
+        assert cluster(mesh).limits.active == 0
 
 
-def test_a_cut_off_body_read_by_the_async_client_counts_too(
+def test_a_streamed_body_cut_off_under_the_async_client_counts_too(
     peers: Callable[[Behaviour], Peer], tmp_path: Path
 ) -> None:
-    bad = peers(cut_body)
+    bad = peers(cut_stream)
 
     async def five(mesh: sail.Mesh) -> None:
         async with mesh.async_client() as client:
@@ -269,6 +300,21 @@ def test_a_cut_off_body_read_by_the_async_client_counts_too(
         asyncio.run(five(mesh))
         assert cluster(mesh).ejected == {f"127.0.0.1:{bad.port}"}
         assert cluster(mesh).limits.active == 0
+
+
+def test_the_async_client_retries_a_small_body_cut_off(
+    peers: Callable[[Behaviour], Peer], tmp_path: Path
+) -> None:
+    bad, ok = peers(cut_body), peers(good)
+
+    async def four(mesh: sail.Mesh) -> list[httpx.Response]:
+        async with mesh.async_client() as client:
+            return [await client.get("http://svc/x") for _ in range(4)]
+
+    with mesh_for(tmp_path, [bad.port, ok.port]) as mesh:
+        replies = asyncio.run(four(mesh))
+    assert [(r.status_code, r.content) for r in replies] == [(200, b"ok")] * 4
+    assert any(r.extensions["sail"].retried for r in replies)
 
 
 def test_an_endpoint_that_drops_syns_fails_at_the_default_connect_timeout(

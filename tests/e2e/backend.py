@@ -30,7 +30,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"x-backend", NAME.encode())],
+            # a length, as web frameworks send for a body they hold whole (Starlette's
+            # Response does): without it uvicorn sends the body chunked
+            "headers": [(b"content-type", b"application/json"), (b"x-backend", NAME.encode()),
+                        (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

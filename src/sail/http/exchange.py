@@ -1,15 +1,15 @@
 """One HTTP request through the mesh, written once, with no I/O: the exchange that the sync
 and the async httpx transports both drive (`sail.http.transport`).
 
-`exchange(...)` is a generator. It yields what to do - send this request to that
-endpoint's pool, sleep, close a response, send a shadow copy, start a hedged attempt, wait
-for one - and is sent back what happened: a response or the `httpx.TransportError` of a
-`Send`, the finished `Launched` attempt of a `Wait` (or `None` when it timed out). It
-returns the response for the caller, or raises: sail's own `RequestError`s (the shell
-maps them to httpx's at its one boundary, `sail.http.errors.to_httpx`) or the last
-attempt's own transport error. A shell that is interrupted while it performs an action
-(a cancellation, a KeyboardInterrupt) throws that into the generator, which gives back
-what the attempt held and re-raises.
+`exchange(...)` is a generator. It yields what to do - send this request to that endpoint's
+pool, read a response's body, sleep, close a response, send a shadow copy, start a hedged
+attempt, wait for one - and is sent back what happened: a response or the
+`httpx.TransportError` of a `Send` (or of a `Read`), the finished `Launched` attempt of a
+`Wait` (or `None` when it timed out). It returns the response for the caller, or raises:
+sail's own `RequestError`s (the shell maps them to httpx's at its one boundary,
+`sail.http.errors.to_httpx`) or the last attempt's own transport error. A shell that is
+interrupted while it performs an action (a cancellation, a KeyboardInterrupt) throws that
+into the generator, which gives back what the attempt held and re-raises.
 
 ```python
 flow = exchange(dataplane, state, request, name)
@@ -36,11 +36,13 @@ The stages of one request, in order, and why each sits where it does:
 5. **attempts** (`sail.resilience.call.Call`): each attempt passes the circuit breakers and
    the deadline (`Call.begin`, where attempt observers hear it start), gets its share of
    the deadline, is sent on the **endpoint connection** (the pool of the picked endpoint),
-   and is classified (`Call.end`, where observers hear it end): return it, or retry on a
-   re-pick (`sail.dataplane.pick`) after a back-off. With `hedge_on_per_try_timeout` the
-   attempts overlap instead (`_hedged`).
+   has a small body of known length read whole (`Read`: so that a body cut off is the
+   attempt's failure, retried, not the caller's), and is classified (`Call.end`, where
+   observers hear it end): return it, or retry on a re-pick (`sail.dataplane.pick`) after a
+   back-off. With `hedge_on_per_try_timeout` the attempts overlap instead (`_hedged`).
 6. **response**: the attempts made (`CallInfo`), the hash policy's cookie, the route's
-   response header changes; its body releases the attempt's counters when closed.
+   response header changes; a body read whole has released the attempt's counters, a
+   streamed one releases them when it is closed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ __all__ = [
     "Launch",
     "Launched",
     "Mirror",
+    "Read",
     "Send",
     "Sleep",
     "Wait",
@@ -127,7 +130,24 @@ class Wait(NamedTuple):
     timeout: float | None
 
 
-Action = Send | Sleep | Close | Mirror | Launch | Wait
+class Read(NamedTuple):
+    """Read the whole body of `response` now (a small one of known length: see
+    `READ_AHEAD`); answer `None`, or the `httpx.TransportError` that cut it off (the shell
+    has closed the response then)."""
+
+    response: httpx.Response
+
+
+Action = Send | Sleep | Close | Mirror | Launch | Wait | Read
+
+READ_AHEAD = 64 * 1024
+"""A response whose `content-length` is at most this is read whole before the attempt is
+classified, so that a body cut off mid-way (the endpoint died while sending it) is the
+attempt's failure, a reset, retried as one (for idempotent requests, by default), instead
+of an error after the response was handed over. Envoy streams such a body and loses the
+request. A known, small length bounds the wait; a body of unknown length (chunked) or a
+larger one streams to the caller, and a cut-off there is reported to outlier detection
+when it happens (`Releasing`)."""
 Flow = Generator[Action, object, httpx.Response]
 
 
@@ -197,15 +217,24 @@ def exchange(
                 raise
             finally:
                 request.url = url
+            read = isinstance(result, httpx.Response) and _small(result)
+            if read:
+                cut = yield tuple.__new__(Read, (result,))
+                if cut is not None:  # the body was cut off: the attempt failed
+                    assert isinstance(cut, httpx.TransportError)
+                    result = cut
             if isinstance(result, httpx.Response):
                 wait = call.end(authority, _response_outcome(result, call), time.monotonic())
                 if wait is None:
-                    result.stream = Releasing(
-                        result.stream,  # type: ignore[arg-type]
-                        call,
-                        host,
-                        authority,
-                    )
+                    if read:  # the body is in memory: the attempt is over
+                        call.release(host)
+                    else:
+                        result.stream = Releasing(
+                            result.stream,  # type: ignore[arg-type]
+                            call,
+                            host,
+                            authority,
+                        )
                     _finish(result, target, call)
                     return result
                 try:
@@ -652,6 +681,12 @@ def _local_outcome(exc: httpx.TransportError) -> Outcome | None:
             return Outcome(local=Local.REFUSED_STREAM)
         return Outcome(local=Local.RESET)
     return None
+
+
+def _small(response: httpx.Response) -> bool:
+    """Whether `response` declares a body of at most `READ_AHEAD` bytes (`Read`)."""
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= READ_AHEAD
 
 
 def _response_outcome(response: httpx.Response, call: Call) -> Outcome:

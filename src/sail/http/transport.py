@@ -39,6 +39,7 @@ from sail.http.exchange import (
     Launch,
     Launched,
     Mirror,
+    Read,
     Send,
     Sleep,
     Wait,
@@ -208,6 +209,12 @@ class MeshTransport(httpx.BaseTransport):
                                 action.request
                             )
                         except httpx.TransportError as exc:
+                            result = exc
+                    elif isinstance(action, Read):
+                        try:
+                            action.response.read()
+                        except httpx.TransportError as exc:
+                            action.response.close()
                             result = exc
                     elif isinstance(action, Sleep):
                         time.sleep(action.seconds)
@@ -395,6 +402,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                                 action.authority
                             ).handle_async_request(action.request)
                         except httpx.TransportError as exc:
+                            result = exc
+                    elif isinstance(action, Read):
+                        try:
+                            await action.response.aread()
+                        except httpx.TransportError as exc:
+                            await action.response.aclose()
                             result = exc
                     elif isinstance(action, Sleep):
                         await anyio.sleep(action.seconds)

@@ -17,12 +17,12 @@ from sail.security.spiffe import SpiffeId
 
 TD = "example.org"
 REVIEWS = SpiffeId.workload(TD, "default", "reviews")
-NOW = time.time()
+NOW = time.time()  # at import: the CA below is made valid from then (it backdates a minute)
 
 
 @pytest.fixture(scope="module")
 def ca() -> CertificateAuthority:
-    return CertificateAuthority.generate(TD)
+    return CertificateAuthority.generate(TD, now=NOW)
 
 
 def csr(key: object = None, sans: list[x509.GeneralName] | None = None) -> bytes:
