@@ -32,13 +32,15 @@ def check_trust_domain(name: str) -> str:
         raise InvalidSpiffeId("the trust domain is empty")
     if len(name) > _MAX_TRUST_DOMAIN:
         raise InvalidSpiffeId(f"the trust domain is over {_MAX_TRUST_DOMAIN} characters")
-    bad = sorted(set(name) - _TRUST_DOMAIN_CHARS)
-    if bad:
-        raise InvalidSpiffeId(
-            f"the trust domain {name!r} has {''.join(bad)!r}: only lower-case letters, "
-            "digits, '.', '-' and '_' are allowed (no port, no user info)"
-        )
+    _only(name, _TRUST_DOMAIN_CHARS, f"the trust domain {name!r}",
+          "lower-case letters, digits, '.', '-' and '_' are allowed (no port, no user info)")
     return name
+
+
+def _only(text: str, allowed: frozenset[str], what: str, rule: str) -> None:
+    bad = "".join(sorted(set(text) - allowed))
+    if bad:
+        raise InvalidSpiffeId(f"{what} has {bad!r}: only {rule}")
 
 
 def _check_segment(segment: str, where: str) -> None:
@@ -46,12 +48,8 @@ def _check_segment(segment: str, where: str) -> None:
         raise InvalidSpiffeId(f"{where}: the path has an empty segment (or ends in '/')")
     if segment in (".", ".."):
         raise InvalidSpiffeId(f"{where}: the path has a {segment!r} segment")
-    bad = sorted(set(segment) - _SEGMENT_CHARS)
-    if bad:
-        raise InvalidSpiffeId(
-            f"{where}: the path segment {segment!r} has {''.join(bad)!r}: only letters, "
-            "digits, '.', '-' and '_' are allowed"
-        )
+    _only(segment, _SEGMENT_CHARS, f"{where}: the path segment {segment!r}",
+          "letters, digits, '.', '-' and '_' are allowed")
 
 
 @attrs.frozen
