@@ -76,3 +76,43 @@ def test_the_bootstrap_file_watcher_gives_the_mesh_its_identity(tmp_path: Path) 
         identity = mesh.wait_identity(10)
         assert identity is not None and identity.spiffe_id == str(REVIEWS)
         assert identity.source == str(tmp_path / "cert-chain.pem")
+
+
+FORKED = """
+import os, sys, time
+from sail.security.ca import CertificateAuthority
+from sail.security.enroll import Enrollment
+from sail.security.spiffe import SpiffeId
+from sail.security.workload import WorkloadIdentity
+
+ca = CertificateAuthority.generate("example.org")
+me = SpiffeId.workload("example.org", "default", "reviews")
+asks = []
+
+def ask(csr, current):
+    asks.append(os.getpid())
+    return ca.renew(csr, current, 2) if current else ca.sign(csr, me, 2)
+
+keeper = WorkloadIdentity(Enrollment(ask))
+first = keeper.wait(10)
+pid = os.fork()
+if pid == 0:  # the child renews by itself: its thread started again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = keeper.identity
+        if now and now.not_after > first.not_after and os.getpid() in asks:
+            os._exit(0)
+        time.sleep(0.05)
+    os._exit(1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_renews_its_identity_itself() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -10,14 +10,17 @@ A `WorkloadIdentity` has one source:
 Its thread (`sail-identity`) gets the first credentials, then keeps them current; a failure
 keeps the current ones (until they expire, they still serve), is logged, and is tried again
 with a backoff (0.5 s doubling to 30 s): the thread never dies silently. `current` is one
-attribute read, for the request path; `identity` is the public view (`sail.Identity`).
+attribute read, for the request path; `identity` is the public view (`sail.Identity`). In
+a forked child the thread starts again (`os.register_at_fork`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 
 from sail.errors import SailError
 from sail.security.enroll import Enrollment
@@ -45,6 +48,10 @@ class WorkloadIdentity:
         self.last_error = ""
         self._ready = threading.Event()
         self._stop = threading.Event()
+        self._start()
+        _live.add(self)
+
+    def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sail-identity", daemon=True)
         self._thread.start()
 
@@ -120,6 +127,20 @@ class WorkloadIdentity:
         if isinstance(source, FileWatcherProvider):
             return source.refresh_interval
         return max(0.0, source.renew_at() - time.time())
+
+
+_live: weakref.WeakSet[WorkloadIdentity] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits no threads: each identity's thread starts again there (the
+    child keeps the parent's key and certificate, and renews them itself)."""
+    for keeper in list(_live):
+        if not keeper._stop.is_set():
+            keeper._start()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _not_after(pem: str) -> float:
