@@ -76,6 +76,7 @@ def test_sail_cert_renews_at_half_life_with_the_certificate_as_credential(
                   "--registry", registry.address],
                  env={"SAIL_JOIN_TOKEN": join_token(registry, ttl=5)})
     try:
+        # cert-chain.pem is written last (after the root and the key)
         wait_until((out / "cert-chain.pem").exists, timeout=30)
         files = provider(out)
         wait_until(files.refresh, timeout=10)

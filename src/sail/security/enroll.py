@@ -126,16 +126,18 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
 
 
 def write_files(directory: Path, enrollment: Enrollment) -> None:
-    """Write `cert-chain.pem`, `key.pem` (0600) and `root-cert.pem` into `directory`
+    """Write `root-cert.pem`, `key.pem` (0600) and then `cert-chain.pem` into `directory`
     (made 0700 if missing), each replaced atomically; the key only when it is not there
     yet (it never changes)."""
     if not enrollment.chain:
         raise RuntimeError("no certificate yet: call obtain()")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     *certs, root = enrollment.chain if len(enrollment.chain) > 1 else (*enrollment.chain, "")
+    # The root and the key before the chain: a reader that waits for `cert-chain.pem` finds
+    # the others already there.
+    if root:
+        _replace(directory / "root-cert.pem", root.encode(), 0o644)
     key_path = directory / "key.pem"
     if not key_path.exists() or key_path.read_bytes() != enrollment.key_pem:
         _replace(key_path, enrollment.key_pem, 0o600)
     _replace(directory / "cert-chain.pem", "".join(certs).encode(), 0o644)
-    if root:
-        _replace(directory / "root-cert.pem", root.encode(), 0o644)
