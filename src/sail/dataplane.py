@@ -18,8 +18,9 @@ drives a `sail.resilience.call.Call` over the target's cluster, re-picking for r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
+import ssl
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
 
@@ -37,6 +38,7 @@ from sail.model import (
     MeshSnapshot,
     RouteAction,
     RouteConfig,
+    UpstreamTls,
 )
 from sail.resilience.call import Call
 from sail.resilience.fault import FaultFilter
@@ -46,14 +48,27 @@ from sail.resilience.retry import DEFAULT_IDEMPOTENT_POLICY, DEFAULT_POLICY
 from sail.routing import Headers, Router, RouteResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from sail.resilience.events import AttemptObserver
 
 __all__ = [
-    "ClusterRuntime", "Dataplane", "DataplaneState", "Target", "build_state", "pick", "repick",
-    "start_call",
+    "ClusterRuntime", "Dataplane", "DataplaneState", "Target", "TlsFactory",
+    "UpstreamTlsRuntime", "build_state", "pick", "repick", "start_call",
 ]
+
+
+class UpstreamTlsRuntime(Protocol):
+    """A cluster's TLS as the request path reads it (`sail.security.tls.ClientTls`): the
+    `ssl.SSLContext` for new connections now, replaced whole when a certificate rotates;
+    `None` while the workload has no credentials for it, `why` then saying what is
+    missing."""
+
+    spec: UpstreamTls
+    context: ssl.SSLContext | None
+    why: str
+
+
+TlsFactory = Callable[[UpstreamTls], UpstreamTlsRuntime]
+"""Makes the runtime of a cluster's `UpstreamTls` (on the control path)."""
 
 
 @attrs.define(eq=False)
@@ -63,6 +78,9 @@ class ClusterRuntime:
     endpoints' in-flight counts (`hosts`, read by least request and slow start) and its
     outlier detector (`outlier`: the cluster's `outlier_detection`, or without one sail's
     failure accrual, `sail.resilience.outlier.DEFAULT_ACCRUAL`).
+
+    `tls` is the cluster's TLS as its connections use it (`UpstreamTlsRuntime`, made by
+    the dataplane's `tls_factory`), `None` for plaintext.
 
     `picker` is the one field that changes in place: when the outlier detector ejects or
     returns a host, the picker is rebuilt with the ejected hosts counted as unhealthy
@@ -78,6 +96,7 @@ class ClusterRuntime:
     high_limits: ClusterLimits | None = None
     ejected: frozenset[str] = frozenset()
     current: _Current | None = attrs.field(default=None, repr=False)
+    tls: UpstreamTlsRuntime | None = None
 
     def rebuild(self, ejected: frozenset[str]) -> None:
         """Rebuild the picker with `ejected` hosts unhealthy (an ejection, a return)."""
@@ -158,7 +177,11 @@ class Target(NamedTuple):
     faults: FaultFilter | None = None
 
 
-def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) -> DataplaneState:
+def build_state(
+    snapshot: MeshSnapshot,
+    previous: DataplaneState | None = None,
+    tls_factory: TlsFactory | None = None,
+) -> DataplaneState:
     old_services = previous.services if previous else {}
     old_clusters = previous.clusters if previous else {}
     services: dict[str, ServiceRuntime] = {}
@@ -182,7 +205,7 @@ def build_state(snapshot: MeshSnapshot, previous: DataplaneState | None = None) 
         if prior is not None and prior.cluster == cluster and prior.assignment == assignment:
             clusters[name] = prior
             continue
-        clusters[name] = _cluster_runtime(name, cluster, assignment, prior)
+        clusters[name] = _cluster_runtime(name, cluster, assignment, prior, tls_factory)
     authorities = frozenset(
         e.authority for cla in snapshot.endpoints.values() for e in cla.endpoints
     )
@@ -203,7 +226,7 @@ def _refusal(name: str, hcm: HttpConnectionManager | None) -> str | None:
 
 def _cluster_runtime(
     name: str, cluster: Cluster, assignment: ClusterLoadAssignment | None,
-    prior: ClusterRuntime | None,
+    prior: ClusterRuntime | None, tls_factory: TlsFactory | None = None,
 ) -> ClusterRuntime:
     """A new runtime for a cluster whose config or endpoints changed, keeping the state
     that outlives it (limits, host counts, the outlier detector)."""
@@ -228,12 +251,22 @@ def _cluster_runtime(
         outlier.update_hosts(e.authority for e in assignment.endpoints)
     ejected = outlier.ejected
     picker: Picker
-    if assignment is None:
+    tls = None
+    if cluster.tls is not None:
+        tls = prior.tls if prior is not None and prior.tls is not None and (
+            prior.tls.spec == cluster.tls) else None
+        if tls is None and tls_factory is not None:
+            tls = tls_factory(cluster.tls)
+    if cluster.tls is not None and tls is None:  # fail closed: never plaintext instead
+        picker = UnavailablePicker(
+            f"cluster {name!r} asks for TLS, and this mesh has no certificate providers"
+        )
+    elif assignment is None:
         picker = UnavailablePicker(f"cluster {name!r}: no endpoints received yet")
     else:
         picker = _picker(cluster, assignment, hosts, ejected, outlier)
     runtime = ClusterRuntime(
-        cluster, assignment, picker, limits, hosts, outlier, high, ejected, current
+        cluster, assignment, picker, limits, hosts, outlier, high, ejected, current, tls
     )
     current.runtime = runtime
     if outlier.ejected != ejected:  # an ejection landed while this was being built
@@ -245,12 +278,13 @@ class Dataplane:
     """Holds the current `DataplaneState`; `update` swaps it, `resolve` reads it.
     `observer` hears of every attempt of the calls made on it (`Mesh.observe`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_factory: TlsFactory | None = None) -> None:
+        self.tls_factory = tls_factory
         self.state = build_state(MeshSnapshot())
         self.observer: AttemptObserver | None = None
 
     def update(self, snapshot: MeshSnapshot) -> DataplaneState:
-        self.state = build_state(snapshot, self.state)
+        self.state = build_state(snapshot, self.state, self.tls_factory)
         return self.state
 
     def resolve(

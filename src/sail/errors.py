@@ -158,5 +158,32 @@ class DeadlineExceeded(RequestError):
 
 class UnsupportedRequest(RequestError):
     """sail will not send this request as asked, and sends nothing rather than something
-    weaker: an `https://` URL to a mesh host, while sail does not originate mTLS, is
-    refused instead of being sent in plaintext."""
+    weaker: an `https://` URL to a mesh service whose cluster has no TLS is refused
+    instead of being sent in plaintext."""
+
+
+class NoCredentials(RequestError):
+    """The chosen cluster asks for TLS (or mTLS) and the workload has no usable
+    credentials for it yet (no certificate, no CA certificates): nothing was sent, and
+    nothing is sent in plaintext instead."""
+
+
+class PeerIdentityMismatch(RequestError):
+    """The endpoint's certificate verified against the mesh's roots, but it is not an
+    identity the cluster accepts (its SAN matchers: for a mesh service, the SPIFFE IDs of
+    its service accounts). The handshake was failed before any of the request was sent.
+
+    **Attributes** (made by `of`)
+
+    * `expected` - the identities the cluster accepts.
+    * `presented` - the SANs of the certificate the endpoint presented.
+    * `endpoint` - the endpoint's `host:port`.
+    """
+
+    expected = presented = endpoint = ""
+
+    @classmethod
+    def of(cls, expected: str, presented: str, endpoint: str) -> PeerIdentityMismatch:
+        error = cls(f"endpoint {endpoint}: presented {presented}, expected {expected}")
+        error.expected, error.presented, error.endpoint = expected, presented, endpoint
+        return error

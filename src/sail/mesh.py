@@ -178,10 +178,15 @@ class _LocalSource:
         self.config.close()
 
 
-def _workload_identity(boot: Bootstrap, join_token: str | None) -> WorkloadIdentity | None:
-    """The identity source the bootstrap and a join token call for (`Mesh.from_bootstrap`)."""
+def _certificate_sources(
+    boot: Bootstrap, join_token: str | None
+) -> dict[str, WorkloadIdentity]:
+    """The credentials source of each certificate provider instance a TLS context may name
+    (`Mesh.from_bootstrap`): each `file_watcher` instance of the bootstrap, and with a join
+    token, instance `default` from the mesh CA (in place of the bootstrap's)."""
     from sail.security.workload import WorkloadIdentity
 
+    sources: dict[str, WorkloadIdentity] = {}
     if join_token:
         from sail.registry.remote import create_certificate
         from sail.security.enroll import Enrollment
@@ -192,13 +197,13 @@ def _workload_identity(boot: Bootstrap, join_token: str | None) -> WorkloadIdent
             return create_certificate(targets, None if current else join_token, csr,
                                       current_chain=current)
 
-        return WorkloadIdentity(Enrollment(ask))
-    provider = boot.certificate_providers.get("default")
-    if provider is not None and provider.plugin_name == "file_watcher":
-        from sail.security.providers import file_watcher_from_config
+        sources["default"] = WorkloadIdentity(Enrollment(ask))
+    for name, provider in boot.certificate_providers.items():
+        if provider.plugin_name == "file_watcher" and name not in sources:
+            from sail.security.providers import file_watcher_from_config
 
-        return WorkloadIdentity(file_watcher_from_config("default", provider.config))
-    return None
+            sources[name] = WorkloadIdentity(file_watcher_from_config(name, provider.config))
+    return sources
 
 
 class Mesh:
@@ -221,10 +226,16 @@ class Mesh:
         mesh_domains: Iterable[str] = (),
         discovery_timeout: float = 15.0,
         registrar: Registrar | None = None,
-        identity: WorkloadIdentity | None = None,
+        certificates: Mapping[str, WorkloadIdentity] | None = None,
     ) -> None:
-        self._identity = identity
-        self._dataplane = Dataplane()
+        self._certificates = dict(certificates or {})
+        self._identity = self._certificates.get("default")
+        tls_factory = None
+        if self._certificates:
+            from sail.security.tls import ClientTlsFactory
+
+            tls_factory = ClientTlsFactory(self._certificates)
+        self._dataplane = Dataplane(tls_factory)
         self._observers: tuple[AttemptObserver, ...] = ()
         self.registrar: Registrar = registrar or InProcessRegistrar()
         self._seam = MeshSeam(self._dataplane, tuple(mesh_domains), discovery_timeout)
@@ -264,7 +275,13 @@ class Mesh:
         the certificate in its files; else none.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
-        identity = _workload_identity(boot, join_token or os.environ.get("SAIL_JOIN_TOKEN"))
+        certificates = _certificate_sources(
+            boot, join_token or os.environ.get("SAIL_JOIN_TOKEN")
+        )
+        if certificates and "resource_types" not in client_options:
+            from sail.xds.codec.types import resource_types
+
+            client_options["resource_types"] = resource_types(certificates)
         if register and registrar is None:
             from sail.registry.remote import RemoteRegistrar
 
@@ -277,7 +294,7 @@ class Mesh:
             mesh_domains=mesh_domains,
             discovery_timeout=discovery_timeout,
             registrar=registrar,
-            identity=identity,
+            certificates=certificates,
         )
         for name in services:
             mesh._source.request(name)
@@ -551,8 +568,8 @@ class Mesh:
     def close(self) -> None:
         """Stop the config source. Clients made by this mesh should be closed first."""
         self._source.close()
-        if self._identity is not None:
-            self._identity.close()
+        for source in self._certificates.values():
+            source.close()
 
     def __enter__(self) -> Mesh:
         return self

@@ -7,7 +7,9 @@ httpx.ConnectError
 ├── UnknownServiceError     (also sail.errors.UnknownService)
 ├── NoRouteError            (also sail.errors.NoRoute)
 ├── NoHealthyUpstreamError  (also sail.errors.NoHealthyUpstream)
-└── UpstreamOverflowError   (also sail.errors.UpstreamOverflow)
+├── UpstreamOverflowError   (also sail.errors.UpstreamOverflow)
+├── NoCredentialsError      (also sail.errors.NoCredentials)
+└── PeerIdentityMismatchError (also sail.errors.PeerIdentityMismatch)
 httpx.TimeoutException
 └── DeadlineExceededError   (also sail.errors.DeadlineExceeded)
 httpx.UnsupportedProtocol
@@ -23,8 +25,10 @@ import httpx
 
 from sail.errors import (
     DeadlineExceeded,
+    NoCredentials,
     NoHealthyUpstream,
     NoRoute,
+    PeerIdentityMismatch,
     RequestError,
     UnknownService,
     UnsupportedRequest,
@@ -33,8 +37,10 @@ from sail.errors import (
 
 __all__ = [
     "DeadlineExceededError",
+    "NoCredentialsError",
     "NoHealthyUpstreamError",
     "NoRouteError",
+    "PeerIdentityMismatchError",
     "UnknownServiceError",
     "UnsupportedRequestError",
     "UpstreamOverflowError",
@@ -58,6 +64,15 @@ class UpstreamOverflowError(httpx.ConnectError, UpstreamOverflow):
     pass
 
 
+class NoCredentialsError(httpx.ConnectError, NoCredentials):
+    pass
+
+
+class PeerIdentityMismatchError(httpx.ConnectError, PeerIdentityMismatch):
+    """An endpoint presented a certificate of an identity the cluster does not accept;
+    `expected`, `presented` and `endpoint` say which."""
+
+
 class DeadlineExceededError(httpx.TimeoutException, DeadlineExceeded):
     pass
 
@@ -73,6 +88,8 @@ _MAP: dict[type[RequestError], type[httpx.TransportError]] = {
     UpstreamOverflow: UpstreamOverflowError,
     DeadlineExceeded: DeadlineExceededError,
     UnsupportedRequest: UnsupportedRequestError,
+    NoCredentials: NoCredentialsError,
+    PeerIdentityMismatch: PeerIdentityMismatchError,
 }
 
 
@@ -80,5 +97,9 @@ def to_httpx(exc: RequestError, request: httpx.Request) -> httpx.TransportError:
     """The one place sail's request errors become httpx exceptions."""
     for kind, mapped in _MAP.items():
         if isinstance(exc, kind):
-            return mapped(str(exc), request=request)
+            error = mapped(str(exc), request=request)
+            for name, value in vars(exc).items():  # what the error names (`expected`...)
+                if not name.startswith("_"):
+                    setattr(error, name, value)
+            return error
     return httpx.ConnectError(str(exc), request=request)

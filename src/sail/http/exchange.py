@@ -55,17 +55,30 @@ from typing import TYPE_CHECKING, NamedTuple
 import httpx
 
 from sail.dataplane import pick, repick, start_call
-from sail.errors import DeadlineExceeded, NoHealthyUpstream, UnsupportedRequest
+from sail.errors import (
+    DeadlineExceeded,
+    NoCredentials,
+    NoHealthyUpstream,
+    PeerIdentityMismatch,
+    UnsupportedRequest,
+)
 from sail.model import RouteAction
 from sail.resilience.call import Call, CallInfo
 from sail.resilience.classify import Local, Outcome
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, call_deadline
 from sail.resilience.retry import IDEMPOTENT_METHODS, REPLAY_LIMIT
 from sail.routing.mirror import mirrors, shadow_authority
+from sail.security.tls import PeerIdentityError
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
-    from sail.dataplane import ClusterRuntime, Dataplane, DataplaneState, Target
+    from sail.dataplane import (
+        ClusterRuntime,
+        Dataplane,
+        DataplaneState,
+        Target,
+        UpstreamTlsRuntime,
+    )
     from sail.model import Endpoint
     from sail.resilience.fault import FaultDecision
 
@@ -88,11 +101,13 @@ __all__ = [
 
 
 class Send(NamedTuple):
-    """Send `request` on the pool of `authority`; answer with the response, or the
-    `httpx.TransportError` it raised."""
+    """Send `request` on the pool of `authority` (with `tls`, on TLS connections made with
+    its current context); answer with the response, or the `httpx.TransportError` it
+    raised."""
 
     authority: str
     request: httpx.Request
+    tls: UpstreamTlsRuntime | None = None
 
 
 class Sleep(NamedTuple):
@@ -108,11 +123,12 @@ class Close(NamedTuple):
 
 
 class Mirror(NamedTuple):
-    """Send the shadow copy `request` on the pool of `authority`, fire and forget (its
-    answer and errors are dropped); answer `None` at once."""
+    """Send the shadow copy `request` on the pool of `authority` (with `tls` as `Send`
+    says), fire and forget (its answer and errors are dropped); answer `None` at once."""
 
     authority: str
     request: httpx.Request
+    tls: UpstreamTlsRuntime | None = None
 
 
 class Launch(NamedTuple):
@@ -156,12 +172,6 @@ def exchange(
 ) -> Flow:
     """The exchange of one request to mesh service `name` on `state` (see the module
     docstring for the stages)."""
-    if request.url.scheme == "https":
-        # sail does not originate TLS yet: sending it as http:// would be a downgrade.
-        raise UnsupportedRequest(
-            f"service {name!r}: https:// to a mesh host is refused: sail does not do mTLS "
-            "yet, and never downgrades a request to plaintext (use http:// inside the mesh)"
-        )
     target = dataplane.resolve(
         name,
         _host_header(request.headers, name),
@@ -182,12 +192,26 @@ def exchange(
                 decision.finish()
     if target.endpoint is None:
         return _direct_response(target, request)
+    cluster = target.cluster
+    assert cluster is not None
+    tls = cluster.tls
+    if tls is not None and tls.context is None:
+        raise NoCredentials(
+            f"service {name!r}: cluster {cluster.cluster.name!r} asks for TLS and this "
+            f"workload has no credentials for it: {tls.why}"
+        )
+    if tls is None and request.url.scheme == "https":
+        raise UnsupportedRequest(
+            f"service {name!r}: https:// is refused: cluster {cluster.cluster.name!r} has "
+            "no TLS, and sail never downgrades a request to plaintext (the cluster's TLS, "
+            "from its DestinationRule or PeerAuthentication, decides; use http://)"
+        )
     plan = target.route.policy
     if plan.headers is not None:
         _mutate_request(target, request)
     if plan.mirrors:
-        for authority, copy in _mirror_requests(target, request, state):
-            yield Mirror(authority, copy)
+        for authority, copy, mirror_tls in _mirror_requests(target, request, state):
+            yield Mirror(authority, copy, mirror_tls)
     deadline = call_deadline(plan.timeout, request.headers, time.monotonic())
     call = start_call(
         target, deadline, dataplane.observer, _replayable(request),
@@ -199,18 +223,16 @@ def exchange(
     # here, not in a generator of its own: a request is one generator, resumed per action.
     url = request.url
     endpoint = target.endpoint
-    cluster = target.cluster
-    assert endpoint is not None and cluster is not None
     timeouts = _connect_capped(request, cluster)
     try:
         while True:
             host = _begin(call, request, timeouts, cluster, endpoint)
             authority = endpoint.authority
-            request.url = _to_endpoint(request, target, endpoint)
+            request.url = _to_endpoint(request, target, endpoint, tls)
             try:
                 # `tuple.__new__`, not `Send(...)`: the same object without the Python-level
                 # `__new__` a NamedTuple runs.
-                result = yield tuple.__new__(Send, (authority, request))
+                result = yield tuple.__new__(Send, (authority, request, tls))
             except BaseException:  # interrupted: the attempt is over all the same
                 call.release(host)
                 call.abandon(authority, time.monotonic())
@@ -310,7 +332,7 @@ class Launched:
     shell sets `response` or `error` when it ends."""
 
     __slots__ = ("call", "ended", "endpoint", "error", "hedge", "host", "request", "response",
-                 "token")
+                 "tls", "token")
 
     def __init__(
         self, hedge: Hedge, endpoint: Endpoint, host: HostStats, request: httpx.Request
@@ -320,6 +342,7 @@ class Launched:
         self.endpoint = endpoint
         self.host = host
         self.request = request
+        self.tls = hedge.cluster.tls
         self.token = call.token
         self.response: httpx.Response | None = None
         self.error: BaseException | None = None
@@ -417,7 +440,7 @@ class Hedge:
             kept, self.kept = self.kept, None
             return kept
         assert isinstance(error, httpx.TransportError)
-        raise _failed(call, error)
+        raise _failed(call, error, item.endpoint.authority)
 
     def take_discarded(self) -> list[Launched]:
         """Finished attempts that lost, for the exchange to close and release."""
@@ -477,9 +500,10 @@ def _mutate_response(target: Target, response: httpx.Response) -> None:
 
 def _mirror_requests(
     target: Target, request: httpx.Request, state: DataplaneState
-) -> list[tuple[str, httpx.Request]]:
+) -> list[tuple[str, httpx.Request, UpstreamTlsRuntime | None]]:
     """Copies of `request` for the route's `request_mirror_policies` that fire this time:
-    `(endpoint authority, request)` each, with Host suffixed `-shadow` as Envoy sends them.
+    `(endpoint authority, request, the mirror cluster's TLS)` each, with Host suffixed
+    `-shadow` as Envoy sends them.
     A streamed body cannot be copied, so such a request is not mirrored."""
     action = target.route.route.action
     if not isinstance(action, RouteAction) or not action.request_mirror_policies:
@@ -492,6 +516,11 @@ def _mirror_requests(
         cluster = state.clusters.get(name)
         if cluster is None:
             continue
+        tls = cluster.tls
+        if (tls is None and request.url.scheme == "https") or (
+            tls is not None and tls.context is None
+        ):
+            continue  # never a plaintext copy of a TLS request; none without credentials
         try:
             endpoint = pick(cluster, target.hash.value)
         except NoHealthyUpstream:
@@ -500,12 +529,16 @@ def _mirror_requests(
         headers["host"] = host
         copies.append((endpoint.authority, httpx.Request(
             request.method,
-            httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+            httpx.URL(scheme=_scheme(tls), host=endpoint.address, port=endpoint.port,
                       raw_path=target.route.path.encode("ascii")),
             headers=headers,
             stream=request.stream,
-        )))
+        ), tls))
     return copies
+
+
+def _scheme(tls: UpstreamTlsRuntime | None) -> str:
+    return "http" if tls is None else "https"
 
 
 def _host_header(headers: httpx.Headers, default: str) -> str:
@@ -547,7 +580,15 @@ class _EndpointURL:
         self.raw_path = raw_path
 
     def __str__(self) -> str:
-        return f"http://{self.raw_host.decode()}:{self.port}{self.raw_path.decode()}"
+        scheme = self.raw_scheme.decode()
+        return f"{scheme}://{self.raw_host.decode()}:{self.port}{self.raw_path.decode()}"
+
+
+class _TlsEndpointURL(_EndpointURL):
+    """`_EndpointURL` for an endpoint of a TLS cluster."""
+
+    __slots__ = ()
+    raw_scheme = b"https"
 
 
 def _host_for(target: Target, endpoint: Endpoint) -> str | None:
@@ -560,13 +601,16 @@ def _host_for(target: Target, endpoint: Endpoint) -> str | None:
     return target.host
 
 
-def _to_endpoint(request: httpx.Request, target: Target, endpoint: Endpoint) -> httpx.URL:
+def _to_endpoint(
+    request: httpx.Request, target: Target, endpoint: Endpoint,
+    tls: UpstreamTlsRuntime | None,
+) -> httpx.URL:
     """What to put in `request.url` while `endpoint`'s pool sends it; sets Host if the
     route rewrites it (for a retry's endpoint, `auto_host_rewrite` takes its hostname)."""
     host = target.host if endpoint is target.endpoint else _host_for(target, endpoint)
     if host is not None:
         request.headers["host"] = host
-    url = _EndpointURL(
+    url = (_EndpointURL if tls is None else _TlsEndpointURL)(
         endpoint.address.encode("ascii"), endpoint.port, target.route.path.encode("ascii")
     )
     return url  # type: ignore[return-value]
@@ -661,7 +705,8 @@ def _hedged_request(
         extensions["timeout"] = request.extensions.get("timeout", timeouts)
     return httpx.Request(
         request.method,
-        httpx.URL(scheme="http", host=endpoint.address, port=endpoint.port,
+        httpx.URL(scheme=_scheme(target.cluster.tls if target.cluster else None),
+                  host=endpoint.address, port=endpoint.port,
                   raw_path=target.route.path.encode("ascii")),
         headers=headers,
         stream=request.stream,
@@ -709,18 +754,35 @@ def _after_error(call: Call, authority: str, exc: httpx.TransportError) -> float
         raise exc
     wait = call.end(authority, outcome, time.monotonic())
     if wait is None:
-        raise _failed(call, exc)
+        raise _failed(call, exc, authority)
     return wait
 
 
-def _failed(call: Call, exc: httpx.TransportError) -> Exception:
+def _failed(call: Call, exc: httpx.TransportError, authority: str) -> Exception:
     """The error a call ends with after `exc` ended its last attempt (chained to it)."""
     if call.expired(time.monotonic()):
         error: Exception = DeadlineExceeded(call.describe("the deadline passed"))
         error.__cause__ = exc
         return error
+    mismatch = _peer_identity(exc, authority)
+    if mismatch is not None:
+        mismatch.add_note(f"sail: {call.describe('gave up')}")
+        return mismatch
     exc.add_note(f"sail: {call.describe('gave up')}")
     return exc
+
+
+def _peer_identity(exc: httpx.TransportError, authority: str) -> PeerIdentityMismatch | None:
+    """sail's error for a connect error that was a peer identity check failing in the
+    handshake (`sail.security.tls.PeerIdentityError`, under httpcore's and httpx's)."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        cause = cause.__cause__ or cause.__context__ if cause is not None else None
+        if isinstance(cause, PeerIdentityError):
+            error = PeerIdentityMismatch.of(cause.expected, cause.presented, authority)
+            error.__cause__ = exc
+            return error
+    return None
 
 
 def _finish(response: httpx.Response, target: Target, call: Call) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from sail.http.exchange import (
 )
 
 if TYPE_CHECKING:
+    from sail.dataplane import UpstreamTlsRuntime
     from sail.seam import MeshSeam
 
 __all__ = ["RETRY_BODY_LIMIT", "AsyncMeshTransport", "MeshTransport"]
@@ -79,6 +81,20 @@ def _idle(pool: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> bool:
     return all(c.is_idle() or c.is_closed() for c in connections)
 
 
+def _authority(key: object) -> object:
+    return key[0] if isinstance(key, tuple) else key
+
+
+def _tls_options(options: dict[str, object], context: ssl.SSLContext | None) -> dict[str, object]:
+    """An endpoint pool's options: the client's, with a TLS cluster's context in place of
+    the client's own `verify` and `cert` (which are for hosts outside the mesh)."""
+    if context is None:
+        return options
+    return {k: v for k, v in options.items() if k not in ("verify", "cert")} | {
+        "verify": context
+    }
+
+
 class _Draining(Generic[P]):
     __slots__ = ("checked", "deadline", "pool", "was_idle")
 
@@ -90,33 +106,45 @@ class _Draining(Generic[P]):
 
 
 class _PoolSet(Generic[P]):
-    """One inner transport per endpoint authority, created on first use; pools of departed
-    endpoints drain before they close."""
+    """One inner transport per endpoint authority (and, for a TLS cluster, per TLS
+    context: a rotated certificate makes a new context, whose connections go in a pool of
+    their own while the old context's pool drains), created on first use; pools of
+    departed endpoints drain before they close."""
 
-    def __init__(self, factory: Callable[[], P]) -> None:
-        self._factory: Callable[[], P] = factory
-        self._pools: dict[str, P] = {}
+    def __init__(self, factory: Callable[[ssl.SSLContext | None], P]) -> None:
+        self._factory: Callable[[ssl.SSLContext | None], P] = factory
+        self._pools: dict[object, P] = {}
         # Pools of departed endpoints, until they close (an attribute, not a property: the
         # async transport tests it on every request).
         self.draining: list[_Draining[P]] = []
         self._lock = threading.Lock()  # taken only when a pool is created or retired
 
-    def get(self, authority: str) -> P:
-        pool = self._pools.get(authority)
+    def get(self, authority: str, tls: UpstreamTlsRuntime | None = None) -> P:
+        key: object = authority if tls is None else (authority, tls.context)
+        pool = self._pools.get(key)
         if pool is None:
             with self._lock:
-                pool = self._pools.get(authority)
+                pool = self._pools.get(key)
                 if pool is None:
-                    pool = self._pools[authority] = self._factory()
+                    context = tls.context if tls is not None else None
+                    if context is not None:
+                        self._retire_rotated(authority)
+                    pool = self._pools[key] = self._factory(context)
         return pool
+
+    def _retire_rotated(self, authority: str) -> None:
+        """A new TLS context for `authority`: the pools of its older contexts drain."""
+        deadline = time.monotonic() + DRAIN_GRACE
+        for key in [k for k in self._pools if isinstance(k, tuple) and k[0] == authority]:
+            self.draining.append(_Draining(self._pools.pop(key), deadline))
 
     def retire(self, live: frozenset[str]) -> bool:
         """Move the pools of endpoints no longer in any cluster to draining; True if any
         is draining."""
         with self._lock:
             deadline = time.monotonic() + DRAIN_GRACE
-            for authority in [a for a in self._pools if a not in live]:
-                self.draining.append(_Draining(self._pools.pop(authority), deadline))
+            for key in [k for k in self._pools if _authority(k) not in live]:
+                self.draining.append(_Draining(self._pools.pop(key), deadline))
             return bool(self.draining)
 
     def reapable(self) -> list[P]:
@@ -173,7 +201,7 @@ class MeshTransport(httpx.BaseTransport):
         self._passthrough = passthrough
         options = dict(pool_options or {})
         self._pools: _PoolSet[httpx.HTTPTransport] = _PoolSet(
-            lambda: httpx.HTTPTransport(**options)  # type: ignore[arg-type]
+            lambda tls: httpx.HTTPTransport(**_tls_options(options, tls))  # type: ignore[arg-type]
         )
         self._reaper: threading.Timer | None = None
         self._shadows: concurrent.futures.ThreadPoolExecutor | None = None
@@ -205,9 +233,8 @@ class MeshTransport(httpx.BaseTransport):
                 try:
                     if isinstance(action, Send):
                         try:
-                            result = self._pools.get(action.authority).handle_request(
-                                action.request
-                            )
+                            pool = self._pools.get(action.authority, action.tls)
+                            result = pool.handle_request(action.request)
                         except httpx.TransportError as exc:
                             result = exc
                     elif isinstance(action, Read):
@@ -221,7 +248,7 @@ class MeshTransport(httpx.BaseTransport):
                     elif isinstance(action, Close):
                         action.response.close()
                     elif isinstance(action, Mirror):
-                        self._mirror(action.authority, action.request)
+                        self._mirror(action.authority, action.request, action.tls)
                     elif isinstance(action, Launch):
                         return self._drive_hedged(flow, action.attempt)
                     else:
@@ -242,9 +269,8 @@ class MeshTransport(httpx.BaseTransport):
 
         def attempt(item: Launched) -> None:
             try:
-                item.response = self._pools.get(item.endpoint.authority).handle_request(
-                    item.request
-                )
+                pool = self._pools.get(item.endpoint.authority, item.tls)
+                item.response = pool.handle_request(item.request)
             except BaseException as exc:
                 item.error = exc
             with lock:
@@ -298,9 +324,11 @@ class MeshTransport(httpx.BaseTransport):
             for item in leftovers:
                 _close(item)
 
-    def _mirror(self, authority: str, request: httpx.Request) -> None:
+    def _mirror(
+        self, authority: str, request: httpx.Request, tls: UpstreamTlsRuntime | None
+    ) -> None:
         """Send a shadow copy and forget it (its answer and errors are dropped)."""
-        pool = self._pools.get(authority)
+        pool = self._pools.get(authority, tls)
 
         def send() -> None:
             with contextlib.suppress(Exception):
@@ -366,7 +394,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._passthrough = passthrough
         options = dict(pool_options or {})
         self._pools: _PoolSet[httpx.AsyncHTTPTransport] = _PoolSet(
-            lambda: httpx.AsyncHTTPTransport(**options)  # type: ignore[arg-type]
+            lambda tls: httpx.AsyncHTTPTransport(
+                **_tls_options(options, tls)  # type: ignore[arg-type]
+            )
         )
         self._shadows: set[asyncio.Task[None]] = set()
         seam.track(self)
@@ -399,7 +429,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     if isinstance(action, Send):
                         try:
                             result = await self._pools.get(
-                                action.authority
+                                action.authority, action.tls
                             ).handle_async_request(action.request)
                         except httpx.TransportError as exc:
                             result = exc
@@ -414,7 +444,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     elif isinstance(action, Close):
                         await action.response.aclose()
                     elif isinstance(action, Mirror):
-                        self._mirror(action.authority, action.request)
+                        self._mirror(action.authority, action.request, action.tls)
                     elif isinstance(action, Launch):
                         return await self._drive_hedged(flow, action.attempt)
                     else:
@@ -434,7 +464,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         async def attempt(item: Launched) -> None:
             try:
                 item.response = await self._pools.get(
-                    item.endpoint.authority
+                    item.endpoint.authority, item.tls
                 ).handle_async_request(item.request)
             except anyio.get_cancelled_exc_class():
                 raise  # a losing attempt, released below
@@ -495,10 +525,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             send.close()
             receive.close()
 
-    def _mirror(self, authority: str, request: httpx.Request) -> None:
+    def _mirror(
+        self, authority: str, request: httpx.Request, tls: UpstreamTlsRuntime | None
+    ) -> None:
         """Send a shadow copy as a task of its own and forget it (its answer and errors
         are dropped)."""
-        pool = self._pools.get(authority)
+        pool = self._pools.get(authority, tls)
 
         async def send() -> None:
             with contextlib.suppress(Exception):

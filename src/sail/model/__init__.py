@@ -63,9 +63,17 @@ from sail.model.route import (
     VirtualHost,
 )
 from sail.model.snapshot import MeshSnapshot
+from sail.model.tls import (
+    CertificateProviderRef,
+    DownstreamTls,
+    SanMatcher,
+    SanType,
+    UpstreamTls,
+)
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "CertificateProviderRef",
     "CidrRange",
     "CircuitBreakers",
     "Cluster",
@@ -73,6 +81,7 @@ __all__ = [
     "ClusterWeight",
     "DirectResponse",
     "DiscoveryType",
+    "DownstreamTls",
     "Endpoint",
     "FaultAbort",
     "FaultDelay",
@@ -108,10 +117,13 @@ __all__ = [
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "SanMatcher",
+    "SanType",
     "SourceType",
     "StringMatchKind",
     "StringMatcher",
     "Thresholds",
+    "UpstreamTls",
     "VirtualHost",
     "escape_header_value",
     "host_port",

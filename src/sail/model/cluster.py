@@ -8,6 +8,7 @@ import attrs
 
 from sail.model.endpoint import ClusterLoadAssignment
 from sail.model.policy import CircuitBreakers, OutlierDetection
+from sail.model.tls import UpstreamTls
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Cluster", "DiscoveryType", "LbPolicy"]
 
@@ -54,6 +55,7 @@ class Cluster:
       hosts, a priority balances over all its hosts.
     * `connect_timeout` - seconds for a connection to an endpoint to open; unset,
       `DEFAULT_CONNECT_TIMEOUT` (1 s, where Envoy's default is 5 s: see there).
+    * `tls` - TLS (with a client certificate: mTLS) to the endpoints, `None` for plaintext.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Cluster:
     healthy_panic_threshold: float = 50.0
     circuit_breakers: CircuitBreakers | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: UpstreamTls | None = None
 
     @property
     def eds_name(self) -> str:

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import weakref
+from typing import Protocol
 
 from sail.errors import SailError
 from sail.security.enroll import Enrollment
@@ -28,6 +29,11 @@ from sail.security.providers import Credentials, FileWatcherProvider
 from sail.status import Identity
 
 __all__ = ["WorkloadIdentity"]
+
+
+class _Listener(Protocol):
+    def refresh(self) -> None: ...
+
 
 log = logging.getLogger("sail.security")
 
@@ -48,6 +54,7 @@ class WorkloadIdentity:
         self.last_error = ""
         self._ready = threading.Event()
         self._stop = threading.Event()
+        self._listeners: weakref.WeakSet[_Listener] = weakref.WeakSet()
         self._start()
         _live.add(self)
 
@@ -70,6 +77,11 @@ class WorkloadIdentity:
         self._ready.wait(timeout)
         return self.identity
 
+    def subscribe(self, listener: _Listener) -> None:
+        """Call `listener.refresh()` on this thread after each change of `current` (held
+        weakly: a listener nobody else holds is dropped)."""
+        self._listeners.add(listener)
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not threading.current_thread():
@@ -80,8 +92,11 @@ class WorkloadIdentity:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            before = self.current
             try:
                 self._refresh()
+                if self.current is not before:
+                    self._notify()
             except (SailError, OSError) as exc:
                 failures += 1
                 self.last_error = str(exc)
@@ -121,6 +136,13 @@ class WorkloadIdentity:
         )
         log.info("sail identity: %s from the mesh CA, renewing in %.0f s", source.identity,
                  source.renew_at() - time.time())
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.refresh()
+            except Exception:  # one listener's failure must not stop the others
+                log.exception("sail identity: a TLS context failed to take the new certificate")
 
     def _next_delay(self) -> float:
         source = self._source

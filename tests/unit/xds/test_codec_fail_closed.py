@@ -223,12 +223,13 @@ def eds_cluster(**fields: Any) -> cluster_pb2.Cluster:
 UPSTREAM_MTLS = socket(tls_pb2.UpstreamTlsContext(common_tls_context=mtls_context(), sni="x"))
 
 
-def test_a_cluster_with_upstream_tls_is_nacked() -> None:
+def test_a_cluster_with_upstream_tls_naming_unknown_providers_is_nacked() -> None:
+    """A bootstrap without the instances the context names: gRPC's NACK (A29)."""
     reason = nack(decode_cluster, eds_cluster(transport_socket=UPSTREAM_MTLS))
     assert reason == (
-        "transport_socket: envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext: "
-        "sail does not do upstream TLS yet, so this cluster's traffic would go out in "
-        "plaintext; refused rather than ignored (only raw_buffer is accepted)"
+        "transport_socket.typed_config.common_tls_context.tls_certificate_provider_instance."
+        "instance_name: unrecognized certificate provider instance 'default' (the "
+        "bootstrap's certificate_providers: none)"
     )
 
 
@@ -236,12 +237,14 @@ def test_upstream_tls_in_a_typed_struct_or_by_name_is_nacked() -> None:
     struct = typed_struct_pb2.TypedStruct(
         type_url=type_url_of(tls_pb2.UpstreamTlsContext), value=struct_pb2.Struct()
     )
-    assert "UpstreamTlsContext: sail does not do upstream TLS" in nack(
-        decode_cluster, eds_cluster(transport_socket=socket(struct))
+    assert nack(decode_cluster, eds_cluster(transport_socket=socket(struct))) == (
+        "transport_socket.typed_config: give a TLS context as a typed Any, not in a "
+        "TypedStruct"
     )
     named = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
     assert nack(decode_cluster, eds_cluster(transport_socket=named)).startswith(
-        "transport_socket: 'envoy.transport_sockets.tls': sail does not do upstream TLS yet"
+        "transport_socket: 'envoy.transport_sockets.tls': not supported (raw_buffer, or "
+        "UpstreamTlsContext with certificate provider instances)"
     )
 
 
@@ -255,7 +258,7 @@ def test_transport_socket_matches_with_tls_are_nacked() -> None:
     )
     assert nack(decode_cluster, cluster).startswith(
         "transport_socket_matches[1].transport_socket: "
-        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext: sail does not do"
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext: sail does not choose"
     )
 
 
@@ -293,7 +296,9 @@ def test_a_local_mode_file_with_upstream_tls_is_refused_with_the_reason() -> Non
         },
     }
     reason = nack(decode_cluster, parse_resource("Cluster", data))
-    assert reason.startswith("transport_socket: envoy.extensions.transport_sockets.tls.v3.")
+    assert reason.startswith(
+        "transport_socket.typed_config.common_tls_context: no CA certificate provider"
+    )
 
 
 # -- typed_per_filter_config (gRFC A39) -------------------------------------------------

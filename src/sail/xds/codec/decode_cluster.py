@@ -13,15 +13,18 @@
   5 gateway failures enforced at 0 %, success rate enforced at 100 % (5 hosts of 100
   requests), failure percentage enforced at 0 %, 10 s interval, 30 s base ejection up to
   300 s, 10 % max ejected.
-* `transport_socket` must be plaintext (`raw_buffer`, or unset), as must every
-  `transport_socket_matches[].transport_socket`, and `transport_socket_matcher` is refused:
-  sail does not do upstream TLS yet, so an `UpstreamTlsContext` would otherwise be accepted
-  and the cluster's traffic sent in plaintext (`sail.xds.codec.transport_socket`).
+* `transport_socket` is plaintext (`raw_buffer`, or unset) or an `UpstreamTlsContext` with
+  certificate provider instances the bootstrap names (gRFC A29,
+  `sail.xds.codec.decode_tls`). Every `transport_socket_matches[].transport_socket` must be
+  plaintext and `transport_socket_matcher` is refused: sail does not choose sockets per
+  endpoint, so a TLS socket there would otherwise be accepted and the traffic it covers
+  sent in plaintext.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -36,9 +39,10 @@ from sail.model import (
     RetryBudget,
     Thresholds,
 )
+from sail.model.tls import UpstreamTls
 from sail.xds.codec.decode_endpoint import decode_load_assignment
 from sail.xds.codec.decode_lb_policy import decode_lb_policy
-from sail.xds.codec.transport_socket import check_plaintext
+from sail.xds.codec.transport_socket import check_plaintext, upstream_socket
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import bool_value, duration_seconds, enum_name, uint32_value
 
@@ -54,13 +58,15 @@ _THRESHOLD_DEFAULTS = Thresholds()
 _OUTLIER_DEFAULTS = OutlierDetection()
 
 
-def decode_cluster(msg: Any) -> Cluster:
-    """Decode a CDS resource; raises `ResourceError` naming the invalid field."""
+def decode_cluster(msg: Any, providers: Collection[str] = ()) -> Cluster:
+    """Decode a CDS resource; raises `ResourceError` naming the invalid field. `providers`
+    are the certificate provider instance names a TLS context may refer to (the
+    bootstrap's `certificate_providers`)."""
     with resource("Cluster", msg.name):
         if not msg.name:
             raise Invalid("name", "must not be empty")
         discovery, eds_name, assignment = _discovery(msg)
-        _check_transport_sockets(msg)
+        tls = _transport_socket(msg, providers)
         return Cluster(
             name=msg.name,
             discovery=discovery,
@@ -71,6 +77,7 @@ def decode_cluster(msg: Any) -> Cluster:
             healthy_panic_threshold=_panic_threshold(msg),
             circuit_breakers=_circuit_breakers(msg),
             outlier_detection=_outlier_detection(msg),
+            tls=tls,
         )
 
 
@@ -103,13 +110,12 @@ def _discovery(msg: Any) -> tuple[DiscoveryType, str, ClusterLoadAssignment | No
 
 
 _NO_UPSTREAM_TLS = (
-    "sail does not do upstream TLS yet, so this cluster's traffic would go out in plaintext"
+    "sail does not choose transport sockets per endpoint, so the traffic this socket covers "
+    "would go out in plaintext (give TLS in the cluster's transport_socket)"
 )
 
 
-def _check_transport_sockets(msg: Any) -> None:
-    if msg.HasField("transport_socket"):
-        check_plaintext(msg.transport_socket, "transport_socket", _NO_UPSTREAM_TLS)
+def _transport_socket(msg: Any, providers: Collection[str]) -> UpstreamTls | None:
     for i, match in enumerate(msg.transport_socket_matches):
         if match.HasField("transport_socket"):
             with at("transport_socket_matches", i):
@@ -117,8 +123,11 @@ def _check_transport_sockets(msg: Any) -> None:
     if msg.HasField("transport_socket_matcher"):
         raise Invalid(
             "transport_socket_matcher",
-            f"is not supported: it chooses transport sockets, and {_NO_UPSTREAM_TLS}",
+            f"is not supported: {_NO_UPSTREAM_TLS}",
         )
+    if msg.HasField("transport_socket"):
+        return upstream_socket(msg.transport_socket, "transport_socket", providers)
+    return None
 
 
 def _check_ip_addresses(assignment: ClusterLoadAssignment) -> None:

@@ -44,6 +44,7 @@ from sail.model import (
     Thresholds,
 )
 from sail.xds.codec.encode_route import encode_http_fault, encode_route_configuration
+from sail.xds.codec.encode_tls import encode_upstream_tls
 from sail.xds.codec.extensions import HCM_FILTER_NAME, ROUTER, ROUTER_NAME, TYPE_PREFIX
 from sail.xds.codec.lb_options import TYPED_CLASSES, encode_options
 from sail.xds.codec.wellknown import seconds_to_duration, wrap_bool, wrap_uint32
@@ -191,6 +192,8 @@ def encode_cluster(cluster: Cluster) -> Any:
         )
     if cluster.outlier_detection is not None:
         msg.outlier_detection.CopyFrom(_outlier_detection(cluster.outlier_detection))
+    if cluster.tls is not None:
+        msg.transport_socket.CopyFrom(encode_upstream_tls(cluster.tls))
     return msg
 
 

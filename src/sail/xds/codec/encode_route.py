@@ -43,7 +43,10 @@ from sail.xds.codec.decode_matchers import DENOMINATORS
 from sail.xds.codec.decode_route_action import PREVIOUS_HOSTS_NAME
 from sail.xds.codec.wellknown import seconds_to_duration, wrap_bool, wrap_uint32
 
-__all__ = ["encode_http_fault", "encode_retry_policy", "encode_route_configuration"]
+__all__ = [
+    "encode_http_fault", "encode_retry_policy", "encode_route_configuration",
+    "encode_string_matcher",
+]
 
 _ENUM_OF_DENOMINATOR = {value: enum for enum, value in DENOMINATORS.items()}
 
@@ -157,7 +160,7 @@ def _match(match: RouteMatch) -> Any:
     return msg
 
 
-def _string_matcher(m: StringMatcher) -> Any:
+def encode_string_matcher(m: StringMatcher) -> Any:
     msg = string_pb2.StringMatcher()
     if m.kind is StringMatchKind.REGEX:
         msg.safe_regex.regex = m.value
@@ -174,7 +177,7 @@ def _header(h: HeaderMatcher) -> Any:
         treat_missing_header_as_empty=h.treat_missing_as_empty,
     )
     if h.string_match is not None:
-        msg.string_match.CopyFrom(_string_matcher(h.string_match))
+        msg.string_match.CopyFrom(encode_string_matcher(h.string_match))
     elif h.range is not None:
         msg.range_match.start = h.range.start
         msg.range_match.end = h.range.end
@@ -186,7 +189,7 @@ def _header(h: HeaderMatcher) -> Any:
 def _query(q: QueryParameterMatcher) -> Any:
     msg = rc_pb2.QueryParameterMatcher(name=q.name)
     if q.string_match is not None:
-        msg.string_match.CopyFrom(_string_matcher(q.string_match))
+        msg.string_match.CopyFrom(encode_string_matcher(q.string_match))
     elif q.present is not None:
         msg.present_match = q.present
     return msg

@@ -8,6 +8,7 @@ types): it unpacks each `Any` of a response into `message_class`, names it with
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
@@ -33,7 +34,7 @@ from sail.xds.codec.encode import (
 from sail.xds.codec.extensions import type_url_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
 __all__ = [
     "CLUSTER",
@@ -46,6 +47,7 @@ __all__ = [
     "ResourceType",
     "resource_name",
     "resource_type",
+    "resource_types",
     "unpack",
 ]
 
@@ -105,6 +107,20 @@ RESOURCE_TYPES: Mapping[str, ResourceType] = {
     )
 }
 """The supported resource types by type URL."""
+
+
+def resource_types(providers: Collection[str]) -> Mapping[str, ResourceType]:
+    """The supported resource types, with TLS contexts allowed to name the certificate
+    provider instances `providers` (a bootstrap's `certificate_providers`; gRFC A29 NACKs
+    any other name). `RESOURCE_TYPES` is this with none."""
+    if not providers:
+        return RESOURCE_TYPES
+    names = frozenset(providers)
+    return {
+        **RESOURCE_TYPES,
+        CLUSTER: attrs.evolve(RESOURCE_TYPES[CLUSTER],
+                              decode=functools.partial(decode_cluster, providers=names)),
+    }
 
 
 def resource_type(type_url_or_short_name: str) -> ResourceType | None:
