@@ -52,6 +52,7 @@ __all__ = [
     "server_listener",
     "service",
     "set_testing",
+    "upstream_tls",
 ]
 
 T = TypeVar("T")
@@ -59,6 +60,7 @@ T = TypeVar("T")
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 CLUSTER_LOAD_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -310,6 +312,27 @@ def eds_cluster(name: str, *, lb_policy: str = "ROUND_ROBIN", **fields: Any) -> 
     }
 
 
+def upstream_tls(*spiffe_ids: str, instance: str = "default") -> dict[str, Any]:
+    """A cluster's `transport_socket`: mTLS with certificate provider `instance` (its
+    certificate and its roots, as Istio's proxyless config names them), accepting a peer
+    whose certificate carries one of `spiffe_ids` (any verified peer when none are given).
+    Put it in `eds_cluster(..., transport_socket=upstream_tls(...))`."""
+    provider = {"instance_name": instance}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": {
+                "tls_certificate_provider_instance": {**provider, "certificate_name": "default"},
+                "validation_context": {
+                    "ca_certificate_provider_instance": {**provider, "certificate_name": "ROOTCA"},
+                    "match_subject_alt_names": [{"exact": s} for s in spiffe_ids],
+                },
+            },
+        },
+    }
+
+
 def load_assignment(
     cluster: str,
     endpoints: Sequence[tuple[str, int] | tuple[str, int, int]],
@@ -345,10 +368,12 @@ def service(
     *,
     weights: Mapping[str, int] | None = None,
     routes: Sequence[Mapping[str, Any]] | None = None,
+    transport_socket: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Everything a client needs for service `name`: a listener, its route configuration
     (one route to the single cluster, or a weighted split by `weights`, or `routes`), and an
-    EDS cluster with endpoints for each entry of `clusters`."""
+    EDS cluster with endpoints for each entry of `clusters` (with `transport_socket`, e.g.
+    `upstream_tls(...)`, when given)."""
     if routes is None:
         if weights is not None:
             routes = [route(dict(weights))]
@@ -360,6 +385,7 @@ def service(
         route_config(name, routes, domains=["*"]),
     ]
     for cluster, eps in clusters.items():
-        resources.append(eds_cluster(cluster))
+        extra = {"transport_socket": dict(transport_socket)} if transport_socket else {}
+        resources.append(eds_cluster(cluster, **extra))
         resources.append(load_assignment(cluster, eps))
     return resources
