@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from sail._version import __version__ as __version__
 from sail.bootstrap import Bootstrap, load_bootstrap, parse_bootstrap
-from sail.context import RequestContext, current_request, operation
+from sail.context import Peer, RequestContext, current_request, operation
 from sail.errors import (
     BootstrapError,
     ConfigError,
     DeadlineExceeded,
+    NoCredentials,
     NoHealthyUpstream,
     NoRoute,
+    PeerIdentityMismatch,
     RejectedService,
     RequestError,
     ResourceError,
@@ -52,8 +54,11 @@ __all__ = [
     "MeshSnapshot",
     "MeshStatus",
     "Nack",
+    "NoCredentials",
     "NoHealthyUpstream",
     "NoRoute",
+    "Peer",
+    "PeerIdentityMismatch",
     "Registrar",
     "RejectedService",
     "RequestContext",

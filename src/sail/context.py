@@ -20,9 +20,29 @@ import attrs
 from sail.registration import Workload
 from sail.resilience.deadline import EXPECTED_TIMEOUT_HEADER, parse_timeout_ms
 
-__all__ = ["RequestContext", "current_request", "operation"]
+__all__ = ["Peer", "RequestContext", "current_request", "operation"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@attrs.frozen
+class Peer:
+    """Who sent the request being served, as the connection it came on says.
+
+    **Parameters**
+
+    * `address` - the caller's `(host, port)`.
+    * `mtls` - the connection is mutual TLS, the caller's certificate verified.
+    * `spiffe_id` - the caller's SPIFFE ID (its certificate's one URI SAN), `None` for
+      plaintext or a certificate without one.
+    * `principal` - the caller's name as gRFC A41 and Envoy's RBAC read it: the URI SAN,
+      else the first DNS SAN, else the subject; `""` for plaintext.
+    """
+
+    address: tuple[str, int] | None
+    mtls: bool = False
+    spiffe_id: str | None = None
+    principal: str = ""
 
 
 @attrs.define
@@ -41,6 +61,8 @@ class RequestContext:
       `x-envoy-expected-rq-timeout-ms` (gRPC: the call's deadline, `grpc-timeout`), `None`
       without it. Calls this handler makes through the mesh inherit it
       (`sail.resilience.deadline`).
+    * `peer` - the caller as its connection says (`Peer`: mTLS or not, SPIFFE ID), when
+      the server knows it (`mesh.serve`), else `None`.
     """
 
     service: str
@@ -50,6 +72,7 @@ class RequestContext:
     headers: Mapping[str, str]
     operation: str | None = None
     deadline: float | None = None
+    peer: Peer | None = None
 
     def time_left(self) -> float | None:
         """Seconds until `deadline` (negative once past), `None` without one."""

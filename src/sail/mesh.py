@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from sail.grpc.aio import AioMeshChannel
     from sail.grpc.channel import MeshChannel
     from sail.grpc.server import AioMeshServer, MeshServer
+    from sail.http.serve import MeshHttpServer
+    from sail.security.tls import ServerTls
     from sail.security.workload import WorkloadIdentity
 
 __all__ = ["Mesh"]
@@ -230,6 +232,7 @@ class Mesh:
     ) -> None:
         self._certificates = dict(certificates or {})
         self._identity = self._certificates.get("default")
+        self._server_tls: ServerTls | None = None
         tls_factory = None
         if self._certificates:
             from sail.security.tls import ClientTlsFactory
@@ -486,6 +489,58 @@ class Mesh:
             return wrap_app(app, workload, self.registrar, drain)  # type: ignore[no-any-return]
 
         return decorate
+
+    def http_server(
+        self,
+        app: Any,
+        *,
+        port: int = 0,
+        address: str = "127.0.0.1",
+        mode: str | None = None,
+        **uvicorn_options: Any,
+    ) -> MeshHttpServer:
+        """An ASGI app on uvicorn with this mesh's mTLS (`sail.http.serve`); `start()` it,
+        or `run()` it in the foreground (`serve()` does).
+
+        `mode` is Istio's PeerAuthentication mode for the port: `STRICT` (mTLS only: a
+        plaintext connection is refused), `PERMISSIVE` (mTLS and plaintext on the same
+        port, told apart by the first byte) or `DISABLE` (plaintext). Unset, it is
+        Istio's default, PERMISSIVE, when the mesh has a workload identity
+        (`mesh.identity`), else DISABLE; STRICT or PERMISSIVE without an identity is an
+        error. The caller's identity is `sail.current_request().peer` (wrap the app with
+        `@mesh.service(...)`) and `scope["extensions"]["tls"]`. Other keywords go to
+        `uvicorn.Config`."""
+        from sail.http.serve import MeshHttpServer
+
+        tls = None
+        if self._identity is not None:
+            if self._server_tls is None:
+                from sail.security.tls import ServerTls
+
+                self._server_tls = ServerTls(self._identity)
+            tls = self._server_tls
+        if mode is None:
+            mode = "PERMISSIVE" if tls is not None else "DISABLE"
+        return MeshHttpServer(app, tls, mode=mode, port=port, address=address,
+                              options=uvicorn_options)
+
+    def serve(
+        self,
+        app: Any,
+        *,
+        port: int,
+        address: str = "127.0.0.1",
+        mode: str | None = None,
+        **uvicorn_options: Any,
+    ) -> None:
+        """Serve an ASGI app with this mesh's mTLS until the process is told to stop
+        (SIGINT, SIGTERM); see `http_server()` for `mode`:
+
+        ```python
+        mesh.serve(mesh.service("reviews", port=9080)(app), port=9080, mode="STRICT")
+        ```
+        """
+        self.http_server(app, port=port, address=address, mode=mode, **uvicorn_options).run()
 
     def grpc_server(
         self,

@@ -385,7 +385,9 @@ def service(
         route_config(name, routes, domains=["*"]),
     ]
     for cluster, eps in clusters.items():
-        extra = {"transport_socket": dict(transport_socket)} if transport_socket else {}
+        extra: dict[str, Any] = (
+            {"transport_socket": dict(transport_socket)} if transport_socket else {}
+        )
         resources.append(eds_cluster(cluster, **extra))
         resources.append(load_assignment(cluster, eps))
     return resources

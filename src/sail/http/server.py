@@ -139,8 +139,9 @@ class AsgiService:
             headers=headers,
             deadline=_deadline(headers),
         )
-        scope.setdefault("extensions", {})
-        scope["extensions"] = {**(scope["extensions"] or {}), "sail": ctx}
+        extensions = scope.get("extensions") or {}
+        ctx.peer = extensions.get("sail.peer")  # set by `mesh.serve` (sail.http.serve)
+        scope["extensions"] = {**extensions, "sail": ctx}
         token = _current.set(ctx)
         deadline_token = inherited_deadline.set(ctx.deadline)
         self._inflight += 1

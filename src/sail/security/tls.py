@@ -38,7 +38,9 @@ from sail.security.spiffe import SpiffeId
 if TYPE_CHECKING:
     from sail.security.providers import Credentials
 
-__all__ = ["ClientTls", "ClientTlsFactory", "PeerIdentityError", "check_peer", "peer_sans"]
+__all__ = [
+    "ClientTls", "ClientTlsFactory", "PeerIdentityError", "ServerTls", "check_peer", "peer_sans",
+]
 
 log = logging.getLogger("sail.security")
 
@@ -222,13 +224,73 @@ class ClientTls:
         return context
 
 
+class ServerTls:
+    """A server's TLS from one credentials source: `context` is the `ssl.SSLContext` for
+    new connections now (`None` until the source has credentials), made again whole when
+    the certificate rotates, so each new connection presents the current certificate and
+    connections already open keep theirs. A client must present a certificate the roots
+    verify (mTLS); with a SPIFFE trust bundle map, one carrying a SPIFFE ID of a trust
+    domain the map holds.
+
+    **Parameters**
+
+    * `source` - the workload's credentials (`WorkloadIdentity`).
+    """
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+        self.context: ssl.SSLContext | None = None
+        self.why = "no credentials yet"
+        self._made_from: object = None
+        self._lock = threading.Lock()
+        self.refresh()
+        source.subscribe(self)
+
+    def refresh(self) -> None:
+        with self._lock:
+            creds = self._source.current
+            if creds is self._made_from and self.context is not None:
+                return
+            try:
+                self.context = _server_context(creds)
+                self.why = ""
+            except (SecurityError, ssl.SSLError, ValueError) as exc:
+                self.why = str(exc)
+                log.warning("sail TLS: server: %s; keeping the current context", exc)
+                return
+            self._made_from = creds
+
+
+def _server_context(creds: Credentials | None) -> ssl.SSLContext:
+    if creds is None or not creds.chain_pem:
+        raise SecurityError("the workload has no certificate yet")
+    if not creds.roots:
+        raise SecurityError("the workload has no CA certificates to verify clients with")
+    if "" not in creds.roots and len(creds.roots) > 1:
+        raise SecurityError(
+            "a SPIFFE trust bundle map with more than one trust domain is not supported yet"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=b"".join(creds.roots.values()).decode("ascii"))
+    load_chain(context, creds.chain_pem, creds.key_pem)
+    if "" not in creds.roots:
+        domains = frozenset(creds.roots)
+        context.sslsocket_class, context.sslobject_class = _checked_classes(
+            _Check((), domains)
+        )
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class _Source(Protocol):
     """What `ClientTls` needs of a credentials source (`WorkloadIdentity`)."""
 
     @property
     def current(self) -> Credentials | None: ...
 
-    def subscribe(self, listener: ClientTls) -> None: ...
+    def subscribe(self, listener: ClientTls | ServerTls) -> None: ...
 
 
 class ClientTlsFactory:
