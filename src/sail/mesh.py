@@ -497,6 +497,7 @@ class Mesh:
         port: int = 0,
         address: str = "127.0.0.1",
         mode: str | None = None,
+        xds: bool = False,
         **uvicorn_options: Any,
     ) -> MeshHttpServer:
         """An ASGI app on uvicorn with this mesh's mTLS (`sail.http.serve`); `start()` it,
@@ -507,7 +508,10 @@ class Mesh:
         port, told apart by the first byte) or `DISABLE` (plaintext). Unset, it is
         Istio's default, PERMISSIVE, when the mesh has a workload identity
         (`mesh.identity`), else DISABLE; STRICT or PERMISSIVE without an identity is an
-        error. The caller's identity is `sail.current_request().peer` (wrap the app with
+        error. `xds=True` takes the mode from the control plane instead: the server Listener
+        of `address:port` (gRFC A36's name, as `grpc_server(xds=True)` asks for it), which
+        the registry makes from PeerAuthentication; until it arrives every connection is
+        refused. The caller's identity is `sail.current_request().peer` (wrap the app with
         `@mesh.service(...)`) and `scope["extensions"]["tls"]`. Other keywords go to
         `uvicorn.Config`."""
         from sail.http.serve import MeshHttpServer
@@ -519,10 +523,12 @@ class Mesh:
 
                 self._server_tls = ServerTls(self._identity)
             tls = self._server_tls
+        if xds and mode is not None:
+            raise ValueError("give a mode or xds=True, not both")
         if mode is None:
             mode = "PERMISSIVE" if tls is not None else "DISABLE"
         return MeshHttpServer(app, tls, mode=mode, port=port, address=address,
-                              options=uvicorn_options)
+                              options=uvicorn_options, xds=self._seam if xds else None)
 
     def serve(
         self,
@@ -531,6 +537,7 @@ class Mesh:
         port: int,
         address: str = "127.0.0.1",
         mode: str | None = None,
+        xds: bool = False,
         **uvicorn_options: Any,
     ) -> None:
         """Serve an ASGI app with this mesh's mTLS until the process is told to stop
@@ -540,7 +547,9 @@ class Mesh:
         mesh.serve(mesh.service("reviews", port=9080)(app), port=9080, mode="STRICT")
         ```
         """
-        self.http_server(app, port=port, address=address, mode=mode, **uvicorn_options).run()
+        self.http_server(
+            app, port=port, address=address, mode=mode, xds=xds, **uvicorn_options
+        ).run()
 
     def grpc_server(
         self,

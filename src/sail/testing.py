@@ -60,6 +60,9 @@ T = TypeVar("T")
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 CLUSTER_LOAD_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 HCM = (
@@ -263,12 +266,16 @@ def server_listener(
     routes: Sequence[Mapping[str, Any]] | None = None,
     rds: str | None = None,
     http_filters: Sequence[Mapping[str, Any]] = (),
+    mtls: str = "DISABLE",
 ) -> dict[str, Any]:
-    """The Listener of an xDS-enabled gRPC server (gRFC A36) listening on `address:port`.
+    """The Listener of an xDS-enabled server (gRFC A36) listening on `address:port`.
 
     Named as gRPC's usual template names it (`name` to override); one filter chain whose HCM
     routes every call with `non_forwarding_action` (or `routes`, or routes from RDS `rds`),
-    `http_filters` going before the router."""
+    `http_filters` going before the router. `mtls` is a PeerAuthentication mode: `STRICT`
+    puts mTLS (certificate provider `default`, a client certificate required) on the
+    chain, `PERMISSIVE` adds such a chain for TLS connections (`transport_protocol: tls`)
+    before the plaintext one, `DISABLE` leaves it plaintext."""
     hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": "inbound",
@@ -291,14 +298,36 @@ def server_listener(
         "@type": LISTENER,
         "name": name or DEFAULT_SERVER_LISTENER_TEMPLATE.replace("%s", host_port(address, port)),
         "address": {"socket_address": {"address": address, "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
+        "filter_chains": _server_chains(hcm, mtls),
     }
+
+
+def _server_chains(hcm: dict[str, Any], mtls: str) -> list[dict[str, Any]]:
+    filters = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    provider = {"instance_name": "default"}
+    secure = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_certificate_provider_instance": {**provider, "certificate_name": "default"},
+                "validation_context": {
+                    "ca_certificate_provider_instance": {**provider, "certificate_name": "ROOTCA"},
+                },
+            },
+            "require_client_certificate": True,
+        },
+    }
+    if mtls == "STRICT":
+        return [{"name": "mtls", "filters": filters, "transport_socket": secure}]
+    plain = {"name": "plaintext", "filters": filters}
+    if mtls == "PERMISSIVE":
+        tls = {"name": "mtls", "filter_chain_match": {"transport_protocol": "tls"},
+               "filters": filters, "transport_socket": secure}
+        return [tls, plain]
+    if mtls != "DISABLE":
+        raise ValueError(f"mtls {mtls!r}: STRICT, PERMISSIVE or DISABLE")
+    return [plain]
 
 
 def eds_cluster(name: str, *, lb_policy: str = "ROUND_ROBIN", **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 
 import sail
 from sail import testing
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE
 from sail.security.ca import CertificateAuthority
 from sail.security.spiffe import SpiffeId
 from tests.e2e.test_http_mtls import CLIENT, REVIEWS, TD, issue, provider
@@ -240,3 +241,44 @@ def test_the_server_certificate_rotates_for_new_connections(
         finally:
             client.close()
             xds.close()
+
+
+def test_an_xds_enabled_server_takes_its_mode_from_the_server_listener(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """The server Listener's transport sockets decide (A29 on LDS): none yet refuses
+    everything; DISABLE, PERMISSIVE and STRICT as the chains say; a TLS chain sail cannot
+    honour (no client certificate required) refuses everything, naming why."""
+    files = issue(ca, REVIEWS, tmp_path / "reviews")
+    xds = testing.XdsServer().start()
+    mesh = sail.Mesh.from_bootstrap(xds.bootstrap(
+        certificate_providers=provider(files),
+        server_listener_resource_name_template=DEFAULT_SERVER_LISTENER_TEMPLATE,
+    ))
+    try:
+        assert mesh.wait_identity(10) is not None
+        with mesh.http_server(make_app(mesh), xds=True) as server:
+            assert server.mode == "NOT_SERVING"
+            with pytest.raises(httpx.TransportError):
+                plain_get(server.port)
+            for mode in ("DISABLE", "PERMISSIVE", "STRICT"):
+                xds.set([testing.server_listener("127.0.0.1", server.port, mtls=mode)])
+                wait_until(lambda mode=mode: server.mode == mode, timeout=10)
+            with pytest.raises(httpx.TransportError):
+                plain_get(server.port)
+            clients_xds, client = client_mesh(server.port, issue(ca, CLIENT, tmp_path / "c"))
+            try:
+                with client.client() as http:
+                    assert http.get("http://reviews/", timeout=10).json()["mtls"] is True
+            finally:
+                client.close()
+                clients_xds.close()
+            lenient = testing.server_listener("127.0.0.1", server.port, mtls="STRICT")
+            socket_config = lenient["filter_chains"][0]["transport_socket"]["typed_config"]
+            socket_config["require_client_certificate"] = False
+            xds.set([lenient])
+            wait_until(lambda: server.mode == "NOT_SERVING", timeout=10)
+            assert "client certificate" in server.why
+    finally:
+        mesh.close()
+        xds.close()

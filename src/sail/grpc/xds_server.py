@@ -266,6 +266,14 @@ class ServingWatch:
             return ServingState(
                 False, f"Listener {self.name!r}: HTTP filter {bad} is not supported on servers"
             )
+        for chain in listener.chains():
+            if chain.tls is not None and not chain.match.never:
+                return ServingState(
+                    False,
+                    f"Listener {self.name!r}: filter chain {chain.name or '(unnamed)'!r} asks "
+                    "for TLS, which sail's gRPC servers do not serve yet; not serving rather "
+                    "than serve it in plaintext",
+                )
         runtime = mesh_state.services.get(self.name)
         router = runtime.router if runtime is not None else None
         if not listener.filter_chains and listener.default_filter_chain is None:

@@ -34,26 +34,100 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sail.context import Peer
+from sail.model import host_port
 from sail.security.tls import peer_sans
 
 if TYPE_CHECKING:
+    from sail.model import Listener
+    from sail.seam import MeshSeam
     from sail.security.tls import ServerTls
 
-__all__ = ["MODES", "MeshHttpServer", "peer_of"]
+__all__ = ["MODES", "MeshHttpServer", "mode_of", "peer_of"]
 
 log = logging.getLogger("sail.server")
 
 MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+NOT_SERVING = "NOT_SERVING"  # an xDS-enabled server without a usable Listener: refuse all
 _TLS_HANDSHAKE = 0x16
 #: How long a new connection may take to send its first byte, and a TLS handshake to end.
 FIRST_BYTE_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def mode_of(listener: Listener | None, providers: Collection[str]) -> tuple[str, str]:
+    """The mode a server Listener asks of an HTTP server, `(mode, "")`, or
+    `(NOT_SERVING, why)` when sail cannot serve exactly what it says.
+
+    Only the transport decides: chains with a `DownstreamTlsContext` are TLS, the rest
+    plaintext, and a chain for TLS connections is told from the rest by
+    `transport_protocol: tls` (as Istio's PERMISSIVE inbound listener does). TLS chains
+    only: STRICT; both: PERMISSIVE; plaintext only: DISABLE. What the server cannot
+    apply per connection is refused, not ignored: other `filter_chain_match` criteria,
+    a TLS chain that does not require a client certificate, a certificate provider
+    instance other than the workload's."""
+    if listener is None:
+        return NOT_SERVING, "no Listener for this address yet"
+    tls_chains, plain = [], []
+    for chain in listener.chains():
+        match = chain.match
+        others = (match.prefix_ranges or match.source_prefix_ranges or match.source_ports
+                  or match.source_type.value or (match.never and not match.tls))
+        if others:
+            return NOT_SERVING, (f"filter chain {chain.name or '(unnamed)'!r} matches on more "
+                                 "than the transport, which sail's HTTP servers do not apply")
+        if chain.tls is None:
+            if match.tls:
+                return NOT_SERVING, f"filter chain {chain.name!r} is for TLS and has no TLS"
+            plain.append(chain)
+            continue
+        tls = chain.tls
+        if not tls.require_client_certificate or tls.roots is None:
+            return NOT_SERVING, (f"filter chain {chain.name!r}: TLS without a required "
+                                 "client certificate is not supported (mTLS only)")
+        if tls.identity.instance not in providers:
+            return NOT_SERVING, (f"filter chain {chain.name!r}: certificate provider "
+                                 f"{tls.identity.instance!r} is not the workload's")
+        tls_chains.append(chain)
+    if tls_chains and plain:
+        return "PERMISSIVE", ""
+    return ("STRICT", "") if tls_chains else ("DISABLE", "")
+
+
+class _ListenerMode:
+    """Follows the server Listener of `address:port` (gRFC A36's name) on the mesh and sets
+    the server's mode from it (`mode_of`) after each config update."""
+
+    def __init__(self, seam: MeshSeam, server: MeshHttpServer, address: str, port: int,
+                 providers: Collection[str]) -> None:
+        self.name = seam.server_listener_name(host_port(address, port))
+        self._seam = seam
+        self._server = server
+        self._providers = providers
+
+    def start(self) -> None:
+        self._seam.watch(self, self.name)
+        self.retire(frozenset())
+
+    def stop(self) -> None:
+        self._seam.unwatch(self, self.name)
+
+    def retire(self, live: frozenset[str]) -> None:
+        state = self._seam.dataplane.state
+        listener = state.snapshot.listeners.get(self.name)
+        mode, why = mode_of(listener, self._providers)
+        if listener is None:
+            error = self._seam.listener_error(self.name)
+            if error:
+                why = f"Listener {self.name!r} was rejected: {error}"
+        if (mode, why) != (self._server._mode, self._server.why):
+            log.info("sail server %s: %s%s", self.name, mode, f" ({why})" if why else "")
+        self._server._mode, self._server.why = mode, why
 
 
 def peer_of(address: tuple[str, int] | None, ssl_object: ssl.SSLObject | None) -> Peer:
@@ -168,6 +242,11 @@ def _protocol_class(server: MeshHttpServer, inner_class: type[Any]) -> type[asyn
                 transport.close()
                 return
             mode = server.mode
+            if mode == NOT_SERVING:
+                log.info("sail server: refused a connection from %s: not serving (%s)",
+                         address, server.why)
+                transport.close()
+                return
             loop = asyncio.get_running_loop()
             inner = Tracked(**self._kwargs)
             inner.sail_address = address
@@ -279,6 +358,9 @@ class MeshHttpServer:
     * `app` - the ASGI app (wrap it with `@mesh.service(...)` to make it a workload).
     * `tls` - the workload's server TLS (`None`: no identity, so only DISABLE serves).
     * `mode` - `STRICT`, `PERMISSIVE` or `DISABLE`; settable while serving.
+    * `xds` - with a mesh `MeshSeam`: the mode follows the server Listener of
+      `address:port` from the control plane instead (`mode_of`); until one arrives, and
+      while it asks for what the server cannot do, every connection is refused.
     * `port`, `address` - where to listen (`port=0`: a free port, see `port` once
       started).
     * `options` - more `uvicorn.Config` keywords (`log_level`, `workers` is not
@@ -294,12 +376,14 @@ class MeshHttpServer:
         port: int = 0,
         address: str = "127.0.0.1",
         options: Mapping[str, Any] | None = None,
+        xds: MeshSeam | None = None,
     ) -> None:
         import uvicorn
         from uvicorn.config import HTTP_PROTOCOLS
         from uvicorn.importer import import_from_string
 
         self.tls = tls
+        self.why = ""
         self.mode = mode
         self.connections = _Connections()
         config_options = dict(options or {})
@@ -318,6 +402,13 @@ class MeshHttpServer:
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        self._watch: _ListenerMode | None = None
+        if xds is not None:
+            self._mode = NOT_SERVING
+            self.why = "waiting for the server Listener"
+            self._watch = _ListenerMode(xds, self, address, self.port,
+                                        ("default",) if tls is not None else ())
+            self._watch.start()
 
     @property
     def mode(self) -> str:
@@ -347,6 +438,8 @@ class MeshHttpServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)

@@ -8,6 +8,7 @@ import attrs
 
 from sail.model.fault import FaultPolicy
 from sail.model.route import RouteConfig
+from sail.model.tls import DownstreamTls
 
 __all__ = [
     "FAULT_TYPE_URL",
@@ -88,7 +89,10 @@ class FilterChainMatch:
 
     `never` marks a chain no connection to an in-process server can take: one with
     `destination_port` (needs `use_original_dst`), `server_names` or `application_protocols`
-    (need listener filters), or a `transport_protocol` other than `raw_buffer`."""
+    (need listener filters), or a `transport_protocol` other than `raw_buffer`. `tls`
+    marks `transport_protocol: tls`: gRPC servers never take such a chain (A36), sail's
+    HTTP servers (which tell TLS from plaintext by the first byte) take it for TLS
+    connections."""
 
     prefix_ranges: tuple[CidrRange, ...] = ()
     source_type: SourceType = SourceType.ANY
@@ -96,15 +100,18 @@ class FilterChainMatch:
     source_ports: tuple[int, ...] = ()
     raw_buffer: bool = False
     never: bool = False
+    tls: bool = False
 
 
 @attrs.frozen
 class FilterChain:
-    """One filter chain of a port listener: its match and its HTTP connection manager."""
+    """One filter chain of a port listener: its match, its HTTP connection manager and its
+    TLS (`None`: plaintext)."""
 
     hcm: HttpConnectionManager
     match: FilterChainMatch = FilterChainMatch()
     name: str = ""
+    tls: DownstreamTls | None = None
 
 
 @attrs.frozen
@@ -119,7 +126,7 @@ class Listener:
       first filter chain (its default chain when it has none).
     * `address` - `(host, port)` for port listeners, `None` for API listeners.
     * `filter_chains`, `default_filter_chain` - a port listener's chains, when it has more
-      than the single match-all chain `hcm` stands for (empty otherwise).
+      than the single plaintext match-all chain `hcm` stands for (empty otherwise).
     """
 
     name: str

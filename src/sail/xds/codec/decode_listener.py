@@ -11,9 +11,10 @@ Two shapes are accepted:
   (`sail.grpc.xds_server`), read as A36 does: `destination_port`, `server_names` and
   `application_protocols` can never match, nor can a `transport_protocol` other than
   `raw_buffer`. `listener_filters` are NACKed (A36), as are two chains with the same match
-  (Envoy refuses them too), and a chain whose `transport_socket` is not plaintext (a
-  `DownstreamTlsContext`...): sail servers cannot terminate TLS yet, and would otherwise
-  serve that chain in plaintext (`sail.xds.codec.transport_socket`).
+  (Envoy refuses them too). A chain's `transport_socket` is plaintext or a
+  `DownstreamTlsContext` with certificate provider instances (gRFC A29,
+  `sail.xds.codec.decode_tls`); `transport_protocol: tls` marks a chain for TLS
+  connections (`FilterChainMatch.tls`).
 
 The HCM takes its routes from RDS (`rds`, whose `config_source` must be `ads` or `self`, since
 sail has a single ADS stream) or inline (`route_config`). Its HTTP filters follow gRFC A39:
@@ -33,6 +34,7 @@ The fault filter's own `HTTPFault` config is decoded into `HttpFilter.config`
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from typing import Any
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -62,7 +64,7 @@ from sail.xds.codec.extensions import (
     configured_type,
     unpack_into,
 )
-from sail.xds.codec.transport_socket import check_plaintext
+from sail.xds.codec.transport_socket import downstream_socket
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import duration_seconds
 
@@ -70,11 +72,12 @@ __all__ = ["decode_http_connection_manager", "decode_listener"]
 
 _NO_FAULT = FaultPolicy()
 _MATCH_ALL = FilterChainMatch()
-_NO_SERVER_TLS = "sail servers cannot terminate TLS yet, so this chain would be served in plaintext"
 
 
-def decode_listener(msg: Any) -> Listener:
-    """Decode an LDS resource; raises `ResourceError` naming the invalid field."""
+def decode_listener(msg: Any, providers: Collection[str] = ()) -> Listener:
+    """Decode an LDS resource; raises `ResourceError` naming the invalid field. A server
+    chain's `DownstreamTlsContext` may name the certificate provider instances
+    `providers` (the bootstrap's)."""
     with resource("Listener", msg.name):
         if not msg.name:
             raise Invalid("name", "must not be empty")
@@ -85,18 +88,20 @@ def decode_listener(msg: Any) -> Listener:
         if msg.address.WhichOneof("address") is not None:
             with at("address"):
                 address = decode_socket_address(msg.address, allow_port_zero=True)
-            return _port_listener(msg, address)
+            return _port_listener(msg, address, providers)
         raise Invalid("", "a listener needs an api_listener or an address.socket_address")
 
 
-def _port_listener(msg: Any, address: tuple[str, int]) -> Listener:
+def _port_listener(
+    msg: Any, address: tuple[str, int], providers: Collection[str]
+) -> Listener:
     if msg.listener_filters:
         raise Invalid("listener_filters", "are not supported (gRFC A36)")
     chains: list[FilterChain] = []
     seen: dict[FilterChainMatch, int] = {}
     for i, chain in enumerate(msg.filter_chains):
         with at("filter_chains", i):
-            decoded = _filter_chain(chain)
+            decoded = _filter_chain(chain, providers)
             if decoded.match.never:  # never taken: no clash with anything
                 chains.append(decoded)
                 continue
@@ -110,12 +115,13 @@ def _port_listener(msg: Any, address: tuple[str, int]) -> Listener:
     default = None
     if msg.HasField("default_filter_chain"):
         with at("default_filter_chain"):
-            default = _filter_chain(msg.default_filter_chain)
+            default = _filter_chain(msg.default_filter_chain, providers)
     if not chains and default is None:
         raise Invalid("filter_chains", "a port listener needs a filter chain")
     first = chains[0] if chains else default
     assert first is not None
-    if default is None and len(chains) == 1 and chains[0].match == _MATCH_ALL:
+    if (default is None and len(chains) == 1 and chains[0].match == _MATCH_ALL
+            and chains[0].tls is None):
         return Listener(name=msg.name, hcm=first.hcm, address=address)  # the common shape
     return Listener(
         name=msg.name, hcm=first.hcm, address=address, filter_chains=tuple(chains),
@@ -123,7 +129,7 @@ def _port_listener(msg: Any, address: tuple[str, int]) -> Listener:
     )
 
 
-def _filter_chain(chain: Any) -> FilterChain:
+def _filter_chain(chain: Any, providers: Collection[str]) -> FilterChain:
     match = _MATCH_ALL
     if chain.HasField("filter_chain_match"):
         with at("filter_chain_match"):
@@ -139,9 +145,10 @@ def _filter_chain(chain: Any) -> FilterChain:
         if filters[0].WhichOneof("config_type") != "typed_config":
             raise Invalid("typed_config", "is required")
         hcm = _packed_hcm(filters[0], "typed_config", client=False)
+    tls = None
     if chain.HasField("transport_socket"):
-        check_plaintext(chain.transport_socket, "transport_socket", _NO_SERVER_TLS)
-    return FilterChain(hcm, match, str(chain.name))
+        tls = downstream_socket(chain.transport_socket, "transport_socket", providers)
+    return FilterChain(hcm, match, str(chain.name), tls)
 
 
 def _filter_chain_match(m: Any) -> FilterChainMatch:
@@ -167,6 +174,7 @@ def _filter_chain_match(m: Any) -> FilterChainMatch:
         source_ports=tuple(sorted(set(m.source_ports))),
         raw_buffer=m.transport_protocol == "raw_buffer",
         never=never,
+        tls=m.transport_protocol == "tls",
     )
 
 

@@ -44,7 +44,7 @@ from sail.model import (
     Thresholds,
 )
 from sail.xds.codec.encode_route import encode_http_fault, encode_route_configuration
-from sail.xds.codec.encode_tls import encode_upstream_tls
+from sail.xds.codec.encode_tls import encode_downstream_tls, encode_upstream_tls
 from sail.xds.codec.extensions import HCM_FILTER_NAME, ROUTER, ROUTER_NAME, TYPE_PREFIX
 from sail.xds.codec.lb_options import TYPED_CLASSES, encode_options
 from sail.xds.codec.wellknown import seconds_to_duration, wrap_bool, wrap_uint32
@@ -114,8 +114,12 @@ def _filter_chain(chain: FilterChain, stat_prefix: str) -> Any:
         match.source_ports.extend(m.source_ports)
         if m.raw_buffer:
             match.transport_protocol = "raw_buffer"
-        if m.never:  # one of the fields no in-process server can match
+        elif m.tls:
+            match.transport_protocol = "tls"
+        if m.never and not m.tls:  # one of the fields no in-process server can match
             match.application_protocols.append("h2")
+    if chain.tls is not None:
+        msg.transport_socket.CopyFrom(encode_downstream_tls(chain.tls))
     return msg
 
 

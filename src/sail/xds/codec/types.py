@@ -118,6 +118,8 @@ def resource_types(providers: Collection[str]) -> Mapping[str, ResourceType]:
     names = frozenset(providers)
     return {
         **RESOURCE_TYPES,
+        LISTENER: attrs.evolve(RESOURCE_TYPES[LISTENER],
+                               decode=functools.partial(decode_listener, providers=names)),
         CLUSTER: attrs.evolve(RESOURCE_TYPES[CLUSTER],
                               decode=functools.partial(decode_cluster, providers=names)),
     }
