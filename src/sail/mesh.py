@@ -525,6 +525,16 @@ class Mesh:
             tls = self._server_tls
         if xds and mode is not None:
             raise ValueError("give a mode or xds=True, not both")
+        from sail.http.server import AsgiService
+
+        if isinstance(app, AsgiService) and self._identity is not None:
+            source = self._identity
+
+            def spiffe_id() -> str | None:
+                known = source.wait(10.0)
+                return known.spiffe_id if known is not None else None
+
+            app.identity = spiffe_id
         if mode is None:
             mode = "PERMISSIVE" if tls is not None else "DISABLE"
         return MeshHttpServer(app, tls, mode=mode, port=port, address=address,

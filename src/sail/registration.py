@@ -51,6 +51,10 @@ class Workload:
     * `service_port` - the port clients call the service on (`reviews:9080`), when it is
       not `port` itself: Kubernetes' Service port next to its targetPort. Workloads that
       listen on different ports (several on one host) share one service port this way.
+    * `identity` - the SPIFFE ID its certificate carries (`mesh.identity`), `None` without
+      one. The registry makes it the identity clients expect of this workload over mTLS,
+      and reads its namespace (`/ns/<ns>/`) for PeerAuthentication; without one, the
+      namespace is `default` and clients do not choose mTLS on their own (auto-mTLS).
     """
 
     service: str
@@ -60,6 +64,16 @@ class Workload:
     locality: Locality = Locality()
     weight: int = 1
     service_port: int | None = None
+    identity: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of `identity` (`spiffe://<td>/ns/<ns>/...`), else `default`."""
+        if self.identity is not None:
+            parts = self.identity.split("/")
+            if len(parts) > 4 and parts[3] == "ns" and parts[4]:
+                return parts[4]
+        return "default"
 
     @property
     def called_port(self) -> int:

@@ -16,8 +16,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import attrs
 
 from sail.context import RequestContext, _current, _deadline, current_request, operation
 from sail.model import HealthStatus
@@ -73,10 +75,15 @@ class AsgiService:
         self._draining = False
         self._inflight = 0
         self._last_request = 0.0
+        #: Set by `mesh.http_server`, which serves the mesh's mTLS: the workload's SPIFFE ID
+        #: when it registers (so clients expect it, and choose mTLS: auto-mTLS).
+        self.identity: Callable[[], str | None] | None = None
         functools.update_wrapper(self, app, updated=())
 
     def _register(self) -> None:
         if not self._registered:
+            if self.identity is not None and self.workload.identity is None:
+                self.workload = attrs.evolve(self.workload, identity=self.identity())
             self._registrar.register(self.workload)
             self._registered = True
             self._install_drain()

@@ -39,6 +39,7 @@ from sail.registry.envoy_listener import outbound_listener, outbound_routes
 from sail.registry.identity import MeshIdentity
 from sail.registry.istio.model import IstioObject
 from sail.registry.istio.parse import load_documents, load_paths
+from sail.registry.istio.peer_authentication import PeerPolicies
 from sail.registry.istio.validate import validate
 from sail.registry.leases import run_expiry
 from sail.registry.server_listener import DEFAULT_TEMPLATE, server_listeners
@@ -224,10 +225,13 @@ class Registry:
         resources = translate(objects, self.store.workloads())
         return self._encode(resources)
 
-    def _server_listeners(self) -> list[Any]:
-        """The A36 listeners of the registered workloads (served by name only)."""
+    def _server_listeners(self, objects: Sequence[IstioObject]) -> list[Any]:
+        """The A36 listeners of the registered workloads (served by name only), with the
+        transport their PeerAuthentication gives each."""
         workloads = [w for w, _ in self.store.workloads()]
-        return [encode_listener(x) for x in server_listeners(workloads, self._server_template)]
+        policies = PeerPolicies(objects)
+        return [encode_listener(x)
+                for x in server_listeners(workloads, self._server_template, policies)]
 
     def _encode(self, resources: Resources) -> list[Any]:
         listeners = list(resources.listeners)
@@ -266,7 +270,7 @@ class Registry:
             log.exception("sail registry: rebuild failed, serving the last good config")
             return
         self.last_error = ""
-        self.resources.set_all(messages, named_only=self._server_listeners())
+        self.resources.set_all(messages, named_only=self._server_listeners(objects))
 
     # -- status -----------------------------------------------------------------------------
 

@@ -13,6 +13,11 @@ filter alone (grpcio refuses a server Listener with the fault filter, which is
 client-only) and one route that matches every call with `non_forwarding_action` (the server
 handles the call itself). These listeners are served only to clients that ask for them by
 name: Envoy's wildcard subscription never sees them (it would try to bind their ports).
+
+Each workload's transport comes from PeerAuthentication
+(`sail.registry.istio.peer_authentication`): STRICT is one mTLS chain, PERMISSIVE adds an
+mTLS chain for TLS connections before the plaintext one (for a workload with an
+identity), DISABLE is plaintext.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from sail.model import (
     host_port,
 )
 from sail.registration import Workload
+from sail.registry.istio.peer_authentication import PeerPolicies, server_chains
+from sail.registry.istio.security import MtlsMode
 from sail.registry.translate import ROUTER_FILTER
 
 __all__ = ["DEFAULT_TEMPLATE", "server_listener_names", "server_listeners"]
@@ -52,15 +59,21 @@ def server_listener_names(
 
 
 def server_listeners(
-    workloads: Iterable[Workload], template: str = DEFAULT_TEMPLATE
+    workloads: Iterable[Workload],
+    template: str = DEFAULT_TEMPLATE,
+    policies: PeerPolicies | None = None,
 ) -> list[Listener]:
-    """The server listeners of `workloads`, sorted by name (each name once)."""
+    """The server listeners of `workloads`, sorted by name (each name once), with the
+    transport `policies` (PeerAuthentication) give each workload."""
+    hcm = HttpConnectionManager(route_config=_INBOUND, http_filters=(ROUTER_FILTER,))
     out: dict[str, Listener] = {}
     for workload in workloads:
+        mode = policies.mode(workload) if policies is not None else MtlsMode.PERMISSIVE
+        chains = tuple(server_chains(hcm, mode, workload))
+        plain = len(chains) == 1 and chains[0].tls is None
         for name, address in server_listener_names(workload, template):
             out.setdefault(name, Listener(
-                name=name,
-                hcm=HttpConnectionManager(route_config=_INBOUND, http_filters=(ROUTER_FILTER,)),
-                address=(address, workload.port),
+                name=name, hcm=hcm, address=(address, workload.port),
+                filter_chains=() if plain else chains,
             ))
     return [out[name] for name in sorted(out)]

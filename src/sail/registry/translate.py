@@ -33,9 +33,15 @@ to): Envoy ignores API listeners, so for each port P of any service it also gets
 `127.0.0.1_P` bound to loopback (as Istio's Sidecar egress listeners with
 `captureMode: NONE` are), whose routes come over RDS from the route configuration `P`
 (Istio names outbound route configurations by port): one virtual host `S:P` per service on
-that port, chosen by Host. PeerAuthentication, AuthorizationPolicy and
-RequestAuthentication never get here: `check_supported` refuses them until sail enforces
-them. The output is sorted by name and built only from
+that port, chosen by Host.
+
+**mTLS.** A cluster of a mesh service is mTLS (an `UpstreamTls` naming certificate
+provider `default`, expecting the SPIFFE IDs of the service's workloads) when its
+DestinationRule's `tls.mode` is ISTIO_MUTUAL, or, without one, when every workload behind
+it has an identity and its PeerAuthentication does not DISABLE mTLS (auto-mTLS, `_mtls`).
+PeerAuthentication's server side is in `sail.registry.server_listener`.
+AuthorizationPolicy and RequestAuthentication never get here: `check_supported` refuses
+them until sail enforces them. The output is sorted by name and built only from
 its inputs, so unchanged config and workloads give equal `Resources`. Objects are assumed
 validated (`sail.registry.istio.validate`); what cannot be translated raises
 `IstioConfigError` (`check_supported`) rather than being dropped.
@@ -48,6 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from sail.model import (
+    CertificateProviderRef,
     Cluster,
     ClusterLoadAssignment,
     DiscoveryType,
@@ -60,11 +67,15 @@ from sail.model import (
     Route,
     RouteAction,
     RouteConfig,
+    SanMatcher,
+    StringMatcher,
+    StringMatchKind,
+    UpstreamTls,
     VirtualHost,
 )
 from sail.registration import Workload
 from sail.registry.istio.clusters import hash_policies, load_assignment, with_policy
-from sail.registry.istio.destination_rule import TrafficPolicy
+from sail.registry.istio.destination_rule import TLSMode, TrafficPolicy
 from sail.registry.istio.hosts import CLUSTER_SUFFIX, cluster_name, short_host
 from sail.registry.istio.model import (
     DestinationRule,
@@ -72,7 +83,9 @@ from sail.registry.istio.model import (
     ServiceEntry,
     VirtualService,
 )
+from sail.registry.istio.peer_authentication import MESH_PROVIDER, PeerPolicies
 from sail.registry.istio.routes import FAULT_FILTER_NAME, build_routes
+from sail.registry.istio.security import MtlsMode
 from sail.registry.istio.service_entry import Resolution
 from sail.registry.istio.validate import check_supported
 from sail.xds.codec.extensions import FAULT, ROUTER, ROUTER_NAME
@@ -245,6 +258,7 @@ class _Mesh:
         for host, (entry, _) in self.entries.items():
             ports.setdefault(host, set()).update(p.number for p in entry.spec.ports)
         self.ports: Mapping[str, tuple[int, ...]] = {h: tuple(sorted(p)) for h, p in ports.items()}
+        self.peer_policies = PeerPolicies(objects)
 
     def _policy(self, host: str, subset: str) -> TrafficPolicy | None:
         """The traffic policy of `host`'s subset (the subset's sections over the rule's)."""
@@ -291,7 +305,44 @@ class _Mesh:
         if entry is not None and entry.spec.resolution is Resolution.DNS:
             cluster = Cluster(name, discovery=DiscoveryType.STRICT_DNS, load_assignment=assignment)
             return with_policy(cluster, policy), None
-        return with_policy(Cluster(name, eds_service_name=name), policy), assignment
+        cluster = with_policy(Cluster(name, eds_service_name=name), policy)
+        if entry is None and self._mtls(host, port, policy, selects):
+            cluster = attrs.evolve(cluster, tls=self._upstream_tls(host))
+        return cluster, assignment
+
+    def _mtls(
+        self, host: str, port: int, policy: TrafficPolicy | None,
+        selects: Callable[[Mapping[str, str]], bool],
+    ) -> bool:
+        """Whether clients of `host:port` use mTLS: as the DestinationRule's `tls.mode`
+        says (ISTIO_MUTUAL or DISABLE), else auto-mTLS as Istio does it: when every
+        workload behind the cluster has an identity and accepts mTLS (its PeerAuthentication
+        mode is not DISABLE). sail decides per cluster, not per endpoint (Istio's
+        `tlsMode` transport socket match), so a cluster mixing workloads that accept mTLS
+        and workloads that do not is plaintext; one with a STRICT workload among them then
+        fails to reach that workload rather than send it plaintext."""
+        tls = policy.tls if policy is not None else None
+        if tls is not None:
+            return tls.mode is TLSMode.ISTIO_MUTUAL
+        behind = [w for w, _ in self.workloads.get(host, ())
+                  if w.called_port == port and selects(w.labels)]
+        return bool(behind) and all(
+            w.identity is not None and self.peer_policies.mode(w) is not MtlsMode.DISABLE
+            for w in behind
+        )
+
+    def _upstream_tls(self, host: str) -> UpstreamTls:
+        """mTLS with the mesh's certificate provider, expecting the identity of one of
+        `host`'s workloads (Istio's SAN check: the service's service accounts)."""
+        identities = sorted({w.identity for w, _ in self.workloads.get(host, ())
+                             if w.identity is not None})
+        return UpstreamTls(
+            roots=CertificateProviderRef(MESH_PROVIDER, "ROOTCA"),
+            identity=CertificateProviderRef(MESH_PROVIDER, "default"),
+            san_matchers=tuple(
+                SanMatcher(StringMatcher(StringMatchKind.EXACT, i)) for i in identities
+            ),
+        )
 
     def _endpoints(
         self, host: str, port: int, selects: Callable[[Mapping[str, str]], bool]

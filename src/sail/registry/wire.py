@@ -11,8 +11,10 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from sail.errors import InvalidSpiffeId
 from sail.model import HealthStatus, Locality
 from sail.registration import Workload
+from sail.security.spiffe import SpiffeId
 
 __all__ = [
     "MAX_TTL",
@@ -35,6 +37,7 @@ MAX_WEIGHT = 2**32 - 1  # Envoy's load_balancing_weight is a uint32
 
 _REGISTER_FIELDS = (
     "service", "address", "port", "service_port", "labels", "locality", "weight", "health", "ttl",
+    "identity",
 )
 _LOCALITY_FIELDS = ("region", "zone", "sub_zone")
 
@@ -80,6 +83,8 @@ def workload_to_json(
     }
     if workload.service_port is not None:
         body["service_port"] = workload.service_port
+    if workload.identity is not None:
+        body["identity"] = workload.identity
     if ttl is not None:
         body["ttl"] = ttl
     return body
@@ -100,6 +105,7 @@ def workload_from_json(
         service_port=(
             _integer(body, "service_port", 1, 65535) if "service_port" in body else None
         ),
+        identity=_identity(body),
     )
     health = health_field(body, default=HealthStatus.HEALTHY)
     return workload, health, _ttl(body, default_ttl)
@@ -152,6 +158,16 @@ def _integer(
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BodyError(f"{field!r} must be an integer from {low} to {high}, got {value!r}")
     return value
+
+
+def _identity(body: Mapping[str, Any]) -> str | None:
+    if "identity" not in body:
+        return None
+    value = string_field(body, "identity")
+    try:
+        return str(SpiffeId.parse(value))
+    except InvalidSpiffeId as exc:
+        raise BodyError(f"'identity': {exc}") from None
 
 
 def _labels(body: Mapping[str, Any]) -> dict[str, str]:

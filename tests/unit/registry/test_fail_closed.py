@@ -50,10 +50,6 @@ spec:
   jwtRules: [{issuer: https://issuer.example}]
 """
 
-PEER_REASON = (
-    "PeerAuthentication prod/strict: not enforced by sail yet (sail fails closed: refusing "
-    "it rather than accepting it and serving plaintext whatever its mtls mode)"
-)
 DENY_REASON = (
     "AuthorizationPolicy default/deny-all: not enforced by sail yet (sail fails closed: "
     "refusing it rather than accepting it and allowing every call)"
@@ -71,19 +67,19 @@ def refused(text: str, known: set[str] | None = SERVICES) -> IstioConfigError:
 # -- the kinds sail does not enforce ----------------------------------------------------
 
 
-def test_peer_authentication_strict_is_refused_naming_it() -> None:
-    err = refused(PEER_STRICT)
-    assert str(err) == f"mesh.yaml: {PEER_REASON}"
-    assert (err.object, err.field) == ("PeerAuthentication prod/strict", "")
+def test_peer_authentication_is_accepted_now_and_two_namespace_wide_ones_are_refused() -> None:
+    validate(load_documents(PEER_STRICT, "mesh.yaml"), SERVICES)
+    twice = PEER_STRICT + "---\n" + PEER_STRICT.replace("name: strict", "name: second")
+    err = refused(twice)
+    assert (err.object, err.field) == ("PeerAuthentication prod/strict", "spec.selector")
+    assert "one PeerAuthentication without a selector per namespace" in str(err)
 
 
 def test_authorization_policy_deny_is_refused_naming_it() -> None:
     assert str(refused(DENY_ALL)) == f"mesh.yaml: {DENY_REASON}"
 
 
-def test_every_mode_and_action_is_refused_not_only_the_strict_ones() -> None:
-    for mode in ("UNSET", "DISABLE", "PERMISSIVE"):
-        assert "not enforced by sail yet" in str(refused(PEER_STRICT.replace("STRICT", mode)))
+def test_every_action_is_refused_not_only_deny() -> None:
     for action in ("ALLOW", "AUDIT"):
         assert "not enforced by sail yet" in str(refused(DENY_ALL.replace("DENY", action)))
 
@@ -99,8 +95,8 @@ def test_request_authentication_is_refused_when_read() -> None:
 
 
 def test_security_objects_still_parse_and_are_refused_beside_good_config() -> None:
-    """Parsing keeps working (the security work reads the specs); validate, translate and
-    check_supported refuse them, and with them the whole config set."""
+    """Parsing keeps working (the authorization work reads the specs); validate, translate
+    and check_supported refuse an AuthorizationPolicy, and with it the whole config set."""
     objects = load_documents(BOOKINFO + SECURITY, "mesh.yaml")
     assert [o.kind for o in objects[-2:]] == ["PeerAuthentication", "AuthorizationPolicy"]
     for check in (
@@ -109,7 +105,7 @@ def test_security_objects_still_parse_and_are_refused_beside_good_config() -> No
         lambda: check_supported(objects),
         lambda: translate(objects, []),
     ):
-        with pytest.raises(IstioConfigError, match="PeerAuthentication istio-system/default: "
+        with pytest.raises(IstioConfigError, match="AuthorizationPolicy .*: "
                            "not enforced by sail yet"):
             check()
 
@@ -125,7 +121,7 @@ def test_service_entry_mesh_internal_is_refused() -> None:
     validate(load_documents(BOOKINFO, "mesh.yaml"), SERVICES)  # MESH_EXTERNAL is accepted
 
 
-@pytest.mark.parametrize("mode", ["SIMPLE", "MUTUAL", "ISTIO_MUTUAL"])
+@pytest.mark.parametrize("mode", ["SIMPLE", "MUTUAL"])
 def test_destination_rule_tls_is_refused_saying_traffic_would_be_plaintext(mode: str) -> None:
     text = BOOKINFO.replace(
         "    loadBalancer: {simple: RANDOM}", f"    loadBalancer: {{simple: RANDOM}}\n"
@@ -133,7 +129,7 @@ def test_destination_rule_tls_is_refused_saying_traffic_would_be_plaintext(mode:
     )
     err = refused(text)
     assert err.field == "spec.trafficPolicy.tls.mode"
-    assert f"{mode}: not supported yet (only DISABLE)" in str(err)
+    assert f"{mode}: not supported yet (ISTIO_MUTUAL or DISABLE)" in str(err)
     assert "plaintext" in str(err)
 
 
@@ -176,7 +172,7 @@ def cli(running: Running, *args: str) -> int:
     return main([*args, "--registry", running.address, "--token", "fail-closed"])
 
 
-@pytest.mark.parametrize(("text", "reason"), [(PEER_STRICT, PEER_REASON), (DENY_ALL, DENY_REASON)])
+@pytest.mark.parametrize(("text", "reason"), [(DENY_ALL, DENY_REASON)])
 def test_sail_apply_refuses_them_with_the_reason_and_exit_code_1(
     running: Running,
     tmp_path: Path,
@@ -242,12 +238,12 @@ def test_registry_with_an_authorization_policy_in_its_config_does_not_start(
 def test_sail_registry_config_refuses_to_start_with_the_reason(tmp_path: Path) -> None:
     folder = tmp_path / "mesh"
     folder.mkdir()
-    (folder / "a-peer.yaml").write_text(PEER_STRICT)
+    (folder / "a-deny.yaml").write_text(DENY_ALL)
     proc = subprocess.run(
         [sys.executable, "-m", "sail.cli.main", "registry", "--config", str(folder),
          "--address", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 1
-    assert f"sail: {folder / 'a-peer.yaml'}: {PEER_REASON}" in proc.stderr
+    assert f"sail: {folder / 'a-deny.yaml'}: {DENY_REASON}" in proc.stderr
     assert "listening" not in proc.stdout

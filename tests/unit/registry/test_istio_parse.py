@@ -153,8 +153,9 @@ spec:
     when:
     - {key: "request.headers[end-user]", values: [jason]}
 """
-"""PeerAuthentication and AuthorizationPolicy: parsed and validated, but refused by
-`validate` and `translate` (sail does not enforce them yet), so kept apart from BOOKINFO."""
+"""PeerAuthentication (enforced) and AuthorizationPolicy (parsed and validated, but
+refused by `validate` and `translate`: sail does not enforce it yet), kept apart from
+BOOKINFO."""
 
 EVERY_KIND = BOOKINFO + SECURITY
 

@@ -162,9 +162,9 @@ def test_virtual_service_fault_mirror_and_headers_are_accepted(addition: str, fi
         ),
         (
             "loadBalancer: {simple: RANDOM}",
-            "tls: {mode: ISTIO_MUTUAL}",
+            "tls: {mode: SIMPLE}",
             "spec.trafficPolicy.tls.mode",
-            "ISTIO_MUTUAL: not supported yet",
+            "SIMPLE: not supported yet",
         ),
     ],
 )

@@ -6,16 +6,17 @@ file, the object and the field:
 * the same kind/namespace/name twice;
 * what parses but cannot be translated (`check_supported`, which `translate` runs too): a
   VirtualService's `rewrite.uri` on a rule with a `regex` uri match (Istio rewrites a
-  matched prefix); a DestinationRule's `loadBalancer.simple: PASSTHROUGH`, or `tls` other
-  than `mode: DISABLE` (sail does not do upstream TLS yet); a ServiceEntry's
+  matched prefix); a DestinationRule's `loadBalancer.simple: PASSTHROUGH`, or `tls.mode`
+  SIMPLE or MUTUAL (TLS with certificates of the client's own: not yet); a ServiceEntry's
   `location: MESH_INTERNAL`. The registry refuses these rather than serve config that
   quietly does less than it says;
-* a kind sail does not enforce yet (`NOT_ENFORCED`): PeerAuthentication and
-  AuthorizationPolicy are parsed and validated (for the security work) but refused by
-  `check_supported` with `not_enforced`'s reason; RequestAuthentication, which sail does not
-  parse, is refused by the parser with the same reason. sail fails closed: accepting a STRICT
-  mTLS policy or a DENY rule and then serving plaintext, or allowing the call, would be a
-  security hole. Since `sail apply` (`Registry.check_configs`) and `sail registry --config`
+* a kind sail does not enforce yet (`NOT_ENFORCED`): AuthorizationPolicy is parsed and
+  validated (for the authorization work) but refused by `check_supported` with
+  `not_enforced`'s reason; RequestAuthentication, which sail does not parse, is refused by
+  the parser with the same reason. sail fails closed: accepting a DENY rule and then
+  allowing the call would be a security hole. PeerAuthentication is enforced (its
+  `portLevelMtls` is refused by the parser, not done yet), and two of one namespace without
+  a selector are refused (Istio would take the older). Since `sail apply` (`Registry.check_configs`) and `sail registry --config`
   both read through the parser and `validate`, both refuse them the same way;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
@@ -50,7 +51,6 @@ __all__ = ["NOT_ENFORCED", "check_supported", "not_enforced", "validate"]
 _NOT_YET = "not supported yet"
 
 NOT_ENFORCED: Mapping[str, str] = {
-    "PeerAuthentication": "serving plaintext whatever its mtls mode",
     "AuthorizationPolicy": "allowing every call",
     "RequestAuthentication": "letting requests with any token, or a forged one, through",
 }
@@ -77,6 +77,7 @@ def validate(objects: Sequence[IstioObject], known_hosts: Collection[str] | None
     """
     _check_duplicates(objects)
     check_supported(objects)
+    _check_peer_authentications(objects)
     owners = _check_one_per_host(objects)
     entries = {short_host(h) for o in objects if isinstance(o, ServiceEntry) for h in o.spec.hosts}
     known = None if known_hosts is None else {short_host(h) for h in known_hosts} | entries
@@ -91,7 +92,7 @@ def check_supported(objects: Sequence[IstioObject]) -> None:
     """Raise `IstioConfigError` for the first object of a kind sail does not enforce yet
     (`not_enforced`), or field that parses but is not translated yet."""
     for obj in objects:
-        if isinstance(obj, PeerAuthentication | AuthorizationPolicy):
+        if isinstance(obj, AuthorizationPolicy):
             raise not_enforced(obj.kind, obj.ref, obj.source)
         for field, reason in _unsupported(obj):
             raise _error(obj, field, reason)
@@ -128,12 +129,27 @@ def _unsupported_policy(path: str, policy: TrafficPolicy | None) -> Iterator[tup
     lb = policy.load_balancer
     if lb is not None and lb.simple is SimpleLB.PASSTHROUGH:
         yield f"{path}.loadBalancer.simple", f"PASSTHROUGH: {_NOT_YET}"
-    if policy.tls is not None and policy.tls.mode is not TLSMode.DISABLE:
+    if policy.tls is not None and policy.tls.mode in (TLSMode.SIMPLE, TLSMode.MUTUAL):
         yield (
             f"{path}.tls.mode",
-            f"{policy.tls.mode.value}: {_NOT_YET} (only DISABLE): sail does not do upstream "
-            "TLS yet, and would send this traffic in plaintext",
+            f"{policy.tls.mode.value}: {_NOT_YET} (ISTIO_MUTUAL or DISABLE): sail does not "
+            "originate TLS with certificates of its own yet, and would send this traffic in "
+            "plaintext",
         )
+
+
+def _check_peer_authentications(objects: Sequence[IstioObject]) -> None:
+    """Two PeerAuthentications without a selector in one namespace: Istio takes the older,
+    which sail cannot know, so it refuses the pair."""
+    seen: dict[str, PeerAuthentication] = {}
+    for obj in sorted(objects, key=lambda o: o.key):
+        if isinstance(obj, PeerAuthentication) and obj.spec.selector is None:
+            other = seen.setdefault(obj.meta.namespace, obj)
+            if other is not obj:
+                raise _error(obj, "spec.selector", (
+                    f"unset, as in {other.ref}: one PeerAuthentication without a selector "
+                    "per namespace (Istio would pick the older; sail refuses the pair)"
+                ))
 
 
 def _check_duplicates(objects: Sequence[IstioObject]) -> None:

@@ -1,0 +1,113 @@
+"""PeerAuthentication → server Listener chains, and DestinationRule `tls` plus auto-mTLS →
+cluster TLS, as the registry translates them; everything it makes decodes (A29) with the
+mesh's certificate provider `default`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from sail.model import HealthStatus, StringMatchKind
+from sail.registration import Workload
+from sail.registry.istio.parse import load_documents
+from sail.registry.istio.peer_authentication import PeerPolicies
+from sail.registry.istio.security import MtlsMode
+from sail.registry.server_listener import server_listeners
+from sail.registry.translate import translate
+from sail.xds.codec.decode_cluster import decode_cluster
+from sail.xds.codec.decode_listener import decode_listener
+from sail.xds.codec.encode import encode_cluster, encode_listener
+
+TD = "spiffe://example.org"
+REVIEWS = Workload("reviews", "10.0.0.1", 9080, labels={"app": "reviews"},
+                   identity=f"{TD}/ns/default/sa/reviews")
+REVIEWS_PROD = Workload("reviews", "10.0.0.2", 9080, labels={"app": "reviews"},
+                        identity=f"{TD}/ns/prod/sa/reviews")
+ANONYMOUS = Workload("reviews", "10.0.0.3", 9080, labels={"app": "reviews"})
+
+
+def peer(name: str, namespace: str, mode: str, selector: str = "") -> str:
+    selected = f"  selector: {{matchLabels: {{{selector}}}}}\n" if selector else ""
+    return (f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{selected}"
+            f"  mtls: {{mode: {mode}}}\n---\n")
+
+
+def policies(text: str) -> PeerPolicies:
+    return PeerPolicies(load_documents(text, "mesh.yaml"))
+
+
+def test_the_most_specific_policy_with_a_mode_wins() -> None:
+    assert policies("").mode(REVIEWS) is MtlsMode.PERMISSIVE  # Istio's default
+    mesh_wide = peer("default", "istio-system", "STRICT")
+    assert policies(mesh_wide).mode(REVIEWS) is MtlsMode.STRICT
+    namespace = mesh_wide + peer("ns", "prod", "DISABLE")
+    assert policies(namespace).mode(REVIEWS_PROD) is MtlsMode.DISABLE
+    assert policies(namespace).mode(REVIEWS) is MtlsMode.STRICT  # another namespace
+    workload = namespace + peer("w", "prod", "PERMISSIVE", "app: reviews")
+    assert policies(workload).mode(REVIEWS_PROD) is MtlsMode.PERMISSIVE
+    unset = namespace + peer("w", "prod", "UNSET", "app: reviews")
+    assert policies(unset).mode(REVIEWS_PROD) is MtlsMode.DISABLE  # UNSET inherits
+    other_labels = namespace + peer("w", "prod", "PERMISSIVE", "app: ratings")
+    assert policies(other_labels).mode(REVIEWS_PROD) is MtlsMode.DISABLE
+    # a selector in the root namespace is not mesh-wide
+    rooted = peer("w", "istio-system", "STRICT", "app: reviews")
+    assert policies(rooted).mode(REVIEWS) is MtlsMode.PERMISSIVE
+
+
+def chains_of(workload: Workload, text: str) -> list[tuple[str, bool, bool]]:
+    (listener, *_) = server_listeners([workload], policies=policies(text))
+    decoded = decode_listener(encode_listener(listener), {"default"})
+    assert decoded == listener
+    return [(c.name, c.tls is not None, c.match.tls) for c in decoded.chains()]
+
+
+def test_server_listeners_carry_the_mode() -> None:
+    assert chains_of(REVIEWS, peer("d", "default", "STRICT")) == [("mtls", True, False)]
+    assert chains_of(REVIEWS, "") == [("mtls", True, True), ("plaintext", False, False)]
+    assert chains_of(REVIEWS, peer("d", "default", "DISABLE")) == [("", False, False)]
+    # no identity: nothing to serve TLS with under PERMISSIVE, and STRICT stays STRICT
+    assert chains_of(ANONYMOUS, "") == [("", False, False)]
+    assert chains_of(ANONYMOUS, peer("d", "default", "STRICT")) == [("mtls", True, False)]
+
+
+def cluster_tls(workloads: Sequence[Workload], text: str = "") -> list[str] | None:
+    resources = translate(load_documents(text, "mesh.yaml"),
+                          [(w, HealthStatus.HEALTHY) for w in workloads])
+    (cluster,) = [c for c in resources.clusters if c.name == "outbound|9080||reviews"]
+    assert decode_cluster(encode_cluster(cluster), {"default"}) == cluster
+    if cluster.tls is None:
+        return None
+    assert cluster.tls.identity is not None and cluster.tls.identity.instance == "default"
+    assert all(m.matcher.kind is StringMatchKind.EXACT for m in cluster.tls.san_matchers)
+    return [m.matcher.value for m in cluster.tls.san_matchers]
+
+
+DR = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: MODE}
+---
+"""
+
+
+def test_auto_mtls_when_every_workload_accepts_it() -> None:
+    both = [REVIEWS, REVIEWS_PROD]
+    assert cluster_tls(both) == sorted(w.identity for w in both)  # type: ignore[misc]
+    assert cluster_tls([REVIEWS, ANONYMOUS]) is None  # one cannot: plaintext
+    assert cluster_tls(both, peer("d", "prod", "DISABLE")) is None  # one does not accept
+    assert cluster_tls(both, peer("d", "istio-system", "STRICT")) is not None
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("ISTIO_MUTUAL", True), ("DISABLE", False)])
+def test_the_destination_rule_decides_over_auto_mtls(mode: str, expected: bool) -> None:
+    tls = cluster_tls([REVIEWS, ANONYMOUS] if expected else [REVIEWS],
+                      DR.replace("MODE", mode))
+    assert (tls is not None) is expected
+    if expected:
+        assert tls == [REVIEWS.identity]  # the identities known for the service
