@@ -105,8 +105,8 @@ def test_security_objects_still_parse_and_are_refused_beside_good_config() -> No
         lambda: check_supported(objects),
         lambda: translate(objects, []),
     ):
-        with pytest.raises(IstioConfigError, match="AuthorizationPolicy .*: "
-                           "not enforced by sail yet"):
+        with pytest.raises(IstioConfigError, match=r"AuthorizationPolicy .*: "
+                           r"not enforced by sail yet"):
             check()
 
 

@@ -16,8 +16,9 @@ file, the object and the field:
   the parser with the same reason. sail fails closed: accepting a DENY rule and then
   allowing the call would be a security hole. PeerAuthentication is enforced (its
   `portLevelMtls` is refused by the parser, not done yet), and two of one namespace without
-  a selector are refused (Istio would take the older). Since `sail apply` (`Registry.check_configs`) and `sail registry --config`
-  both read through the parser and `validate`, both refuse them the same way;
+  a selector are refused (Istio would take the older). Since `sail apply`
+  (`Registry.check_configs`) and `sail registry --config` both read through the parser and
+  `validate`, both refuse them the same way;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
   would pick one arbitrarily);
 * a route or mirror destination (or its `subset`) that does not exist: the host must be a
