@@ -162,7 +162,11 @@ class AsgiService:
             _current.reset(token)
 
     async def _lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received = False
+
         async def wrapped_receive() -> Any:
+            nonlocal received
+            received = True
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._register()
@@ -172,8 +176,12 @@ class AsgiService:
 
         try:
             await self.app(scope, wrapped_receive, send)
+            supported = received
         except Exception:
-            # An app without lifespan support: answer the protocol ourselves.
+            supported = False
+        if not supported:
+            # An app without lifespan support (it raised, or returned without reading a
+            # message): answer the protocol ourselves, so the workload registers at startup.
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
