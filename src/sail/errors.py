@@ -19,8 +19,12 @@ SailError
     ├── NoHealthyUpstream(RequestError)          the chosen cluster has no endpoint to take it
     ├── UpstreamOverflow(RequestError)           a circuit breaker threshold is reached
     ├── DeadlineExceeded(RequestError)           the route timeout passed, over all attempts
+    ├── NoCredentials(RequestError)              the cluster asks for TLS and the workload
+    │                                            has no certificate for it: nothing sent
+    ├── PeerIdentityMismatch(RequestError)       the endpoint's certificate is not an
+    │                                            identity the cluster accepts
     └── UnsupportedRequest(RequestError)         sail will not send it as asked (https:// to
-                                                 a mesh host before mTLS): never downgraded
+                                                 a plaintext cluster): never downgraded
 ```
 
 On the HTTP path these errors reach callers as `httpx` exceptions so that an existing
@@ -38,8 +42,10 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "InvalidSpiffeId",
+    "NoCredentials",
     "NoHealthyUpstream",
     "NoRoute",
+    "PeerIdentityMismatch",
     "RejectedService",
     "RequestError",
     "ResourceError",

@@ -171,30 +171,43 @@ DOWNSTREAM_MTLS = socket(
 RAW_BUFFER = socket(raw_buffer_pb2.RawBuffer(), "envoy.transport_sockets.raw_buffer")
 
 
-def test_a_server_chain_requiring_client_certificates_is_nacked() -> None:
+def test_a_server_chain_naming_unknown_providers_is_nacked() -> None:
     reason = nack(decode_listener, server_listener(chain(socket=DOWNSTREAM_MTLS)))
     assert reason == (
-        "filter_chains[0].transport_socket: "
-        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext: sail servers cannot "
-        "terminate TLS yet, so this chain would be served in plaintext; refused rather than "
-        "ignored (only raw_buffer is accepted)"
+        "filter_chains[0].transport_socket.typed_config.common_tls_context."
+        "tls_certificate_provider_instance.instance_name: unrecognized certificate provider "
+        "instance 'default' (the bootstrap's certificate_providers: none)"
     )
 
 
-def test_a_tls_chain_after_a_plaintext_one_and_a_tls_default_chain_are_nacked() -> None:
+def test_a_server_chain_with_known_providers_decodes_to_its_tls() -> None:
+    listener = decode_listener(server_listener(chain(socket=DOWNSTREAM_MTLS)),
+                               {"default", "ROOTCA"})
+    (only,) = listener.chains()
+    assert only.tls is not None and only.tls.require_client_certificate
+    assert (only.tls.identity.instance, only.tls.roots and only.tls.roots.instance) == (
+        "default", "ROOTCA")
+
+
+def test_a_tls_chain_after_a_plaintext_one_and_a_tls_default_chain_keep_their_place() -> None:
     plain = chain()
     plain.filter_chain_match.source_type = listener_components_pb2.FilterChainMatch.EXTERNAL
     tls = server_listener(plain, chain(socket=DOWNSTREAM_MTLS))
-    assert nack(decode_listener, tls).startswith("filter_chains[1].transport_socket: ")
+    assert nack(decode_listener, tls).startswith("filter_chains[1].transport_socket.")
     default = server_listener(plain, default=chain(socket=DOWNSTREAM_MTLS))
-    assert nack(decode_listener, default).startswith("default_filter_chain.transport_socket: ")
+    assert nack(decode_listener, default).startswith("default_filter_chain.transport_socket.")
+    decoded = decode_listener(default, {"default", "ROOTCA"})
+    assert decoded.default_filter_chain is not None
+    assert decoded.default_filter_chain.tls is not None
+    assert decoded.filter_chains[0].tls is None
 
 
 def test_a_tls_socket_named_but_without_config_is_nacked() -> None:
     named = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
     reason = nack(decode_listener, server_listener(chain(socket=named)))
     assert reason.startswith(
-        "filter_chains[0].transport_socket: 'envoy.transport_sockets.tls': sail servers"
+        "filter_chains[0].transport_socket: 'envoy.transport_sockets.tls': not supported "
+        "(raw_buffer, or DownstreamTlsContext with certificate provider instances)"
     )
 
 
