@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from sail.dataplane import start_call
+from sail.errors import UnsupportedRequest
 from sail.grpc._errors import StatusError, http_to_grpc
 from sail.resilience.deadline import inherited_deadline
 
@@ -95,6 +96,12 @@ def prepare(
         raise StatusError(
             http_to_grpc(status),
             f"service {service!r}: the route for {method!r} answers {status} itself",
+        )
+    if cluster.tls is not None:  # fail closed: never plaintext to a TLS cluster
+        raise UnsupportedRequest(
+            f"service {service!r}: cluster {cluster.cluster.name!r} asks for TLS, which "
+            "sail's gRPC channels do not originate yet; refusing rather than sending "
+            "plaintext"
         )
     plan = target.route.policy
     deadline = now + timeout if timeout is not None else None
