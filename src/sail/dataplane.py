@@ -49,6 +49,7 @@ from sail.routing import Headers, Router, RouteResult
 
 if TYPE_CHECKING:
     from sail.resilience.events import AttemptObserver
+    from sail.security.tls import TlsMaterial
 
 __all__ = [
     "ClusterRuntime", "Dataplane", "DataplaneState", "Target", "TlsFactory",
@@ -60,10 +61,11 @@ class UpstreamTlsRuntime(Protocol):
     """A cluster's TLS as the request path reads it (`sail.security.tls.ClientTls`): the
     `ssl.SSLContext` for new connections now, replaced whole when a certificate rotates;
     `None` while the workload has no credentials for it, `why` then saying what is
-    missing."""
+    missing; `material`, the PEM the context was made from (for grpcio's channels)."""
 
     spec: UpstreamTls
     context: ssl.SSLContext | None
+    material: TlsMaterial | None
     why: str
 
 

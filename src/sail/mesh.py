@@ -515,30 +515,52 @@ class Mesh:
         `@mesh.service(...)`) and `scope["extensions"]["tls"]`. Other keywords go to
         `uvicorn.Config`."""
         from sail.http.serve import MeshHttpServer
-
-        tls = None
-        if self._identity is not None:
-            if self._server_tls is None:
-                from sail.security.tls import ServerTls
-
-                self._server_tls = ServerTls(self._identity)
-            tls = self._server_tls
-        if xds and mode is not None:
-            raise ValueError("give a mode or xds=True, not both")
         from sail.http.server import AsgiService
 
+        tls = self._serving_tls()
+        if xds and mode is not None:
+            raise ValueError("give a mode or xds=True, not both")
         if isinstance(app, AsgiService) and self._identity is not None:
-            source = self._identity
-
-            def spiffe_id() -> str | None:
-                known = source.wait(10.0)
-                return known.spiffe_id if known is not None else None
-
-            app.identity = spiffe_id
+            app.identity = self._spiffe_id
         if mode is None:
             mode = "PERMISSIVE" if tls is not None else "DISABLE"
         return MeshHttpServer(app, tls, mode=mode, port=port, address=address,
                               options=uvicorn_options, xds=self._seam if xds else None)
+
+    def _serving_tls(self) -> ServerTls | None:
+        """The servers' TLS from the workload identity (one for all the mesh's servers),
+        `None` without an identity."""
+        if self._identity is None:
+            return None
+        if self._server_tls is None:
+            from sail.security.tls import ServerTls
+
+            self._server_tls = ServerTls(self._identity)
+        return self._server_tls
+
+    def _spiffe_id(self) -> str | None:
+        """The workload's SPIFFE ID, waiting (up to 10 s) for its first certificate."""
+        known = self._identity.wait(10.0) if self._identity is not None else None
+        return known.spiffe_id if known is not None else None
+
+    def _grpc_tls(self, mode: str | None, xds: bool) -> dict[str, Any]:
+        """The `tls`/`identity` arguments of a gRPC server serving `mode`."""
+        if mode is None or mode == "DISABLE":
+            return {}
+        if xds:
+            raise ValueError("give a mode or xds=True, not both")
+        if mode == "PERMISSIVE":
+            raise ValueError(
+                "mode='PERMISSIVE': grpcio serves one of TLS or plaintext on a port, not "
+                "both; choose STRICT (mTLS) or DISABLE (plaintext), as Istio does for "
+                "proxyless gRPC"
+            )
+        if mode != "STRICT":
+            raise ValueError(f"mode={mode!r}: not STRICT, PERMISSIVE or DISABLE")
+        tls = self._serving_tls()
+        if tls is None:
+            raise ValueError("mode='STRICT' needs a workload identity (mesh.identity)")
+        return {"tls": tls, "identity": self._spiffe_id}
 
     def serve(
         self,
@@ -572,6 +594,7 @@ class Mesh:
         service_port: int | None = None,
         drain: float = 5.0,
         xds: bool = False,
+        mode: str | None = None,
         **server_options: Any,
     ) -> MeshServer:
         """A `grpc.server(...)` that serves as a mesh workload of service `name`.
@@ -587,7 +610,13 @@ class Mesh:
 
         `xds=True` makes it an xDS-enabled server (gRFC A36, as grpcio's `xds=True`): it
         watches the Listener for its `address:port` on this mesh, listens only once that
-        arrives, and serves calls as its routes say (`sail.grpc.xds_server`). Other keyword
+        arrives, and serves calls as its routes say (`sail.grpc.xds_server`).
+
+        `mode="STRICT"` serves the mesh's mTLS (a caller must present a certificate of the
+        mesh; `sail.current_request().peer` is who it is) and registers the workload's
+        SPIFFE ID, so mesh clients call it over mTLS. Unset or `DISABLE`, it serves
+        plaintext. `PERMISSIVE` is refused: grpcio cannot tell TLS from plaintext on one
+        port (sail's HTTP servers can). Other keyword
         arguments (`max_workers`, `thread_pool`, `interceptors`, `options`, `credentials`,
         `quiet`, `on_serving`...) go to `sail.grpc.server.MeshServer`."""
         from sail.grpc.server import MeshServer
@@ -602,6 +631,7 @@ class Mesh:
             service_port=service_port,
             drain=drain,
             xds=self._seam if xds else None,
+            **self._grpc_tls(mode, xds),
             **server_options,
         )
 
@@ -616,6 +646,7 @@ class Mesh:
         service_port: int | None = None,
         drain: float = 5.0,
         xds: bool = False,
+        mode: str | None = None,
         **server_options: Any,
     ) -> AioMeshServer:
         """The `grpc.aio` twin of `grpc_server()`: a `grpc.aio.server(...)` as a mesh
@@ -634,6 +665,7 @@ class Mesh:
             service_port=service_port,
             drain=drain,
             xds=self._seam if xds else None,
+            **self._grpc_tls(mode, xds),
             **server_options,
         )
 

@@ -13,15 +13,19 @@ import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
 from sail.context import RequestContext, _current, _deadline
+from sail.grpc._tls import peer_of, refused_peer
 from sail.grpc.xds_server import ServingWatch
 from sail.registration import Workload
 from sail.resilience.deadline import inherited_deadline
+
+if TYPE_CHECKING:
+    from sail.security.tls import ServerTls
 
 __all__ = ["AioInterceptor", "Interceptor", "Scope", "Traffic", "drain_wait"]
 
@@ -96,12 +100,13 @@ def drain_wait(traffic: Traffic, start: float, now: float, drain: float, quiet: 
 class Scope:
     """What the interceptor needs: the workload, the traffic, and the wrapped handlers."""
 
-    __slots__ = ("_wrapped", "traffic", "watch", "workload")
+    __slots__ = ("_wrapped", "tls", "traffic", "watch", "workload")
 
     def __init__(self) -> None:
         self.workload: Workload | None = None  # set once the port is bound
         self.traffic = Traffic()
         self.watch: ServingWatch | None = None  # xDS-enabled servers only
+        self.tls: ServerTls | None = None  # servers serving the mesh's mTLS only
         # method -> (the handler grpc found, its wrapped twin): handlers are the same
         # object call after call, so each is wrapped once.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -125,15 +130,16 @@ class Scope:
             path=method,
             headers=headers,
             deadline=deadline,
+            peer=peer_of(context, self.tls is not None),
         )
 
     def admit(self, method: str, context: Any) -> RequestContext:
-        """The call's request context; a call an xDS-enabled server must not serve is
-        aborted here with UNAVAILABLE (grpc's sync `abort` raises)."""
+        """The call's request context; a call the server must not serve is aborted here
+        (`refused`; grpc's sync `abort` raises)."""
         ctx = self.request_context(method, context)
         refused = self.refused(ctx, context)
         if refused is not None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, refused)
+            context.abort(*refused)
         return ctx
 
     async def admit_async(self, method: str, context: Any) -> RequestContext:
@@ -141,16 +147,26 @@ class Scope:
         ctx = self.request_context(method, context)
         refused = self.refused(ctx, context)
         if refused is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, refused)
+            await context.abort(*refused)
         return ctx
 
-    def refused(self, ctx: RequestContext, context: Any) -> str | None:
-        """Why an xDS-enabled server must fail this call with UNAVAILABLE (its Listener,
-        filter chain or route says so); None to serve it, and always for other servers."""
+    def refused(
+        self, ctx: RequestContext, context: Any
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """The status and reason to fail this call with: UNAUTHENTICATED for a caller the
+        server's mTLS verified but does not accept (`sail.grpc._tls.refused_peer`),
+        UNAVAILABLE for a call an xDS-enabled server must not serve (its Listener, filter
+        chain or route says so); None to serve it."""
+        tls = self.tls
+        if tls is not None and ctx.peer is not None:
+            why = refused_peer(ctx.peer, tls)
+            if why is not None:
+                return grpc.StatusCode.UNAUTHENTICATED, why
         watch = self.watch
         if watch is None:
             return None
-        return watch.check(ctx.path, ctx.headers, context.peer())
+        why = watch.check(ctx.path, ctx.headers, context.peer())
+        return None if why is None else (grpc.StatusCode.UNAVAILABLE, why)
 
     def wrap(self, handler: Any, details: Any) -> Any:
         """The handler grpc found for the call, wrapped; health checks are left alone (a

@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 
 from sail.dataplane import pick
-from sail.errors import NoHealthyUpstream, RequestError, UnknownService
+from sail.errors import NoCredentials, NoHealthyUpstream, RequestError, UnknownService
 from sail.grpc._errors import MeshRpcError  # re-exported: sail.grpc's public name
 from sail.grpc._route import check_method, target_name
+from sail.grpc._tls import subchannel_args
 from sail.model import RouteAction
 
 if TYPE_CHECKING:
-    from sail.dataplane import DataplaneState
+    from sail.dataplane import DataplaneState, UpstreamTlsRuntime
     from sail.grpc._errors import StatusError
+    from sail.grpc._flow import Send
     from sail.seam import MeshSeam
+    from sail.security.tls import TlsMaterial
 
 __all__ = [
     "STREAM_STREAM",
@@ -48,13 +51,20 @@ SUBCHANNEL_GRACE = 30.0
 
 class Subchannel:
     """One endpoint's grpcio channel and the inner multicallables made on it (keyed by the
-    mesh channel's multicallable)."""
+    mesh channel's multicallable). `tls` is the cluster TLS it was opened for (`None`:
+    plaintext)."""
 
-    __slots__ = ("channel", "methods")
+    __slots__ = ("channel", "methods", "tls")
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, tls: UpstreamTlsRuntime | None = None) -> None:
         self.channel = channel
         self.methods: dict[object, Any] = {}
+        self.tls = tls
+
+
+SubchannelKey = tuple[str, "TlsMaterial | None"]
+"""A subchannel's key: its endpoint's `host:port`, and the TLS material it was opened with
+(`None`: plaintext). A rotation makes new material, so new calls open a new subchannel."""
 
 
 class ChannelCore:
@@ -77,14 +87,19 @@ class ChannelCore:
         self._credentials = credentials
         self._options = tuple(options)
         self._compression = compression
-        self._subchannels: dict[str, Subchannel] = {}
+        self._subchannels: dict[SubchannelKey, Subchannel] = {}
         self._outside: Any = None
         self._closed = False
         with contextlib.suppress(RequestError):  # a refused name fails its calls, not this
             mesh.classify(self._host, self.service)  # asks the control plane, without waiting
         mesh.track(self)
 
-    def _open(self, target: str) -> Any:
+    def _open(
+        self, target: str, tls: tuple[grpc.ChannelCredentials, tuple[tuple[str, Any], ...]]
+        | None = None,
+    ) -> Any:
+        """A grpcio channel to `target`: with `tls`'s credentials and options when given,
+        else as the mesh channel was made (`credentials`, `options`)."""
         raise NotImplementedError
 
     def _close_later(self, channel: Any) -> None:
@@ -93,8 +108,8 @@ class ChannelCore:
     def retire(self, live: frozenset[str]) -> None:
         """Close (after `SUBCHANNEL_GRACE`) the subchannels of endpoints no longer in the
         mesh. Called by the mesh after every config update."""
-        for authority in [a for a in self._subchannels if a not in live]:
-            sub = self._subchannels.pop(authority, None)
+        for key in [k for k in self._subchannels if k[0] not in live]:
+            sub = self._subchannels.pop(key, None)
             if sub is not None:
                 self._close_later(sub.channel)
 
@@ -134,29 +149,45 @@ class ChannelCore:
         limit = self._mesh.discovery_timeout
         return limit if timeout is None else min(timeout, limit)
 
-    def _method(self, authority: str, key: object, make: Callable[[Any], Any]) -> Any:
-        """The multicallable `key` on the subchannel of `authority`, made by `make(channel)`
-        the first time (two dict probes once both exist)."""
-        sub = self._subchannels.get(authority)
-        if sub is not None:
-            fn = sub.methods.get(key)
-            if fn is not None:
-                return fn
-        sub = self._subchannel(authority)
+    def _method(
+        self, where: SubchannelKey, tls: UpstreamTlsRuntime | None, key: object,
+        make: Callable[[Any], Any],
+    ) -> Any:
+        """The multicallable `key` on subchannel `where`, made by `make(channel)` the first
+        time."""
+        sub = self._subchannel(where, tls)
         fn = sub.methods.get(key)
         if fn is None:
             fn = sub.methods[key] = make(sub.channel)
         return fn
 
-    def _subchannel(self, authority: str) -> Subchannel:
-        sub = self._subchannels.get(authority)
+    def _subchannel(
+        self, where: SubchannelKey, tls: UpstreamTlsRuntime | None = None
+    ) -> Subchannel:
+        """The subchannel `where` (endpoint, TLS material), opened on first use. Opening
+        one for new material of a cluster's TLS (a rotation) closes, after the grace, the
+        endpoint's subchannels on that TLS's older material: their calls finish, new
+        calls present the new certificate."""
+        sub = self._subchannels.get(where)
         if sub is None:
             if self._closed:
                 raise ValueError("Cannot invoke RPC on closed channel!")
-            channel = self._open(authority)
-            sub = self._subchannels.setdefault(authority, Subchannel(channel))
+            authority, material = where
+            args = None
+            if tls is not None:  # fail closed: a TLS cluster's subchannel is never plaintext
+                if material is None:
+                    raise NoCredentials(f"service {self.service!r}: no credentials for "
+                                        f"{authority}'s TLS yet: {tls.why}")
+                args = subchannel_args(tls, material, self._options)
+            channel = self._open(authority, args)
+            sub = self._subchannels.setdefault(where, Subchannel(channel, tls))
             if sub.channel is not channel:  # another thread opened it first
                 self._close_later(channel)
+            elif tls is not None:
+                for key, old in list(self._subchannels.items()):
+                    if key[0] == authority and old.tls is tls and key[1] is not material:
+                        self._subchannels.pop(key, None)
+                        self._close_later(old.channel)
         return sub
 
     def _plain(self) -> Any:
@@ -165,8 +196,9 @@ class ChannelCore:
             self._outside = self._open(self.service)
         return self._outside
 
-    def _some_endpoint(self) -> str | None:
-        """An endpoint of one of the service's clusters (for connectivity), if any."""
+    def _some_endpoint(self) -> tuple[SubchannelKey, UpstreamTlsRuntime | None] | None:
+        """The subchannel key (and cluster TLS) of an endpoint of one of the service's
+        clusters (for connectivity), if any."""
         state = self.dataplane.state
         runtime = state.services.get(self.service)
         if runtime is None:
@@ -178,8 +210,11 @@ class ChannelCore:
                 for name in names:
                     cluster = state.clusters.get(name)
                     if cluster is not None and cluster.assignment is not None:
+                        tls = cluster.tls
                         try:
-                            return pick(cluster).authority
+                            where = (pick(cluster).authority,
+                                     tls.material if tls is not None else None)
+                            return where, tls
                         except NoHealthyUpstream:
                             continue
         return None
@@ -237,15 +272,17 @@ class MultiCallable:
             _registered_method=self._registered,
         )
 
-    def _inner(self, authority: str) -> Any:
-        """The inner multicallable on the subchannel of endpoint `authority` (two dict
-        probes once both exist)."""
-        sub = self._channel._subchannels.get(authority)
+    def _inner(self, sent: Send) -> Any:
+        """The inner multicallable for attempt `sent`, on the subchannel of its endpoint and
+        its cluster's current TLS material (two dict probes once both exist)."""
+        tls = sent.tls
+        where = (sent.endpoint.authority, tls.material if tls is not None else None)
+        sub = self._channel._subchannels.get(where)
         if sub is not None:
             fn = sub.methods.get(self)
             if fn is not None:
                 return fn
-        return self._channel._method(authority, self, self._on)
+        return self._channel._method(where, tls, self, self._on)
 
     def _outside(self) -> Any:
         """The inner multicallable on the plain channel of a target outside the mesh."""

@@ -69,7 +69,7 @@ from sail.resilience.classify import Local, Outcome
 
 if TYPE_CHECKING:
     from sail.balancing.stats import HostStats
-    from sail.dataplane import Target
+    from sail.dataplane import Target, UpstreamTlsRuntime
     from sail.grpc._core import ChannelCore
     from sail.grpc._replay import Replay
     from sail.grpc._route import Metadata
@@ -98,16 +98,20 @@ __all__ = [
 class Send:
     """Send attempt `number` (1, 2...) to `endpoint` on its subchannel, with `timeout`
     (`None`: none) and `metadata`. `host` is the endpoint's counters, `started` when the
-    attempt began (the flow's clock)."""
+    attempt began (the flow's clock), `tls` the cluster's TLS (`None`: plaintext)."""
 
-    __slots__ = ("endpoint", "host", "metadata", "number", "released", "started", "timeout")
+    __slots__ = (
+        "endpoint", "host", "metadata", "number", "released", "started", "timeout", "tls",
+    )
 
     def __init__(
         self, number: int, endpoint: Endpoint, timeout: float | None,
         metadata: Metadata | None, host: HostStats, started: float,
+        tls: UpstreamTlsRuntime | None = None,
     ) -> None:
         self.number = number
         self.endpoint = endpoint
+        self.tls = tls
         self.timeout = timeout
         self.metadata = metadata
         self.host = host
@@ -362,7 +366,9 @@ class _Flow:
         except RequestError as exc:
             return self._fail(exc)
         self.stage = _ATTEMPTING
-        sent = self.sent = Send(call.started, endpoint, timeout, self.metadata, host, now)
+        sent = self.sent = Send(
+            call.started, endpoint, timeout, self.metadata, host, now, target.cluster.tls
+        )
         return sent
 
     def _failed(self, sent: Send, error: grpc.RpcError) -> Action:

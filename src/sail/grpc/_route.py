@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 from sail.dataplane import start_call
-from sail.errors import UnsupportedRequest
 from sail.grpc._errors import StatusError, http_to_grpc
+from sail.grpc._tls import check_cluster
 from sail.resilience.deadline import inherited_deadline
 
 if TYPE_CHECKING:
@@ -97,12 +97,8 @@ def prepare(
             http_to_grpc(status),
             f"service {service!r}: the route for {method!r} answers {status} itself",
         )
-    if cluster.tls is not None:  # fail closed: never plaintext to a TLS cluster
-        raise UnsupportedRequest(
-            f"service {service!r}: cluster {cluster.cluster.name!r} asks for TLS, which "
-            "sail's gRPC channels do not originate yet; refusing rather than sending "
-            "plaintext"
-        )
+    if cluster.tls is not None:  # mTLS, or a reason it cannot be (never plaintext)
+        check_cluster(service, cluster)
     plan = target.route.policy
     deadline = now + timeout if timeout is not None else None
     cap = plan.grpc_timeout

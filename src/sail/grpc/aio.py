@@ -160,9 +160,14 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
 
     # -- the mesh's side -------------------------------------------------------------------
 
-    def _open(self, target: str) -> grpc.aio.Channel:
+    def _open(
+        self, target: str, tls: tuple[grpc.ChannelCredentials, tuple[tuple[str, Any], ...]]
+        | None = None,
+    ) -> grpc.aio.Channel:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        if tls is not None:
+            return grpc.aio.secure_channel(target, tls[0], tls[1], self._compression)
         if self._credentials is not None:
             return grpc.aio.secure_channel(
                 target, self._credentials, self._options, self._compression
@@ -194,8 +199,8 @@ class AioMeshChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
             raise _caller_error(exc) from exc
         if where is None:
             return self._plain()
-        authority = self._some_endpoint()
-        return None if authority is None else self._subchannel(authority).channel
+        found = self._some_endpoint()
+        return None if found is None else self._subchannel(*found).channel
 
 
 # -- the multicallables: grpc.aio's signatures over the one shape ------------------------------
@@ -542,7 +547,7 @@ class _UnaryCall(_Call, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # t
             while True:
                 if type(action) is Send:
                     try:
-                        inner = self._inner = mc._inner(action.endpoint.authority)(
+                        inner = self._inner = mc._inner(action)(
                             first if replay is None else aread(replay),
                             timeout=action.timeout, metadata=action.metadata,
                             credentials=self._credentials, wait_for_ready=self._wait_for_ready,
@@ -634,7 +639,7 @@ class _StreamCall(_Call, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  
         if replay is not None:
             first = None if replay.source is None else aread(replay)
         try:
-            inner = options.send(self._mc._inner(sent.endpoint.authority), first, sent.timeout,
+            inner = options.send(self._mc._inner(sent), first, sent.timeout,
                                  sent.metadata)
         except BaseException:
             flow.closed(sent)

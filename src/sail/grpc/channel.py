@@ -123,7 +123,12 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
             with contextlib.suppress(KeyError, ValueError):
                 self._outside.unsubscribe(callback)
 
-    def _open(self, target: str) -> grpc.Channel:
+    def _open(
+        self, target: str, tls: tuple[grpc.ChannelCredentials, tuple[tuple[str, Any], ...]]
+        | None = None,
+    ) -> grpc.Channel:
+        if tls is not None:
+            return grpc.secure_channel(target, tls[0], tls[1], self._compression)
         if self._credentials is not None:
             return grpc.secure_channel(target, self._credentials, self._options, self._compression)
         return grpc.insecure_channel(target, self._options, self._compression)
@@ -172,8 +177,8 @@ class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
             where = self.settled()
         if where is None:
             return self._plain()
-        authority = self._some_endpoint()
-        return None if authority is None else self._subchannel(authority).channel
+        found = self._some_endpoint()
+        return None if found is None else self._subchannel(*found).channel
 
 
 # -- the multicallables: grpc's signatures over the one shape ----------------------------------
@@ -318,7 +323,7 @@ def _blocking(
     while True:
         if type(action) is Send:
             try:
-                fn = mc._inner(action.endpoint.authority)
+                fn = mc._inner(action)
                 request = first if replay is None else read(replay)
                 if with_call:
                     result = fn.with_call(request, action.timeout, action.metadata,
@@ -359,7 +364,7 @@ def _future(
                                     compression)
 
     def send(attempt: Send) -> Any:
-        return mc._inner(attempt.endpoint.authority).future(
+        return mc._inner(attempt).future(
             first if replay is None else read(replay), attempt.timeout, attempt.metadata,
             credentials, wait_for_ready, compression,
         )
@@ -380,7 +385,7 @@ def _stream(
                              compression)
 
     def send(attempt: Send) -> Any:
-        return mc._inner(attempt.endpoint.authority)(
+        return mc._inner(attempt)(
             first if replay is None else read(replay), attempt.timeout, attempt.metadata,
             credentials, wait_for_ready, compression,
         )

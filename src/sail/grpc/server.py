@@ -34,18 +34,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import grpc
 import grpc.aio
 from grpc_health.v1 import health as health_checking
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sail.grpc._calls import POLL, AioInterceptor, Interceptor, Scope, drain_wait
+from sail.grpc._tls import server_credentials
 from sail.grpc.xds_server import ServingState, ServingWatch
 from sail.model import HealthStatus, host_port
 from sail.registration import Registrar, Workload
 
 if TYPE_CHECKING:
     from sail.seam import MeshSeam
+    from sail.security.tls import ServerTls
 
 __all__ = ["AioMeshServer", "MeshServer"]
 
@@ -90,8 +93,12 @@ class _MeshServerBase:
         quiet: float,
         xds: MeshSeam | None,
         on_serving: Callable[[ServingState], None] | None,
+        tls: ServerTls | None = None,
+        identity: Callable[[], str | None] | None = None,
     ) -> None:
         self._registrar = registrar
+        self._tls = tls
+        self._identity_of = identity
         self._xds = xds
         self._on_serving = on_serving
         self._listening = xds is None  # an xDS-enabled server listens once it may serve
@@ -112,6 +119,13 @@ class _MeshServerBase:
         self.port: int
 
     def _bind(self, port: int, credentials: Any) -> None:
+        if self._tls is not None:
+            if credentials is not None:
+                raise ValueError("give credentials or the mesh's mTLS (tls=), not both")
+            if self._xds is not None:
+                raise ValueError("an xDS-enabled server takes its TLS from its Listener")
+            credentials = server_credentials(self._tls)
+            self._scope.tls = self._tls
         self._credentials = credentials
         if self._xds is not None:
             # Not listening before the Listener says so: keep the port, open it later.
@@ -147,6 +161,13 @@ class _MeshServerBase:
             service_port=self._service_port,
         )
         self._scope.workload = self.workload
+
+    def _claim_identity(self) -> None:
+        """Put the workload's SPIFFE ID on its registration (blocks until the mesh knows
+        it, at most as long as `identity` waits)."""
+        if self._identity_of is not None and self.workload.identity is None:
+            self.workload = attrs.evolve(self.workload, identity=self._identity_of())
+            self._scope.workload = self.workload
 
     @property
     def serving(self) -> bool:
@@ -249,6 +270,11 @@ class MeshServer(_MeshServerBase):
       so the request context is set when they run their handlers).
     * `handlers`, `options`, `maximum_concurrent_rpcs`, `compression` - as `grpc.server`.
     * `credentials` - `grpc.ServerCredentials` to listen with TLS; `None` for plaintext.
+    * `tls` - serve the mesh's mTLS instead (`sail.security.tls.ServerTls`, what
+      `mesh.grpc_server(mode="STRICT")` gives): a client must present a certificate the
+      mesh's roots verify; each new connection gets the current certificate; the caller
+      is `sail.current_request().peer`. `identity` returns the workload's SPIFFE ID, put
+      on its registration at `start()` (so clients expect it).
     * `health` - serve `grpc.health.v1.Health` (default). `.health` is the servicer.
     * `xds` - the seam of a `Mesh` whose control plane gives this server its Listener (gRFC A36; see
       `sail.grpc.xds_server`): the port opens once the Listener arrives, and calls are
@@ -279,11 +305,13 @@ class MeshServer(_MeshServerBase):
         health: bool = True,
         xds: MeshSeam | None = None,
         on_serving: Callable[[ServingState], None] | None = None,
+        tls: ServerTls | None = None,
+        identity: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(
             service, registrar, address=address, labels=labels, weight=weight,
             service_port=service_port, drain=drain, quiet=quiet, xds=xds,
-            on_serving=on_serving,
+            on_serving=on_serving, tls=tls, identity=identity,
         )
         self._own_pool: ThreadPoolExecutor | None = None
         if thread_pool is None:
@@ -319,6 +347,7 @@ class MeshServer(_MeshServerBase):
         if watch is None:
             self._server.start()
         try:
+            self._claim_identity()
             self._registrar.register(self.workload)
         except BaseException:
             self._server.stop(None)
@@ -466,11 +495,13 @@ class AioMeshServer(_MeshServerBase):
         health: bool = True,
         xds: MeshSeam | None = None,
         on_serving: Callable[[ServingState], None] | None = None,
+        tls: ServerTls | None = None,
+        identity: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(
             service, registrar, address=address, labels=labels, weight=weight,
             service_port=service_port, drain=drain, quiet=quiet, xds=xds,
-            on_serving=on_serving,
+            on_serving=on_serving, tls=tls, identity=identity,
         )
         self._server = grpc.aio.server(
             migration_thread_pool=thread_pool,
@@ -500,6 +531,7 @@ class AioMeshServer(_MeshServerBase):
         if watch is None:
             await self._server.start()
         try:
+            await asyncio.to_thread(self._claim_identity)
             await asyncio.to_thread(self._registrar.register, self.workload)
         except BaseException:
             await self._server.stop(None)

@@ -20,7 +20,9 @@ sees a private key but its own. What the CA signs, and what it refuses
   `MAX_WORKLOAD_CERT_TTL`); it is cut to the CA certificate's own expiry.
 
 The certificate: an empty subject and the SPIFFE ID as its only URI SAN, critical (RFC 5280
-asks for that when the subject is empty; Istio's CA does the same), `CA:FALSE`, key usage
+asks for that when the subject is empty; Istio's CA does the same), with the identity's DNS
+name (`SpiffeId.dns_name`, `reviews.default.sa.example.org`) as a DNS SAN beside it for
+peers that can check a hostname only (grpcio's channels), `CA:FALSE`, key usage
 digital signature and key encipherment, extended key usage server and client auth, a random
 128-bit serial, valid from one minute before issue (peers' clocks may lag). The chain
 returned is leaf first, then the CA certificate and any certificates above it (Istio's
@@ -71,6 +73,14 @@ def _pem(cert: x509.Certificate) -> str:
 
 def _hash_for(key: object) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def _sans(identity: SpiffeId) -> list[x509.GeneralName]:
+    """The SPIFFE ID, and its DNS name when it has one (`SpiffeId.dns_name`)."""
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
+    if identity.dns_name is not None:
+        sans.append(x509.DNSName(identity.dns_name))
+    return sans
 
 
 def _check_key(key: object) -> None:
@@ -268,8 +278,7 @@ class CertificateAuthority:
             .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
             .not_valid_before(_utc(issued - BACKDATE))
             .not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(str(identity))]), critical=True)
+            .add_extension(x509.SubjectAlternativeName(_sans(identity)), critical=True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=True, content_commitment=False, key_encipherment=True,

@@ -109,5 +109,25 @@ class SpiffeId:
         parts = self.path.split("/")
         return parts[4] if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
 
+    @property
+    def dns_name(self) -> str | None:
+        """The DNS name that stands for a workload identity where only a hostname check
+        is available: `<sa>.<ns>.sa.<trust-domain>` for `/ns/<ns>/sa/<sa>` (so
+        `reviews.default.sa.example.org`). The mesh CA writes it as a DNS SAN beside the
+        SPIFFE ID, and sail's gRPC channels check it, because grpcio's Python API has no
+        certificate verifier but the hostname check (see `sail.grpc._tls`). The mapping is
+        one to one: `None` when a segment has upper case (hostname checks ignore case) or
+        a dot, or when the name would not be a DNS name (a label over 63, the whole over
+        253 characters); such an identity has no DNS name."""
+        namespace, account = self.namespace, self.service_account
+        if namespace is None or account is None:
+            return None
+        labels = (account, namespace, "sa", *self.trust_domain.split("."))
+        name = ".".join(labels)
+        if (len(name) > 253 or any(not 0 < len(label) <= 63 for label in labels)
+                or "." in account + namespace or name != name.lower()):
+            return None
+        return name
+
     def __str__(self) -> str:
         return f"{_SCHEME}{self.trust_domain}{self.path}"

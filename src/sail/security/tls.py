@@ -30,6 +30,8 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
+
 from sail.errors import SecurityError
 from sail.model.tls import SanMatcher, SanType, UpstreamTls
 from sail.routing.matchers import compile_string_matcher
@@ -39,10 +41,29 @@ if TYPE_CHECKING:
     from sail.security.providers import Credentials
 
 __all__ = [
-    "ClientTls", "ClientTlsFactory", "PeerIdentityError", "ServerTls", "check_peer", "peer_sans",
+    "ClientTls", "ClientTlsFactory", "PeerIdentityError", "ServerTls", "TlsMaterial", "check_peer",
+    "peer_sans",
 ]
 
 log = logging.getLogger("sail.security")
+
+
+@attrs.frozen(eq=False)
+class TlsMaterial:
+    """The PEM a context was made from, for TLS stacks that take bytes rather than an
+    `ssl.SSLContext` (grpcio). Compared by identity: each rotation makes a new one.
+
+    * `roots` - the CA certificates peers are verified against.
+    * `chain` - the workload's certificate chain (`b""` without one).
+    * `key` - its private key.
+    * `trust_domains` - with a SPIFFE trust bundle map, the trust domain a peer's SPIFFE ID
+      must have; `None` when the roots apply to every peer.
+    """
+
+    roots: bytes
+    chain: bytes
+    key: bytes = attrs.field(repr=False)
+    trust_domains: frozenset[str] | None = None
 
 
 class PeerIdentityError(ssl.SSLCertVerificationError):
@@ -151,7 +172,8 @@ def load_chain(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> Non
 class ClientTls:
     """The client TLS of one `UpstreamTls`: `context` is the `ssl.SSLContext` for its
     connections now (`None` until the instances have credentials; `why` says what is
-    missing). Read on the request path as one attribute; replaced whole on rotation.
+    missing), and `material` the PEM it was made from (`TlsMaterial`, for grpcio). Read
+    on the request path as one attribute each; replaced whole on rotation.
 
     **Parameters**
 
@@ -167,6 +189,7 @@ class ClientTls:
         self._identity = identity
         self._roots = roots
         self.context: ssl.SSLContext | None = None
+        self.material: TlsMaterial | None = None
         self.why = "no credentials yet"
         self._made_from: tuple[object, object] = (None, None)
         self._lock = threading.Lock()
@@ -182,7 +205,8 @@ class ClientTls:
             if (creds, roots) == self._made_from and self.context is not None:
                 return
             try:
-                self.context = self._make(creds, roots)
+                context, self.material = self._make(creds, roots)
+                self.context = context
                 self.why = ""
             except (SecurityError, ssl.SSLError, ValueError) as exc:
                 self.why = str(exc)
@@ -190,7 +214,9 @@ class ClientTls:
                 return
             self._made_from = (creds, roots)
 
-    def _make(self, creds: Credentials | None, roots: Credentials | None) -> ssl.SSLContext:
+    def _make(
+        self, creds: Credentials | None, roots: Credentials | None
+    ) -> tuple[ssl.SSLContext, TlsMaterial]:
         spec = self.spec
         if roots is None or not roots.roots:
             raise SecurityError(
@@ -212,23 +238,26 @@ class ClientTls:
         context.check_hostname = False  # the SANs are checked against the matchers instead
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=bundle.decode("ascii"))
+        chain = key = b""
         if spec.identity is not None:
             if creds is None or not creds.chain_pem:
                 raise SecurityError(
                     f"certificate provider {spec.identity.instance!r} has no certificate yet"
                 )
-            load_chain(context, creds.chain_pem, creds.key_pem)
+            chain, key = creds.chain_pem, creds.key_pem
+            load_chain(context, chain, key)
         context.sslsocket_class, context.sslobject_class = _checked_classes(
             _Check(spec.san_matchers, domains)
         )
-        return context
+        return context, TlsMaterial(bundle, chain, key, domains)
 
 
 class ServerTls:
     """A server's TLS from one credentials source: `context` is the `ssl.SSLContext` for
     new connections now (`None` until the source has credentials), made again whole when
     the certificate rotates, so each new connection presents the current certificate and
-    connections already open keep theirs. A client must present a certificate the roots
+    connections already open keep theirs (`material`: the PEM it was made from, for
+    grpcio's servers). A client must present a certificate the roots
     verify (mTLS); with a SPIFFE trust bundle map, one carrying a SPIFFE ID of a trust
     domain the map holds.
 
@@ -240,6 +269,7 @@ class ServerTls:
     def __init__(self, source: _Source) -> None:
         self._source = source
         self.context: ssl.SSLContext | None = None
+        self.material: TlsMaterial | None = None
         self.why = "no credentials yet"
         self._made_from: object = None
         self._lock = threading.Lock()
@@ -252,7 +282,8 @@ class ServerTls:
             if creds is self._made_from and self.context is not None:
                 return
             try:
-                self.context = _server_context(creds)
+                context, self.material = _server_context(creds)
+                self.context = context
                 self.why = ""
             except (SecurityError, ssl.SSLError, ValueError) as exc:
                 self.why = str(exc)
@@ -261,7 +292,7 @@ class ServerTls:
             self._made_from = creds
 
 
-def _server_context(creds: Credentials | None) -> ssl.SSLContext:
+def _server_context(creds: Credentials | None) -> tuple[ssl.SSLContext, TlsMaterial]:
     if creds is None or not creds.chain_pem:
         raise SecurityError("the workload has no certificate yet")
     if not creds.roots:
@@ -273,15 +304,17 @@ def _server_context(creds: Credentials | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=b"".join(creds.roots.values()).decode("ascii"))
+    roots = b"".join(creds.roots.values())
+    context.load_verify_locations(cadata=roots.decode("ascii"))
     load_chain(context, creds.chain_pem, creds.key_pem)
+    domains = None
     if "" not in creds.roots:
         domains = frozenset(creds.roots)
         context.sslsocket_class, context.sslobject_class = _checked_classes(
             _Check((), domains)
         )
     context.set_alpn_protocols(["http/1.1"])
-    return context
+    return context, TlsMaterial(roots, creds.chain_pem, creds.key_pem, domains)
 
 
 class _Source(Protocol):

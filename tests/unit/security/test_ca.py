@@ -42,7 +42,10 @@ def test_a_signed_certificate_carries_the_identity_only(ca: CertificateAuthority
     assert len(chain) == 2 and chain[1] == ca.trust_bundle  # leaf first, then the root
     cert = leaf(chain)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    assert san.critical and list(san.value) == [x509.UniformResourceIdentifier(str(REVIEWS))]
+    # the SPIFFE ID, and its DNS name for hostname-only checks (grpcio's channels)
+    assert san.critical and list(san.value) == [
+        x509.UniformResourceIdentifier(str(REVIEWS)), x509.DNSName(REVIEWS.dns_name or ""),
+    ]
     assert cert.subject == x509.Name([])
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -59,6 +59,31 @@ def test_workload_ids_have_istios_form() -> None:
     assert SpiffeId.parse("spiffe://example.org/x/y").namespace is None
 
 
+@pytest.mark.parametrize(("text", "name"), [
+    ("spiffe://example.org/ns/default/sa/reviews", "reviews.default.sa.example.org"),
+    ("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings",
+     "bookinfo-ratings.bookinfo.sa.cluster.local"),
+    ("spiffe://example.org/ns/default/sa/Reviews", None),  # hostname checks ignore case
+    ("spiffe://example.org/ns/default/sa/a.b", None),  # would be ambiguous
+    ("spiffe://example.org/ns/default/sa/" + "a" * 64, None),  # not a DNS label
+    ("spiffe://example.org/workload/reviews", None),  # not Istio's form
+])
+def test_a_workload_identity_has_one_dns_name(text: str, name: str | None) -> None:
+    assert SpiffeId.parse(text).dns_name == name
+
+
+@given(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
+       st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
+       st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True),
+       st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True))
+@settings(max_examples=200)
+def test_dns_names_are_one_to_one(ns_a: str, sa_a: str, ns_b: str, sa_b: str) -> None:
+    a = SpiffeId.workload("example.org", ns_a, sa_a)
+    b = SpiffeId.workload("example.org", ns_b, sa_b)
+    assert (a.dns_name == b.dns_name) == (a == b)
+
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_is_a_spiffe_id_or_invalid(text: str) -> None:
