@@ -545,10 +545,13 @@ class Mesh:
 
     def _grpc_tls(self, mode: str | None, xds: bool) -> dict[str, Any]:
         """The `tls`/`identity` arguments of a gRPC server serving `mode`."""
+        if xds:  # the Listener decides; the mesh's identity is what mTLS chains serve
+            if mode is not None:
+                raise ValueError("give a mode or xds=True, not both")
+            tls = self._serving_tls()
+            return {} if tls is None else {"tls": tls, "identity": self._spiffe_id}
         if mode is None or mode == "DISABLE":
             return {}
-        if xds:
-            raise ValueError("give a mode or xds=True, not both")
         if mode == "PERMISSIVE":
             raise ValueError(
                 "mode='PERMISSIVE': grpcio serves one of TLS or plaintext on a port, not "
@@ -616,7 +619,9 @@ class Mesh:
         mesh; `sail.current_request().peer` is who it is) and registers the workload's
         SPIFFE ID, so mesh clients call it over mTLS. Unset or `DISABLE`, it serves
         plaintext. `PERMISSIVE` is refused: grpcio cannot tell TLS from plaintext on one
-        port (sail's HTTP servers can). Other keyword
+        port (sail's HTTP servers can). With `xds=True` the Listener decides instead: mTLS
+        chains (PeerAuthentication STRICT) or plaintext ones (PERMISSIVE, DISABLE), fixed
+        once the port is open. Other keyword
         arguments (`max_workers`, `thread_pool`, `interceptors`, `options`, `credentials`,
         `quiet`, `on_serving`...) go to `sail.grpc.server.MeshServer`."""
         from sail.grpc.server import MeshServer

@@ -55,6 +55,10 @@ class Workload:
       one. The registry makes it the identity clients expect of this workload over mTLS,
       and reads its namespace (`/ns/<ns>/`) for PeerAuthentication; without one, the
       namespace is `default` and clients do not choose mTLS on their own (auto-mTLS).
+    * `permissive` - whether it serves mTLS and plaintext on one port under PERMISSIVE
+      (sail's HTTP servers do; grpcio servers cannot, and serve plaintext then, as Istio's
+      proxyless gRPC does). Clients choose mTLS on their own (auto-mTLS) to a PERMISSIVE
+      workload only if it does.
     """
 
     service: str
@@ -65,6 +69,7 @@ class Workload:
     weight: int = 1
     service_port: int | None = None
     identity: str | None = None
+    permissive: bool = True
 
     @property
     def namespace(self) -> str:

@@ -19,6 +19,7 @@ import pytest
 import sail
 from sail import testing
 from sail._loop import background_loop
+from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE
 from sail.errors import UnsupportedRequest
 from sail.security.ca import CertificateAuthority
 from sail.security.spiffe import SpiffeId
@@ -272,3 +273,53 @@ def test_rotation_new_connections_present_new_certificates_and_no_call_fails(
         mesh.close()
         xds.close()
         running.close()
+
+
+def test_an_xds_enabled_server_serves_the_transport_its_listener_asks_for(
+    ca: CertificateAuthority, client_files: Path, tmp_path: Path
+) -> None:
+    """A STRICT server Listener opens the port with mTLS (a plaintext caller is refused, a
+    meshed one served); PERMISSIVE's chain for TLS connections never matches a gRPC server
+    (A36), so its plaintext chain is served; a Listener that later asks for the other
+    transport makes the server not serve, naming why, rather than serve the old one."""
+    files = issue(ca, REVIEWS, tmp_path / "reviews")
+    xds = testing.XdsServer().start()
+    mesh = sail.Mesh.from_bootstrap(xds.bootstrap(
+        certificate_providers=provider(files),
+        server_listener_resource_name_template=DEFAULT_SERVER_LISTENER_TEMPLATE,
+    ))
+    try:
+        assert mesh.wait_identity(10) is not None
+        server = mesh.grpc_server("reviews", xds=True)
+        server.add_generic_rpc_handlers((handler(who),))
+        server.start()
+        assert server.workload.identity == str(REVIEWS)  # clients will expect it
+        assert server.workload.permissive is False
+        xds.set([testing.server_listener("127.0.0.1", server.port, mtls="STRICT")])
+        wait_until(lambda: server.serving, timeout=10)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as plain:
+            with pytest.raises(grpc.RpcError):
+                plain.unary_unary(METHOD)(b"", timeout=5)
+        clients_xds, client = client_mesh(server.port, client_files, REVIEWS)
+        try:
+            assert call(client)["spiffe_id"] == str(CLIENT)
+        finally:
+            client.close()
+            clients_xds.close()
+        xds.set([testing.server_listener("127.0.0.1", server.port, mtls="DISABLE")])
+        wait_until(lambda: not server.serving, timeout=10)
+        assert server.serving_state is not None
+        assert "restart the server" in server.serving_state.reason
+        server.stop(0).wait(10)
+
+        plain_server = mesh.grpc_server("reviews", xds=True)
+        plain_server.add_generic_rpc_handlers((handler(who),))
+        plain_server.start()
+        xds.set([testing.server_listener("127.0.0.1", plain_server.port, mtls="PERMISSIVE")])
+        wait_until(lambda: plain_server.serving, timeout=10)
+        with grpc.insecure_channel(f"127.0.0.1:{plain_server.port}") as plain:
+            assert json.loads(plain.unary_unary(METHOD)(b"", timeout=5))["mtls"] is False
+        plain_server.stop(0).wait(10)
+    finally:
+        mesh.close()
+        xds.close()

@@ -145,7 +145,7 @@ def test_a_peer_with_another_identity_is_refused_before_the_request(
         error = caught.value
         assert isinstance(error, httpx.ConnectError)
         assert error.expected == f"exact {str(RATINGS)!r}"
-        assert error.presented == f"URI:{REVIEWS}"
+        assert error.presented == f"URI:{REVIEWS}, DNS:{REVIEWS.dns_name}"
         assert error.endpoint == f"127.0.0.1:{reviews.port}"
 
         async def call() -> None:

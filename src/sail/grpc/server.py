@@ -122,16 +122,17 @@ class _MeshServerBase:
         if self._tls is not None:
             if credentials is not None:
                 raise ValueError("give credentials or the mesh's mTLS (tls=), not both")
-            if self._xds is not None:
-                raise ValueError("an xDS-enabled server takes its TLS from its Listener")
-            credentials = server_credentials(self._tls)
-            self._scope.tls = self._tls
+            if self._xds is None:
+                credentials = server_credentials(self._tls)
+                self._scope.tls = self._tls
         self._credentials = credentials
         if self._xds is not None:
-            # Not listening before the Listener says so: keep the port, open it later.
+            # Not listening before the Listener says so: keep the port, open it later,
+            # with the transport the Listener asks for then (`_listen`).
             self._set_port(port or _free_port(self._address))
             self._scope.watch = ServingWatch(
-                self._xds, self._address, self.port, self._serving_changed
+                self._xds, self._address, self.port, self._serving_changed,
+                providers=("default",) if self._tls is not None else (),
             )
             return
         self._set_port(self._listen(port))
@@ -139,6 +140,11 @@ class _MeshServerBase:
     def _listen(self, port: int) -> int:
         target = host_port(self._address, port)
         credentials = self._credentials
+        watch = self._scope.watch
+        tls = watch is not None and watch.state.tls  # xDS: the transport the Listener asks
+        if tls:
+            assert self._tls is not None  # else the watch says not serving
+            credentials = server_credentials(self._tls)
         try:
             if credentials is None:
                 bound = self._server.add_insecure_port(target)
@@ -148,6 +154,10 @@ class _MeshServerBase:
             raise OSError(f"sail: cannot listen on {target}: {exc}") from exc
         if not bound:  # older grpcio returns 0 instead
             raise OSError(f"sail: cannot listen on {target}")
+        if watch is not None:
+            watch.listening_tls = tls
+            if tls:
+                self._scope.tls = self._tls
         return int(bound)
 
     def _set_port(self, port: int) -> None:
@@ -159,6 +169,7 @@ class _MeshServerBase:
             labels=self._labels,
             weight=self._weight,
             service_port=self._service_port,
+            permissive=False,  # grpcio serves one transport per port
         )
         self._scope.workload = self.workload
 

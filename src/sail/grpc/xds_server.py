@@ -31,7 +31,7 @@ there is no default chain, fails with UNAVAILABLE.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, cast
 
 import attrs
@@ -40,6 +40,7 @@ from sail.errors import NoRoute
 from sail.model import CidrRange, FilterChainMatch, Listener, SourceType, host_port
 from sail.routing.request import Headers
 from sail.routing.router import Router
+from sail.security.tls import refused_server_tls
 
 if TYPE_CHECKING:
     from sail.seam import MeshSeam
@@ -58,6 +59,7 @@ class ServingState:
     reason: str = ""
     router: Router | None = None
     chains: ChainSelector | None = attrs.field(default=None, repr=False)
+    tls: bool = False  # the chains that can match ask for the mesh's mTLS
 
 
 def _same_address(a: str, b: str) -> bool:
@@ -217,8 +219,11 @@ class ServingWatch:
         address: str,
         port: int,
         on_change: Callable[[ServingState], None],
+        providers: Collection[str] = (),
     ) -> None:
         self.name = mesh.server_listener_name(host_port(address, port))
+        self._providers = providers  # the certificate provider instances the server has
+        self.listening_tls: bool | None = None  # set by the server once its port is open
         self._mesh = mesh
         self._address = address
         self._port = port
@@ -266,23 +271,45 @@ class ServingWatch:
             return ServingState(
                 False, f"Listener {self.name!r}: HTTP filter {bad} is not supported on servers"
             )
-        for chain in listener.chains():
-            if chain.tls is not None and not chain.match.never:
-                return ServingState(
-                    False,
-                    f"Listener {self.name!r}: filter chain {chain.name or '(unnamed)'!r} asks "
-                    "for TLS, which sail's gRPC servers do not serve yet; not serving rather "
-                    "than serve it in plaintext",
-                )
+        tls, why = self._transport(listener)
+        if why:
+            return ServingState(False, f"Listener {self.name!r}: {why}")
         runtime = mesh_state.services.get(self.name)
         router = runtime.router if runtime is not None else None
         if not listener.filter_chains and listener.default_filter_chain is None:
-            return ServingState(True, "", router)
+            return ServingState(True, "", router, tls=tls)
         routers = {
             key: r.router for key in listener.route_keys()
             if (r := mesh_state.services.get(key)) is not None
         }
-        return ServingState(True, "", router, ChainSelector(listener, self._local, routers))
+        return ServingState(
+            True, "", router, ChainSelector(listener, self._local, routers), tls=tls
+        )
+
+    def _transport(self, listener: Listener) -> tuple[bool, str]:
+        """Whether the Listener's chains that can match ask for mTLS, or why the server
+        cannot serve them. grpcio listens with one transport per port, fixed once it
+        listens: the chains must all be mTLS (the workload's certificate, a client
+        certificate required) or all plaintext (a chain for TLS-detected connections,
+        PERMISSIVE's, never matches a gRPC server: gRFC A36), and stay so."""
+        kinds: set[bool] = set()
+        for chain in listener.chains():
+            if chain.match.never:
+                continue
+            if chain.tls is not None:
+                refused = refused_server_tls(chain.tls, self._providers)
+                if refused is not None:
+                    return False, f"filter chain {chain.name or '(unnamed)'!r}: {refused}"
+            kinds.add(chain.tls is not None)
+        if len(kinds) > 1:
+            return False, ("its filter chains mix mTLS and plaintext, and a grpcio server "
+                           "serves one of them on a port")
+        tls = kinds == {True}
+        if self.listening_tls is not None and tls != self.listening_tls:
+            now, then = ("mTLS", "plaintext") if tls else ("plaintext", "mTLS")
+            return False, (f"it asks for {now} and the port serves {then}: grpcio cannot "
+                           "change a listening port's transport; restart the server")
+        return tls, ""
 
     def check(self, method: str, headers: Mapping[str, str], peer: str) -> str | None:
         """Why the call to `method` (with `headers`, its metadata, from `peer`) must fail

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from sail.context import Peer
 from sail.model import host_port
-from sail.security.tls import peer_sans
+from sail.security.tls import peer_sans, refused_server_tls
 
 if TYPE_CHECKING:
     from sail.model import Listener
@@ -86,13 +86,9 @@ def mode_of(listener: Listener | None, providers: Collection[str]) -> tuple[str,
                 return NOT_SERVING, f"filter chain {chain.name!r} is for TLS and has no TLS"
             plain.append(chain)
             continue
-        tls = chain.tls
-        if not tls.require_client_certificate or tls.roots is None:
-            return NOT_SERVING, (f"filter chain {chain.name!r}: TLS without a required "
-                                 "client certificate is not supported (mTLS only)")
-        if tls.identity.instance not in providers:
-            return NOT_SERVING, (f"filter chain {chain.name!r}: certificate provider "
-                                 f"{tls.identity.instance!r} is not the workload's")
+        refused = refused_server_tls(chain.tls, providers)
+        if refused is not None:
+            return NOT_SERVING, f"filter chain {chain.name!r}: {refused}"
         tls_chains.append(chain)
     if tls_chains and plain:
         return "PERMISSIVE", ""

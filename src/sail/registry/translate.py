@@ -317,17 +317,18 @@ class _Mesh:
         """Whether clients of `host:port` use mTLS: as the DestinationRule's `tls.mode`
         says (ISTIO_MUTUAL or DISABLE), else auto-mTLS as Istio does it: when every
         workload behind the cluster has an identity and accepts mTLS (its PeerAuthentication
-        mode is not DISABLE). sail decides per cluster, not per endpoint (Istio's
-        `tlsMode` transport socket match), so a cluster mixing workloads that accept mTLS
-        and workloads that do not is plaintext; one with a STRICT workload among them then
-        fails to reach that workload rather than send it plaintext."""
+        mode is STRICT, or PERMISSIVE on a workload that serves both on one port). sail
+        decides per cluster, not per endpoint (Istio's `tlsMode` transport socket match),
+        so a cluster mixing workloads that accept mTLS and workloads that do not is
+        plaintext; one with a STRICT workload among them then fails to reach that workload
+        rather than send it plaintext."""
         tls = policy.tls if policy is not None else None
         if tls is not None:
             return tls.mode is TLSMode.ISTIO_MUTUAL
         behind = [w for w, _ in self.workloads.get(host, ())
                   if w.called_port == port and selects(w.labels)]
         return bool(behind) and all(
-            w.identity is not None and self.peer_policies.mode(w) is not MtlsMode.DISABLE
+            w.identity is not None and _accepts_mtls(self.peer_policies.mode(w), w)
             for w in behind
         )
 
@@ -365,3 +366,8 @@ class _Mesh:
         if not entry.spec.endpoints and selects({}):  # DNS: resolve the host itself
             out.append((Locality(), Endpoint(written, service_port.target_port or port)))
         return out
+
+
+def _accepts_mtls(mode: MtlsMode, workload: Workload) -> bool:
+    """Whether `workload` takes mTLS under PeerAuthentication `mode`."""
+    return mode is MtlsMode.STRICT or (mode is MtlsMode.PERMISSIVE and workload.permissive)

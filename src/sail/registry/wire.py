@@ -37,7 +37,7 @@ MAX_WEIGHT = 2**32 - 1  # Envoy's load_balancing_weight is a uint32
 
 _REGISTER_FIELDS = (
     "service", "address", "port", "service_port", "labels", "locality", "weight", "health", "ttl",
-    "identity",
+    "identity", "permissive",
 )
 _LOCALITY_FIELDS = ("region", "zone", "sub_zone")
 
@@ -85,6 +85,8 @@ def workload_to_json(
         body["service_port"] = workload.service_port
     if workload.identity is not None:
         body["identity"] = workload.identity
+    if not workload.permissive:
+        body["permissive"] = False
     if ttl is not None:
         body["ttl"] = ttl
     return body
@@ -106,6 +108,7 @@ def workload_from_json(
             _integer(body, "service_port", 1, 65535) if "service_port" in body else None
         ),
         identity=_identity(body),
+        permissive=_boolean(body, "permissive", default=True),
     )
     health = health_field(body, default=HealthStatus.HEALTHY)
     return workload, health, _ttl(body, default_ttl)
@@ -157,6 +160,13 @@ def _integer(
     value = body[field]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BodyError(f"{field!r} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _boolean(body: Mapping[str, Any], field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise BodyError(f"{field!r} must be true or false, got {value!r}")
     return value
 
 

@@ -27,13 +27,13 @@ import ssl
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from sail.errors import SecurityError
-from sail.model.tls import SanMatcher, SanType, UpstreamTls
+from sail.model.tls import DownstreamTls, SanMatcher, SanType, UpstreamTls
 from sail.routing.matchers import compile_string_matcher
 from sail.security.spiffe import SpiffeId
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientTls", "ClientTlsFactory", "PeerIdentityError", "ServerTls", "TlsMaterial", "check_peer",
-    "peer_sans",
+    "peer_sans", "refused_server_tls",
 ]
 
 log = logging.getLogger("sail.security")
@@ -315,6 +315,18 @@ def _server_context(creds: Credentials | None) -> tuple[ssl.SSLContext, TlsMater
         )
     context.set_alpn_protocols(["http/1.1"])
     return context, TlsMaterial(roots, creds.chain_pem, creds.key_pem, domains)
+
+
+def refused_server_tls(tls: DownstreamTls, providers: Collection[str]) -> str | None:
+    """Why a server filter chain's TLS is not what sail's servers serve (the mesh's mTLS
+    with the workload's certificate: `ServerTls`), or `None` when it is. Said of chain
+    `tls`, for a server whose credentials are the instances `providers`."""
+    if not tls.require_client_certificate or tls.roots is None:
+        return "TLS without a required client certificate is not supported (mTLS only)"
+    for name in tls.providers():
+        if name not in providers:
+            return f"certificate provider {name!r} is not the workload's"
+    return None
 
 
 class _Source(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 import pytest
 
 from sail.model import HealthStatus, StringMatchKind
@@ -15,6 +16,7 @@ from sail.registry.istio.peer_authentication import PeerPolicies
 from sail.registry.istio.security import MtlsMode
 from sail.registry.server_listener import server_listeners
 from sail.registry.translate import translate
+from sail.registry.wire import BodyError, workload_from_json, workload_to_json
 from sail.xds.codec.decode_cluster import decode_cluster
 from sail.xds.codec.decode_listener import decode_listener
 from sail.xds.codec.encode import encode_cluster, encode_listener
@@ -102,6 +104,25 @@ def test_auto_mtls_when_every_workload_accepts_it() -> None:
     assert cluster_tls([REVIEWS, ANONYMOUS]) is None  # one cannot: plaintext
     assert cluster_tls(both, peer("d", "prod", "DISABLE")) is None  # one does not accept
     assert cluster_tls(both, peer("d", "istio-system", "STRICT")) is not None
+
+
+def test_a_grpc_workload_gets_mtls_under_strict_only() -> None:
+    """A grpcio server serves one transport per port: under PERMISSIVE it serves
+    plaintext, so the registry gives it no TLS chain and clients no mTLS to it (Istio's
+    proxyless rule); under STRICT both sides are mTLS."""
+    grpc_reviews = attrs.evolve(REVIEWS, permissive=False)
+    assert chains_of(grpc_reviews, "") == [("", False, False)]
+    assert cluster_tls([grpc_reviews]) is None
+    strict = peer("d", "default", "STRICT")
+    assert chains_of(grpc_reviews, strict) == [("mtls", True, False)]
+    assert cluster_tls([grpc_reviews], strict) == [REVIEWS.identity]
+    # on the wire
+    body = workload_to_json(grpc_reviews)
+    assert body["permissive"] is False
+    assert workload_from_json(body, 10)[0] == grpc_reviews
+    assert "permissive" not in workload_to_json(REVIEWS)
+    with pytest.raises(BodyError, match="'permissive' must be true or false"):
+        workload_from_json({**body, "permissive": "no"}, 10)
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("ISTIO_MUTUAL", True), ("DISABLE", False)])

@@ -11,10 +11,11 @@ two mesh-wide) policies outright. A workload's namespace is its identity's
 
 The mode becomes the filter chains of the workload's server Listener (`server_chains`):
 STRICT one mTLS chain; PERMISSIVE an mTLS chain for TLS connections
-(`transport_protocol: tls`) and a plaintext one, for a workload with an identity (one
-without has nothing to serve TLS with, and clients do not choose mTLS to it); DISABLE a
-plaintext chain. The certificate provider instance is `default`, certificate and roots
-both, as Istio's proxyless bootstrap names it.
+(`transport_protocol: tls`) and a plaintext one, for a workload with an identity that
+serves both on one port (`Workload.permissive`; one without an identity has nothing to
+serve TLS with, a grpcio server serves plaintext, and clients do not choose mTLS to
+either); DISABLE a plaintext chain. The certificate provider instance is `default`,
+certificate and roots both, as Istio's proxyless bootstrap names it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def server_chains(
     if mode is MtlsMode.STRICT:
         return (FilterChain(hcm, name="mtls", tls=_SERVER_TLS),)
     plain = FilterChain(hcm, name="plaintext")
-    if mode is MtlsMode.PERMISSIVE and workload.identity is not None:
+    if mode is MtlsMode.PERMISSIVE and workload.identity is not None and workload.permissive:
         tls_match = FilterChainMatch(never=True, tls=True)
         return (FilterChain(hcm, tls_match, "mtls", _SERVER_TLS), plain)
     return (plain,)
