@@ -9,9 +9,12 @@ GRPC_XDS_BOOTSTRAP=bootstrap.json python -m tests.e2e.grpc_client 2000 end-user=
 
 Arguments: the number of calls, then metadata as `key=value` sent with every call.
 Options: `--target` (default `xds:///greeter:50051`), `--timeout` (seconds per call; the
-first call waits for the xDS config, as `wait_for_ready`). With `--interactive` it keeps
-one channel and reads such lines (`N [key=value ...]`) from stdin, printing one JSON line
-for each, until stdin closes: what one long-lived client sees as config changes.
+first call waits for the xDS config, as `wait_for_ready`), `--xds-creds` (the channel's
+TLS from the xDS config, `grpc.xds_channel_credentials`, with certificates from the
+bootstrap's `certificate_providers`; plaintext where the config has no TLS). With
+`--interactive` it keeps one channel and reads such lines (`N [key=value ...]`) from
+stdin, printing one JSON line for each, until stdin closes: what one long-lived client
+sees as config changes.
 
 It prints the counts as JSON (one line) on stdout; on a failed call it prints the status
 code and details on stderr and exits 1.
@@ -26,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 import grpc
+import grpc.experimental
 
 METHOD = "/sail.test.Greeter/Hello"
 
@@ -67,11 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", default="xds:///greeter:50051")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--interactive", action="store_true")
+    parser.add_argument("--xds-creds", action="store_true")
     parser.add_argument("n", type=int, nargs="?", default=1)
     parser.add_argument("metadata", nargs="*")
     args = parser.parse_args(argv)
 
-    with grpc.insecure_channel(args.target) as channel:
+    if args.xds_creds:
+        credentials = grpc.xds_channel_credentials(
+            grpc.experimental.insecure_channel_credentials()
+        )
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    with channel:
         hello = channel.unary_unary(METHOD)  # no serializers: bytes in, bytes out
         try:
             if not args.interactive:

@@ -10,6 +10,11 @@ plain grpcio server registered by hand. With `XDS=1` the server is xDS-enabled (
 grpcio's `xds=True`, or sail's `xds=True`) and serves only once the Listener for its
 address has come from the xDS server in `GRPC_XDS_BOOTSTRAP`.
 
+With `XDS_CREDS=1` the plain xDS-enabled server listens with `grpc.xds_server_credentials`
+(its TLS from its Listener, certificates from the bootstrap's `certificate_providers`), and
+`IDENTITY=<SPIFFE ID>` registers that identity (as a server that cannot serve PERMISSIVE's
+two transports); each call then answers the caller's SPIFFE ID (`plaintext` without one).
+
 A call with metadata `fail-every: K` fails with UNAVAILABLE when it is the 1st, (K+1)th...
 such call this server has had, to script failures for retry tests.
 """
@@ -34,13 +39,15 @@ from sail.registry.remote import RemoteRegistrar
 SERVICE_PORT = 50051
 
 
-def _handler(name: bytes) -> grpc.GenericRpcHandler:
+def _handler(name: bytes, echo_peer: bool = False) -> grpc.GenericRpcHandler:
     scripted = itertools.count()
 
     def hello(request: bytes, context: Any) -> bytes:
         every = dict(context.invocation_metadata()).get("fail-every")
         if every is not None and next(scripted) % int(every) == 0:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{name.decode()}: scripted failure")
+        if echo_peer:
+            return (context.auth_context().get("peer_spiffe_id") or [b"plaintext"])[0]  # type: ignore[no-any-return]
         return name
 
     return grpc.method_handlers_generic_handler(
@@ -85,15 +92,24 @@ def _serve_plain(
     stopping: threading.Event,
 ) -> int:
     xds = os.environ.get("XDS") == "1"
+    tls = os.environ.get("XDS_CREDS") == "1"
     server = grpc.server(ThreadPoolExecutor(max_workers=8), xds=xds)
-    server.add_generic_rpc_handlers((_handler(name.encode()),))
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    server.add_generic_rpc_handlers((_handler(name.encode(), echo_peer=tls),))
+    address = f"127.0.0.1:{port}"
+    if tls:
+        bound = server.add_secure_port(
+            address, grpc.xds_server_credentials(grpc.insecure_server_credentials())
+        )
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        print(f"cannot listen on {address}", file=sys.stderr, flush=True)
         return 1
     server.start()
+    identity = os.environ.get("IDENTITY")
     workload = Workload(
         service=service, address="127.0.0.1", port=port, labels=labels,
-        service_port=SERVICE_PORT,
+        service_port=SERVICE_PORT, identity=identity, permissive=identity is None,
     )
     try:
         registrar.register(workload)

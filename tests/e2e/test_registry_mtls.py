@@ -123,3 +123,60 @@ def test_peer_authentication_live_from_disable_to_strict(running: RunningRegistr
     finally:
         client_mesh.close()
         server_mesh.close()
+
+
+def test_a_grpc_server_under_strict_is_called_over_mtls_on_its_own(
+    running: RunningRegistry,
+) -> None:
+    """gRPC: the server registers its identity and that it cannot serve PERMISSIVE's two
+    transports; under STRICT its Listener is mTLS and its clients' cluster expects its
+    SPIFFE ID (auto-mTLS), so a sail channel calls it over mTLS with no TLS config of its
+    own, and a plaintext caller is refused."""
+    import grpc
+
+    from tests.e2e.test_grpc_mtls import METHOD, handler, who
+
+    with running.admin() as admin:
+        admin.apply("peer.yaml", peer_authentication("STRICT"))
+    server_mesh = sail.Mesh.from_bootstrap(
+        bootstrap(running, "ratings"), join_token=token(running, "ratings"),
+        registrar=RemoteRegistrar([running.address], TOKEN),
+    )
+    client_mesh = sail.Mesh.from_bootstrap(
+        bootstrap(running, "productpage"), join_token=token(running, "productpage"),
+        services=["ratings"],
+    )
+    try:
+        assert server_mesh.wait_identity(20) is not None
+        assert client_mesh.wait_identity(20) is not None
+        server = server_mesh.grpc_server("ratings", xds=True)
+        server.add_generic_rpc_handlers((handler(who),))
+        server.start()
+        try:
+            wait_until(lambda: server.serving, timeout=20)
+            with client_mesh.grpc_channel("ratings") as channel:
+                answer = wait_until(lambda: _try(channel), timeout=20)
+            assert answer == f'"spiffe://{TD}/ns/default/sa/productpage"'
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as plain, \
+                    pytest.raises(grpc.RpcError):
+                plain.unary_unary(METHOD)(b"", timeout=5)
+        finally:
+            server.stop(0).wait(10)
+    finally:
+        client_mesh.close()
+        server_mesh.close()
+
+
+def _try(channel: Any) -> str | None:
+    """The caller's SPIFFE ID as the server saw it, once the mesh routes the call."""
+    import json
+
+    import grpc
+
+    from tests.e2e.test_grpc_mtls import METHOD
+
+    try:
+        seen = json.loads(channel.unary_unary(METHOD)(b"", timeout=5))
+    except grpc.RpcError:
+        return None
+    return json.dumps(seen["spiffe_id"]) if seen["mtls"] else None

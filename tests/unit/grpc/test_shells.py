@@ -52,7 +52,8 @@ def install(channel: ChannelCore, multicallable: object, stub: object) -> None:
     """`stub` as the inner multicallable of `multicallable` on every endpoint."""
     aio = isinstance(channel, AioMeshChannel)
     for address, port in ENDPOINTS:
-        sub = channel._subchannels.setdefault((f"{address}:{port}", None), Subchannel(Closable(aio)))
+        key = (f"{address}:{port}", None)
+        sub = channel._subchannels.setdefault(key, Subchannel(Closable(aio)))
         sub.methods[multicallable] = stub
 
 
