@@ -181,7 +181,7 @@ class _LocalSource:
 
 
 def _certificate_sources(
-    boot: Bootstrap, join_token: str | None
+    boot: Bootstrap, join_token: str | None, lifetime: float = 0
 ) -> dict[str, WorkloadIdentity]:
     """The credentials source of each certificate provider instance a TLS context may name
     (`Mesh.from_bootstrap`): each `file_watcher` instance of the bootstrap, and with a join
@@ -197,7 +197,7 @@ def _certificate_sources(
 
         def ask(csr: str, current: Sequence[str] | None) -> list[str]:
             return create_certificate(targets, None if current else join_token, csr,
-                                      current_chain=current)
+                                      lifetime, current_chain=current)
 
         sources["default"] = WorkloadIdentity(Enrollment(ask))
     for name, provider in boot.certificate_providers.items():
@@ -256,6 +256,7 @@ class Mesh:
         registrar: Registrar | None = None,
         register: bool = False,
         join_token: str | None = None,
+        certificate_lifetime: float = 0,
         **client_options: Any,
     ) -> Mesh:
         """A mesh fed by xDS from the bootstrap's servers.
@@ -273,13 +274,14 @@ class Mesh:
 
         The workload's identity (`mesh.identity`, docs/security.md): with a `join_token`
         (or `$SAIL_JOIN_TOKEN`), a certificate from the mesh CA of the registry at the
-        bootstrap's xDS servers, renewed at half-life; else, when the bootstrap's
+        bootstrap's xDS servers, valid `certificate_lifetime` seconds (0: the CA's default,
+        Istio's 24 h) and renewed at half-life with jitter; else, when the bootstrap's
         `certificate_providers` has a `file_watcher` instance `default` (Istio's name),
         the certificate in its files; else none.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
         certificates = _certificate_sources(
-            boot, join_token or os.environ.get("SAIL_JOIN_TOKEN")
+            boot, join_token or os.environ.get("SAIL_JOIN_TOKEN"), certificate_lifetime
         )
         if certificates and "resource_types" not in client_options:
             from sail.xds.codec.types import resource_types

@@ -116,3 +116,25 @@ def test_a_forked_child_renews_its_identity_itself() -> None:
     done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_mesh_asks_for_the_lifetime_it_is_given_and_renews_at_half_life(
+    tmp_path: Path,
+) -> None:
+    """Four-second certificates: the mesh renews each at about two seconds (the
+    renewals stand on the certificate: `test_registry_ca.py`)."""
+    running = RunningRegistry(store=FileStore(tmp_path / "state"), trust_domain=TD)
+    try:
+        token = join_token(running, ttl=30)
+        with sail.Mesh.from_bootstrap(running.bootstrap(), join_token=token,
+                                      certificate_lifetime=4) as mesh:
+            first = mesh.wait_identity(20)
+            assert first is not None and first.not_after < time.time() + 5
+            wait_until(lambda: (mesh.identity is not None
+                                and mesh.identity.not_after > first.not_after), timeout=10)
+            second = mesh.identity
+            assert second is not None
+            wait_until(lambda: (mesh.identity is not None
+                                and mesh.identity.not_after > second.not_after), timeout=10)
+    finally:
+        running.stop()
