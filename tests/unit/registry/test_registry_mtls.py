@@ -4,6 +4,7 @@ mesh's certificate provider `default`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import attrs
@@ -11,6 +12,7 @@ import pytest
 
 from sail.model import HealthStatus, StringMatchKind
 from sail.registration import Workload
+from sail.registry.istio.errors import IstioConfigError
 from sail.registry.istio.parse import load_documents
 from sail.registry.istio.peer_authentication import PeerPolicies
 from sail.registry.istio.security import MtlsMode
@@ -56,6 +58,37 @@ def test_the_most_specific_policy_with_a_mode_wins() -> None:
     # a selector in the root namespace is not mesh-wide
     rooted = peer("w", "istio-system", "STRICT", "app: reviews")
     assert policies(rooted).mode(REVIEWS) is MtlsMode.PERMISSIVE
+
+
+def test_port_level_mtls_decides_for_the_workload_port() -> None:
+    """`portLevelMtls` keys on the workload's port; an UNSET port entry inherits the
+    policy's `mtls`, which inherits the namespace's."""
+    text = peer("ns", "default", "DISABLE") + (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: w, namespace: default}\nspec:\n"
+        "  selector: {matchLabels: {app: reviews}}\n"
+        "  portLevelMtls:\n    9080: {mode: STRICT}\n    '9090': {mode: UNSET}\n"
+        "    9091: {mode: PERMISSIVE}\n"
+    )
+    on = {port: attrs.evolve(REVIEWS, port=port) for port in (9080, 9090, 9091, 7000)}
+    modes = {port: policies(text).mode(w) for port, w in on.items()}
+    assert modes == {9080: MtlsMode.STRICT, 9090: MtlsMode.DISABLE,
+                     9091: MtlsMode.PERMISSIVE, 7000: MtlsMode.DISABLE}
+    assert chains_of(on[9080], text) == [("mtls", True, False)]
+
+
+@pytest.mark.parametrize(("spec", "error"), [
+    ("  portLevelMtls: {9080: {mode: STRICT}}\n", "spec.portLevelMtls: needs a selector"),
+    ("  selector: {matchLabels: {app: r}}\n  portLevelMtls: {0: {mode: STRICT}}\n",
+     "spec.portLevelMtls[0]: 0 is not a port number"),
+    ("  selector: {matchLabels: {app: r}}\n  portLevelMtls: {http: {mode: STRICT}}\n",
+     "keys must be integers"),
+])
+def test_bad_port_level_mtls_is_refused_naming_the_field(spec: str, error: str) -> None:
+    text = ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            "metadata: {name: w, namespace: default}\nspec:\n" + spec)
+    with pytest.raises(IstioConfigError, match=re.escape(error)):
+        load_documents(text, "mesh.yaml")
 
 
 def chains_of(workload: Workload, text: str) -> list[tuple[str, bool, bool]]:

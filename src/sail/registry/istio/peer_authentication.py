@@ -2,10 +2,11 @@
 
 The most specific policy that sets a mode wins, and `UNSET` (or no `mtls`) inherits from
 the next: a policy with a `selector` matching the workload's labels in the workload's
-namespace, then the namespace's policy without a selector, then the mesh-wide policy (no
-selector, in the root namespace, `istio-system` as in Istio); with none, PERMISSIVE, Istio's
-default. Where two policies of one level apply, the oldest wins in Istio; sail has no
-creation times and takes the first by name, and `validate` refuses two namespace-wide (or
+namespace (its `portLevelMtls` entry for the workload's port first, then its `mtls`),
+then the namespace's policy without a selector, then the mesh-wide policy (no selector, in
+the root namespace, `istio-system` as in Istio); with none, PERMISSIVE, Istio's default.
+Where two policies of one level apply, the oldest wins in Istio; sail has no creation
+times and takes the first by name, and `validate` refuses two namespace-wide (or
 two mesh-wide) policies outright. A workload's namespace is its identity's
 (`Workload.namespace`).
 
@@ -74,9 +75,9 @@ class PeerPolicies:
         ]
         for policies in levels:
             for policy in policies[:1]:
-                mtls = policy.spec.mtls
-                if mtls is not None and mtls.mode is not MtlsMode.UNSET:
-                    return mtls.mode
+                for mtls in (policy.spec.port_level_mtls.get(workload.port), policy.spec.mtls):
+                    if mtls is not None and mtls.mode is not MtlsMode.UNSET:
+                        return mtls.mode
         return MtlsMode.PERMISSIVE
 
 

@@ -10,6 +10,7 @@ An attrs field is read from the camelCase key of its name (`per_try_timeout` ←
 | an `enum.Enum` | one of its values |
 | `tuple[X, ...]` | a list of X |
 | `Mapping[str, X]` | a mapping of string keys to X |
+| `Mapping[int, X]` | a mapping of integer keys (`8080` or `"8080"`) to X |
 | an attrs class | a mapping, built recursively |
 | `X \\| None` | X, or absent / `null` |
 
@@ -276,17 +277,30 @@ def _convert(tp: Any, value: object, path: str, is_duration: bool) -> Any:
         value_type = typing.get_args(tp)[1]
         if not isinstance(value, Mapping):
             raise FieldError(path, f"expected a mapping, got {_describe(value)}")
+        key_type = typing.get_args(tp)[0]
         out = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise FieldError(path, f"keys must be strings, got {_describe(key)} {key!r}")
-            out[key] = _convert(value_type, item, f"{path}[{key}]", False)
+            out[_key(key_type, key, path)] = _convert(value_type, item, f"{path}[{key}]", False)
         return out
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _enum(tp, value, path)
     if attrs.has(tp):
         return build(tp, value, path)
     return _scalar(tp, value, path)
+
+
+def _key(tp: Any, key: object, path: str) -> Any:
+    """A mapping key: a string, or for `Mapping[int, X]` (a proto map with integer keys,
+    `portLevelMtls`) an integer as YAML or JSON writes it (`8080` or `"8080"`)."""
+    if tp is int:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return key
+        if isinstance(key, str) and key.isascii() and key.isdigit():
+            return int(key)
+        raise FieldError(path, f"keys must be integers, got {key!r}")
+    if not isinstance(key, str):
+        raise FieldError(path, f"keys must be strings, got {_describe(key)} {key!r}")
+    return key
 
 
 def _scalar(tp: Any, value: object, path: str) -> Any:

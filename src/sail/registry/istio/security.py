@@ -14,7 +14,8 @@ Supported fields:
   `notValues`). IP blocks must be addresses or CIDRs; ports are strings of a port number,
   as in Istio.
 
-`portLevelMtls`, the `CUSTOM` action (`provider`) and `targetRef(s)` are refused.
+`portLevelMtls` keys on the workload's port and needs a `selector`, as in Istio. The `CUSTOM`
+action (`provider`) and `targetRef(s)` are refused.
 """
 
 from __future__ import annotations
@@ -62,12 +63,24 @@ class PeerAuthenticationMtls:
     mode: MtlsMode = MtlsMode.UNSET
 
 
+def _port_keys(_: object, attribute: attrs.Attribute[Any], value: Mapping[int, Any]) -> None:
+    for port in value:
+        if not 1 <= port <= 65535:
+            raise FieldError(f"{field_key(attribute)}[{port}]", f"{port} is not a port number")
+
+
 @attrs.frozen
 class PeerAuthenticationSpec:
-    UNSUPPORTED: ClassVar = ("portLevelMtls",)
-
     selector: WorkloadSelector | None = None
     mtls: PeerAuthenticationMtls | None = None
+    port_level_mtls: Mapping[int, PeerAuthenticationMtls] = attrs.field(
+        factory=dict, hash=False, validator=_port_keys
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.port_level_mtls and self.selector is None:
+            raise FieldError("portLevelMtls", "needs a selector (it applies to the selected "
+                             "workloads' ports, as in Istio)")
 
 
 def _ip_blocks(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

@@ -14,9 +14,9 @@ file, the object and the field:
   validated (for the authorization work) but refused by `check_supported` with
   `not_enforced`'s reason; RequestAuthentication, which sail does not parse, is refused by
   the parser with the same reason. sail fails closed: accepting a DENY rule and then
-  allowing the call would be a security hole. PeerAuthentication is enforced (its
-  `portLevelMtls` is refused by the parser, not done yet), and two of one namespace without
-  a selector are refused (Istio would take the older). Since `sail apply`
+  allowing the call would be a security hole. PeerAuthentication is enforced (with
+  `portLevelMtls`), and two of one namespace without a selector are refused (Istio would
+  take the older). Since `sail apply`
   (`Registry.check_configs`) and `sail registry --config` both read through the parser and
   `validate`, both refuse them the same way;
 * two VirtualServices, two DestinationRules or two ServiceEntries for one host (Istio
