@@ -86,8 +86,9 @@ class ChannelCreds:
     **Parameters**
 
     * `type` - `insecure`, `tls`, `google_default`, ... (only `insecure` and `tls` are usable).
-    * `config` - the type's own settings; for `tls` (gRFC A65) `ca_certificate_file`,
-      `certificate_file`, `private_key_file`. Stored read-only.
+    * `config` - the type's own settings; for `tls` (gRFC A65) `ca_certificate_file`
+      (unset: the system's roots), `certificate_file` and `private_key_file` (mTLS),
+      `refresh_interval`, checked when parsed. Stored read-only.
     """
 
     type: str
@@ -375,7 +376,10 @@ def _parse_servers(r: _Reader, value: list[Any], path: str) -> tuple[XdsServer, 
             c_at = f"{at}.channel_creds[{j}]"
             c_obj = r.check(c, c_at, "an object")
             c_type = r.need(c_obj, c_at, "type", "a string")
-            creds.append(ChannelCreds(c_type, r.free_json(c_obj, c_at, "config")))
+            config = r.free_json(c_obj, c_at, "config")
+            if c_type == "tls":
+                _check_tls_config(r, config, f"{c_at}.config")
+            creds.append(ChannelCreds(c_type, config))
         if not any(c.type in SUPPORTED_CHANNEL_CREDS for c in creds):
             seen = ", ".join(repr(c.type) for c in creds) or "none"
             raise r.error(
@@ -387,6 +391,37 @@ def _parse_servers(r: _Reader, value: list[Any], path: str) -> tuple[XdsServer, 
             r.check(f, f"{at}.server_features[{k}]", "a string")
         servers.append(XdsServer(uri, tuple(creds), frozenset(features)))
     return tuple(servers)
+
+
+_TLS_FILES = ("ca_certificate_file", "certificate_file", "private_key_file")
+
+
+def _check_tls_config(r: _Reader, config: Mapping[str, Any], at: str) -> None:
+    """gRFC A65's `tls` channel credentials: `ca_certificate_file` (unset: the system's
+    roots), `certificate_file` and `private_key_file` (both or neither: mTLS),
+    `refresh_interval`. Unlike gRPC, an unknown field is an error: a typo in a security
+    setting must not pass for its default."""
+    unknown = sorted(set(config) - {*_TLS_FILES, "refresh_interval"})
+    if unknown:
+        raise r.error(at, f"unknown field(s) {', '.join(unknown)}")
+    for field in _TLS_FILES:
+        value = config.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise r.error(f"{at}.{field}", "expected a file path")
+    if ("certificate_file" in config) != ("private_key_file" in config):
+        raise r.error(at, "certificate_file and private_key_file go together")
+    refresh = config.get("refresh_interval")
+    if refresh is not None and not (isinstance(refresh, str) and _is_duration(refresh)):
+        raise r.error(f"{at}.refresh_interval", f"expected a duration like '600s', got "
+                      f"{_show(refresh)}")
+
+
+def _is_duration(text: str) -> bool:
+    number = text.removesuffix("s")
+    if number == text:
+        return False
+    whole, _, fraction = number.partition(".")
+    return whole.isdigit() and (not fraction or fraction.isdigit())
 
 
 def _parse_node(r: _Reader, obj: Mapping[str, Any]) -> Node:

@@ -197,7 +197,8 @@ def _certificate_sources(
 
         def ask(csr: str, current: Sequence[str] | None) -> list[str]:
             return create_certificate(targets, None if current else join_token, csr,
-                                      lifetime, current_chain=current)
+                                      lifetime, current_chain=current,
+                                      credentials=_control_plane_credentials(boot))
 
         sources["default"] = WorkloadIdentity(Enrollment(ask))
     for name, provider in boot.certificate_providers.items():
@@ -206,6 +207,14 @@ def _certificate_sources(
 
             sources[name] = WorkloadIdentity(file_watcher_from_config(name, provider.config))
     return sources
+
+
+def _control_plane_credentials(boot: Bootstrap) -> Any:
+    """The credentials of the registry's API calls: the first xDS server's `channel_creds`
+    (gRFC A65 `tls` files read now), `None` for plaintext."""
+    from sail.xds.credentials import channel_credentials
+
+    return channel_credentials(boot.xds_servers[0].creds) if boot.xds_servers else None
 
 
 class Mesh:
@@ -293,6 +302,7 @@ class Mesh:
             registrar = RemoteRegistrar(
                 [server.server_uri for server in boot.xds_servers],
                 os.environ.get("SAIL_REGISTRY_TOKEN"),
+                credentials=_control_plane_credentials(boot),
             )
         mesh = cls(
             lambda publish, refuse: _XdsSource(boot, publish, refuse, client_options),

@@ -154,6 +154,7 @@ def _run_registry(args: argparse.Namespace) -> int:
             trust_domain=args.trust_domain,
             ca_cert=Path(args.ca_cert) if args.ca_cert else None,
             ca_key=Path(args.ca_key) if args.ca_key else None,
+            tls=_tls_files(args),
         )
         try:
             port = await registry.start(args.address)
@@ -197,6 +198,17 @@ def _admin(args: argparse.Namespace) -> int:
         else:
             _print_status(admin.status(), as_json=args.json)
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[Path, Path, Path | None] | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise SystemExit("sail registry: --tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise SystemExit("sail registry: --tls-cert and --tls-key go together")
+    return (Path(args.tls_cert), Path(args.tls_key),
+            Path(args.tls_client_ca) if args.tls_client_ca else None)
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -304,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="the CA certificate (then the chain above it), PEM; with "
                                "--ca-key, instead of the store's own root")
     registry.add_argument("--ca-key", metavar="FILE", help="the CA's private key, PEM")
+    registry.add_argument("--tls-cert", metavar="FILE",
+                          help="serve over TLS with this certificate chain, PEM (its SANs "
+                          "name the address clients dial)")
+    registry.add_argument("--tls-key", metavar="FILE", help="the --tls-cert key, PEM")
+    registry.add_argument("--tls-client-ca", metavar="FILE",
+                          help="require client certificates this CA verifies (mTLS)")
     token = sub.add_parser("token", help="join tokens for workloads' first certificates")
     token_sub = token.add_subparsers(dest="action", required=True)
     create = token_sub.add_parser("create", help="print a join token")

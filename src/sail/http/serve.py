@@ -385,8 +385,12 @@ class MeshHttpServer:
         config_options = dict(options or {})
         http = config_options.pop("http", "auto")
         inner = import_from_string(HTTP_PROTOCOLS[http]) if isinstance(http, str) else http
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+        # protocol says TCP, and without it a response written in two parts (h11 writes
+        # the head, then the body) waits for the client's delayed ACK, ~40 ms.
         self._socket = socket.socket(
-            socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM
+            socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
         )
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((address, port))

@@ -60,6 +60,15 @@ __all__ = ["Registry"]
 log = logging.getLogger("sail.registry")
 
 
+def _server_credentials(tls: tuple[Path, Path, Path | None]) -> grpc.ServerCredentials:
+    chain, key, client_ca = tls
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), chain.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
 class Registry:
     """The control plane. Run it with `await registry.start()` on an asyncio loop, or from
     the command line as `sail registry`.
@@ -96,6 +105,10 @@ class Registry:
     * `ca_cert`, `ca_key` - the CA's certificate (then the chain above it) and key, for an
       intermediate under a company root; without them the CA is the store's (generated
       there at first start).
+    * `tls` - `(certificate chain, key, client CA)` files: serve ADS and the API over TLS
+      with that certificate (its SANs must name the address clients dial, as gRFC A65
+      clients check it), and with a client CA require a client certificate it verifies
+      (mTLS); `None`: plaintext. Read at start.
     """
 
     def __init__(
@@ -112,6 +125,7 @@ class Registry:
         trust_domain: str | None = None,
         ca_cert: Path | None = None,
         ca_key: Path | None = None,
+        tls: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
@@ -133,6 +147,7 @@ class Registry:
         self.port = 0
         self._trust_domain = trust_domain
         self._ca_files = (ca_cert, ca_key)
+        self._tls = tls
         self.identity: MeshIdentity | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -162,7 +177,15 @@ class Registry:
         self.ads.add_to(server)
         self.csds.add_to(server)
         self.api.add_to(server)
-        self.port = server.add_insecure_port(address)
+        try:
+            credentials = _server_credentials(self._tls) if self._tls is not None else None
+        except OSError as exc:
+            await self.store.close()
+            raise OSError(f"cannot read the TLS files: {exc}") from exc
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             await self.store.close()
             raise OSError(f"cannot listen on {address} (in use?)")

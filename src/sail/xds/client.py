@@ -55,9 +55,10 @@ from google.rpc import status_pb2
 
 from sail._version import __version__
 from sail.bootstrap import Bootstrap, XdsServer
-from sail.errors import ResourceError
+from sail.errors import ResourceError, SecurityError
 from sail.status import Nack
 from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name, unpack
+from sail.xds.credentials import channel_credentials
 
 __all__ = ["AdsClient", "Backoff", "ClientStatus", "XdsHandler"]
 
@@ -253,10 +254,15 @@ class _Stream:
     def _run(self) -> None:
         uri = self.server.server_uri
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", -1)]
-        if self.server.insecure:
+        try:
+            credentials = channel_credentials(self.server.creds)
+        except SecurityError as exc:
+            self._events.put(("unreachable", self, f"{uri}: {exc}"))
+            return
+        if credentials is None:
             channel = grpc.insecure_channel(uri, options=options)
         else:
-            channel = grpc.secure_channel(uri, grpc.ssl_channel_credentials(), options=options)
+            channel = grpc.secure_channel(uri, credentials, options=options)
         self._channel = channel
         if not self._connected(channel):
             channel.close()

@@ -1,0 +1,150 @@
+"""The control plane over mTLS (gRFC A65): a registry serving ADS and its API with a
+server certificate for 127.0.0.1 and requiring client certificates of the mesh CA; sail's
+xDS client and registrar dial it with the bootstrap's `channel_creds` `tls` files. A client
+without a certificate, with one of another CA, or in plaintext gets nothing."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import sail
+from sail.bootstrap import parse_bootstrap
+from sail.errors import BootstrapError
+from sail.registration import Workload
+from sail.registry.remote import RegistryError, RemoteRegistrar, create_certificate
+from sail.security.ca import CertificateAuthority
+from sail.xds.credentials import channel_credentials
+from tests.e2e.test_http_mtls import CLIENT, TD, issue
+from tests.e2e.test_registry import TOKEN, RunningRegistry
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def serving_certificate(out: Path) -> tuple[Path, Path, Path]:
+    """An operator's CA and a certificate it signs for 127.0.0.1: `(chain, key, CA)`."""
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control plane CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (out / "registry.pem").write_bytes(cert.public_bytes(pem))
+    (out / "registry.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (out / "ca.pem").write_bytes(ca.public_bytes(pem))
+    return out / "registry.pem", out / "registry.key", out / "ca.pem"
+
+
+@pytest.fixture
+def mesh_ca() -> CertificateAuthority:
+    return CertificateAuthority.generate(TD)
+
+
+@pytest.fixture
+def running(
+    mesh_ca: CertificateAuthority, tmp_path: Path
+) -> Iterator[tuple[RunningRegistry, Path]]:
+    chain, key, server_ca = serving_certificate(tmp_path / "control-plane")
+    client_ca = tmp_path / "mesh-root.pem"
+    client_ca.write_text(mesh_ca.trust_bundle)
+    registry = RunningRegistry(tls=(chain, key, client_ca))
+    yield registry, server_ca
+    registry.stop()
+
+
+def tls_bootstrap(address: str, server_ca: Path, files: Path | None) -> sail.Bootstrap:
+    config: dict[str, Any] = {"ca_certificate_file": str(server_ca)}
+    if files is not None:
+        config |= {"certificate_file": str(files / "cert-chain.pem"),
+                   "private_key_file": str(files / "key.pem")}
+    return parse_bootstrap({
+        "xds_servers": [{"server_uri": address,
+                         "channel_creds": [{"type": "tls", "config": config}]}],
+        "node": {"id": "productpage", "cluster": "tests"},
+    })
+
+
+def test_ads_and_registration_over_mtls(
+    running: tuple[RunningRegistry, Path], mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    registry, server_ca = running
+    files = issue(mesh_ca, CLIENT, tmp_path / "client")
+    boot = tls_bootstrap(registry.address, server_ca, files)
+    registrar = RemoteRegistrar(registry.address, TOKEN,
+                                credentials=channel_credentials(boot.xds_servers[0].creds))
+    try:
+        registrar.register(Workload("reviews", "127.0.0.1", 9080))
+    finally:
+        registrar.close()
+    with sail.Mesh.from_bootstrap(boot, services=["reviews"]) as mesh:
+        wait_until(lambda: mesh.status().connected, timeout=15)
+        # the workload registered over mTLS came back over ADS: its cluster's endpoints
+        wait_until(lambda: "type.googleapis.com/envoy.config.endpoint.v3."
+                   "ClusterLoadAssignment" in mesh.status().versions, timeout=15)
+        assert mesh.status().server == registry.address
+
+
+@pytest.mark.parametrize("client", ["no certificate", "another CA", "plaintext"])
+def test_a_client_the_registry_cannot_verify_gets_nothing(
+    running: tuple[RunningRegistry, Path], tmp_path: Path, client: str
+) -> None:
+    registry, server_ca = running
+    if client == "plaintext":
+        boot = registry.bootstrap()
+    else:
+        files = None if client == "no certificate" else issue(
+            CertificateAuthority.generate(TD), CLIENT, tmp_path / "forged")
+        boot = tls_bootstrap(registry.address, server_ca, files)
+    with sail.Mesh.from_bootstrap(boot, services=["reviews"]) as mesh:
+        time.sleep(2)
+        assert not mesh.status().connected
+    # the registry's API (here CreateCertificate) refuses the connection as ADS does
+    with pytest.raises(RegistryError) as caught:
+        create_certificate(registry.address, "a token", "a CSR", timeout=3,
+                           credentials=channel_credentials(boot.xds_servers[0].creds))
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(("config", "error"), [
+    ({"certificate_file": "/x.pem"}, "certificate_file and private_key_file go together"),
+    ({"ca_certificate_file": ""}, "ca_certificate_file: expected a file path"),
+    ({"ca_file": "/x.pem"}, "unknown field(s) ca_file"),
+    ({"refresh_interval": 5}, "refresh_interval: expected a duration"),
+])
+def test_bad_tls_channel_creds_are_refused_naming_the_field(
+    config: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(BootstrapError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        parse_bootstrap({
+            "xds_servers": [{"server_uri": "127.0.0.1:1",
+                             "channel_creds": [{"type": "tls", "config": config}]}],
+            "node": {"id": "n"},
+        })
