@@ -82,6 +82,18 @@ def grpcio_client(boot: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def wait_ready(proc: subprocess.Popen[bytes]) -> None:
+    """Read the workload's output until it says `ready` (grpcio's own log lines, on the
+    same pipe, may come first or on the same line)."""
+    assert proc.stdout is not None
+    for _ in range(500):
+        line = proc.stdout.readline()
+        assert line, f"the workload exited ({proc.poll()})"
+        if b"ready" in line:
+            return
+    raise AssertionError("the workload never said ready")
+
+
 def caller_of(request: bytes, context: Any) -> bytes:
     ctx = sail.current_request()
     peer = ctx.peer if ctx is not None else None
@@ -129,14 +141,14 @@ def test_a_sail_channel_calls_a_grpcio_xds_server_over_mtls(
         "PORT": str(port), "VERSION": "v1", "SAIL_SERVER": "0", "XDS": "1", "XDS_CREDS": "1",
         "IDENTITY": GREETER, "GRPC_XDS_BOOTSTRAP": str(boot),
         "SAIL_REGISTRY": running.address, "SAIL_REGISTRY_TOKEN": TOKEN,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR",
     })
     mesh = sail.Mesh.from_bootstrap(
         bootstrap(running, "productpage"), join_token=token(running, "productpage"),
         services=["greeter"],
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        wait_ready(proc)
         assert mesh.wait_identity(20) is not None
         with mesh.grpc_channel("greeter:50051") as channel:
             hello = channel.unary_unary(METHOD)
