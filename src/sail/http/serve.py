@@ -271,7 +271,7 @@ def _protocol_class(server: MeshHttpServer, inner_class: type[Any]) -> type[asyn
                     connections.by_address[address] = (
                         peer_of(address, ssl_object), _tls_extension(ssl_object)
                     )
-                gate.open(inner, secure)
+                gate.open(inner, _Coalesced(secure, loop))
                 return
             if mode == "STRICT":
                 connections.refused_plaintext += 1
@@ -282,10 +282,92 @@ def _protocol_class(server: MeshHttpServer, inner_class: type[Any]) -> type[asyn
             if address is not None:
                 connections.by_address[address] = (Peer(address), None)
             transport.set_protocol(inner)
-            inner.connection_made(transport)
+            inner.connection_made(_Coalesced(transport, loop))
             transport.resume_reading()
 
     return Classify
+
+
+_COALESCE_LIMIT = 64 * 1024  # bytes held for the end of the loop turn, at most
+
+
+class _Coalesced(asyncio.Transport):
+    """A connection's transport as uvicorn's protocol sees it: what it writes in one turn
+    of the event loop (h11 writes a response's head, then its body) goes out in one write
+    at the end of the turn, so one TLS record and one segment carry a small response, not
+    two (the peer then reads it at once, rather than waiting for the second half).
+    Everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+        self._size += len(data)
+        if self._size >= _COALESCE_LIMIT:  # a large body: no point holding it
+            self._flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        pending, self._pending, self._size = self._pending, [], 0
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._size
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending, self._size = [], 0
+        self._transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
 
 
 class _Gate(asyncio.Protocol):
