@@ -20,7 +20,7 @@ import sail
 from sail import testing
 from sail._loop import background_loop
 from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE
-from sail.errors import UnsupportedRequest
+from sail.errors import PeerIdentityMismatch, UnsupportedRequest
 from sail.security.ca import CertificateAuthority
 from sail.security.spiffe import SpiffeId
 from tests.e2e.test_http_mtls import CLIENT, RATINGS, REVIEWS, TD, issue, provider
@@ -150,7 +150,11 @@ def test_a_server_with_another_identity_is_refused_in_the_handshake(
         with pytest.raises(grpc.RpcError) as caught:
             call(mesh)
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "Hostname Verification" in caught.value.details()
+        mismatch = caught.value.__cause__
+        assert isinstance(mismatch, PeerIdentityMismatch), repr(caught.value)
+        assert mismatch.expected == str(RATINGS)
+        assert mismatch.endpoint == f"127.0.0.1:{server.port}"
+        assert "Hostname Verification" in repr(mismatch.__cause__)
     finally:
         testing.set_testing(False)
         mesh.close()

@@ -64,6 +64,7 @@ from sail.dataplane import DataplaneState, repick
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.grpc._errors import StatusError, http_to_grpc
 from sail.grpc._route import prepare
+from sail.grpc._tls import identity_error
 from sail.resilience.call import CallInfo
 from sail.resilience.classify import Local, Outcome
 
@@ -384,7 +385,8 @@ class _Flow:
         if wait is None:
             self.stage = _OVER
             call.finish()
-            return Fail(self._give_up(call, error, now))
+            failure = identity_error(sent.tls, sent.endpoint.authority, error)
+            return Fail(self._give_up(call, failure, now))
         if wait > 0:
             self.stage = _BACKING_OFF
             return Sleep(wait)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sail.context import Peer
-from sail.errors import InvalidSpiffeId, NoCredentials, UnsupportedRequest
+from sail.errors import InvalidSpiffeId, NoCredentials, PeerIdentityMismatch, UnsupportedRequest
 from sail.model import StringMatchKind
 from sail.model.tls import SanType
 from sail.security.spiffe import SpiffeId
@@ -42,7 +42,10 @@ if TYPE_CHECKING:
     from sail.dataplane import ClusterRuntime, UpstreamTlsRuntime
     from sail.security.tls import ServerTls, TlsMaterial
 
-__all__ = ["check_cluster", "peer_of", "refused_peer", "server_credentials", "subchannel_args"]
+__all__ = [
+    "check_cluster", "identity_error", "peer_of", "refused_peer", "server_credentials",
+    "subchannel_args",
+]
 
 # The checked name of each cluster TLS (or why it has none), made once per `ClientTls`.
 _NAMES: weakref.WeakKeyDictionary[Any, SpiffeId | str] = weakref.WeakKeyDictionary()
@@ -104,6 +107,28 @@ def check_cluster(service: str, cluster: ClusterRuntime) -> None:
             "whose trust domain is not in the SPIFFE trust bundle map "
             f"({', '.join(sorted(domains))})"
         )
+
+
+def identity_error(
+    tls: UpstreamTlsRuntime | None, endpoint: str, error: BaseException
+) -> BaseException:
+    """The error a call that gave up after `error` fails with: for a TLS attempt whose
+    handshake failed grpcio's name check, `PeerIdentityMismatch` naming the identity
+    expected and the endpoint (its cause `error`); else `error` itself. (grpcio does not
+    say what the peer presented.)"""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if tls is None or not callable(code) or code() is not grpc.StatusCode.UNAVAILABLE:
+        return error
+    if not callable(details) or "Hostname Verification" not in (details() or ""):
+        return error
+    identity = _identity(tls)
+    if isinstance(identity, str):
+        return error
+    mismatch = PeerIdentityMismatch.of(
+        str(identity), f"a certificate without its DNS name {identity.dns_name}", endpoint
+    )
+    mismatch.__cause__ = error
+    return mismatch
 
 
 def subchannel_args(
