@@ -38,7 +38,7 @@ from sail.bootstrap import DEFAULT_SERVER_LISTENER_TEMPLATE, Bootstrap, parse_bo
 from sail.model import host_port
 from sail.resilience.retry import is_testing, set_testing
 from sail.xds.codec.envoy_json import load_resources
-from sail.xds.server import AckRecord, AdsServer, ResourceStore
+from sail.xds.server import SERVER_OPTIONS, AckRecord, AdsServer, ResourceStore
 
 __all__ = [
     "XdsServer",
@@ -121,7 +121,7 @@ class XdsServer:
         return self
 
     async def _start_server(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         self.ads.add_to(server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()

@@ -53,7 +53,7 @@ from sail.xds.codec.encode import (
     encode_route_configuration,
 )
 from sail.xds.csds import CsdsServer
-from sail.xds.server import AdsServer, ResourceStore
+from sail.xds.server import SERVER_OPTIONS, AdsServer, ResourceStore
 
 __all__ = ["Registry"]
 
@@ -170,6 +170,7 @@ class Registry:
         # clients reconnect at once, and the defaults turned some of them away.
         server = grpc.aio.server(
             options=[
+                *SERVER_OPTIONS,
                 ("grpc.server.max_pending_requests", 20_000),
                 ("grpc.server.max_pending_requests_hard_limit", 100_000),
             ]

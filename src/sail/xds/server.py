@@ -28,7 +28,17 @@ from google.protobuf import any_pb2
 
 from sail.xds.codec.extensions import type_url_of
 
-__all__ = ["AckRecord", "AdsServer", "ResourceStore", "StreamView"]
+__all__ = ["SERVER_OPTIONS", "AckRecord", "AdsServer", "ResourceStore", "StreamView"]
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    # xDS clients keep their stream alive with pings (sail's every 30 s, Envoy's and
+    # gRPC's as configured) while no data flows; grpc's default server policy takes a
+    # ping more often than every 5 minutes as abuse and ends the stream (GOAWAY
+    # too_many_pings). Accept one every 10 s, as istiod's keepalive policy does (15 s).
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+"""The options of a grpc server that serves ADS."""
 
 log = logging.getLogger("sail.xds.server")
 
