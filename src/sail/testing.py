@@ -367,8 +367,15 @@ def load_assignment(
     endpoints: Sequence[tuple[str, int] | tuple[str, int, int]],
     *,
     health: str = "HEALTHY",
+    identities: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One locality (weight 1) of `(address, port[, weight])` endpoints."""
+    """One locality (weight 1) of `(address, port[, weight])` endpoints; `identities`, when
+    given, the SPIFFE ID of each (as the registry writes them in the endpoint metadata)."""
+    def identity(i: int) -> dict[str, Any]:
+        if i >= len(identities) or not identities[i]:
+            return {}
+        return {"metadata": {"filter_metadata": {"sail": {"identity": identities[i]}}}}
+
     return {
         "@type": CLUSTER_LOAD_ASSIGNMENT,
         "cluster_name": cluster,
@@ -383,8 +390,9 @@ def load_assignment(
                         },
                         "health_status": health,
                         "load_balancing_weight": e[2] if len(e) > 2 else 1,
+                        **identity(i),
                     }
-                    for e in endpoints
+                    for i, e in enumerate(endpoints)
                 ],
             }
         ],
@@ -398,11 +406,12 @@ def service(
     weights: Mapping[str, int] | None = None,
     routes: Sequence[Mapping[str, Any]] | None = None,
     transport_socket: Mapping[str, Any] | None = None,
+    identities: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Everything a client needs for service `name`: a listener, its route configuration
     (one route to the single cluster, or a weighted split by `weights`, or `routes`), and an
     EDS cluster with endpoints for each entry of `clusters` (with `transport_socket`, e.g.
-    `upstream_tls(...)`, when given)."""
+    `upstream_tls(...)`, and the endpoints' `identities`, when given)."""
     if routes is None:
         if weights is not None:
             routes = [route(dict(weights))]
@@ -418,5 +427,5 @@ def service(
             {"transport_socket": dict(transport_socket)} if transport_socket else {}
         )
         resources.append(eds_cluster(cluster, **extra))
-        resources.append(load_assignment(cluster, eps))
+        resources.append(load_assignment(cluster, eps, identities=identities))
     return resources

@@ -440,7 +440,7 @@ def test_subchannels_of_departed_endpoints_are_retired(
         assert isinstance(channel, MeshChannel)
         assert set(names(channel, 10)) == {"a", "b"}
         serve(xds, {"greeter": [a.endpoint]}, [testing.route("greeter")])
-        wait_until(lambda: list(channel._subchannels) == [(f"127.0.0.1:{a.port}", None)])
+        wait_until(lambda: list(channel._subchannels) == [(f"127.0.0.1:{a.port}", None, None)])
         assert names(channel, 10) == {"a": 10}
 
 

@@ -102,11 +102,13 @@ def server(request: Any, ca: CertificateAuthority, tmp_path: Path) -> Iterator[S
 
 
 def client_mesh(
-    port: int, files: Path, *expected: SpiffeId, refresh: str = "600s"
+    port: int, files: Path, *expected: SpiffeId, refresh: str = "600s",
+    endpoint_identity: SpiffeId | None = None,
 ) -> tuple[testing.XdsServer, sail.Mesh]:
     xds = testing.XdsServer(testing.service(
         "reviews", {"reviews": [("127.0.0.1", port)]},
         transport_socket=testing.upstream_tls(*(str(e) for e in expected)),
+        identities=[str(endpoint_identity)] if endpoint_identity else (),
     )).start()
     mesh = sail.Mesh.from_bootstrap(
         xds.bootstrap(certificate_providers=provider(files, refresh)), services=["reviews"]
@@ -217,6 +219,34 @@ def test_a_cluster_accepting_several_identities_is_refused_not_weakened(
         xds.close()
 
 
+@pytest.mark.parametrize("says", ["reviews", "ratings", "productpage"])
+def test_the_endpoint_says_which_of_the_accepted_identities_it_has(
+    server: Server, client_files: Path, says: str
+) -> None:
+    """A cluster accepting `reviews` or `ratings`, with the endpoint's identity from EDS:
+    its own (reviews) is called; another accepted one (ratings) is checked and fails the
+    handshake; one the cluster does not accept is refused before any handshake."""
+    identity = {"reviews": REVIEWS, "ratings": RATINGS, "productpage": CLIENT}[says]
+    xds, mesh = client_mesh(server.port, client_files, REVIEWS, RATINGS,
+                            endpoint_identity=identity)
+    try:
+        testing.set_testing(True)
+        if says == "reviews":
+            assert call(mesh)["spiffe_id"] == str(CLIENT)
+            return
+        with pytest.raises(grpc.RpcError) as caught:
+            call(mesh)
+        cause = caught.value.__cause__
+        if says == "ratings":
+            assert isinstance(cause, PeerIdentityMismatch) and cause.expected == str(RATINGS)
+        else:
+            assert isinstance(cause, UnsupportedRequest) and "2 identities" in str(cause)
+    finally:
+        testing.set_testing(False)
+        mesh.close()
+        xds.close()
+
+
 def test_strict_needs_an_identity_and_permissive_is_refused_for_grpc() -> None:
     with testing.XdsServer([]).start() as xds:
         with sail.Mesh.from_bootstrap(xds.bootstrap()) as mesh:
@@ -272,7 +302,7 @@ def test_rotation_new_connections_present_new_certificates_and_no_call_fails(
             # the new certificate is on a new subchannel; the old one was retired
             now = set(channel._subchannels)
             assert now and not now & before_rotation
-            assert all(material is not None for _, material in now)
+            assert all(material is not None for _, material, _ in now)
     finally:
         mesh.close()
         xds.close()

@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 
 from sail.dataplane import pick
-from sail.errors import NoCredentials, NoHealthyUpstream, RequestError, UnknownService
+from sail.errors import (
+    NoCredentials,
+    NoHealthyUpstream,
+    RequestError,
+    UnknownService,
+    UnsupportedRequest,
+)
 from sail.grpc._errors import MeshRpcError  # re-exported: sail.grpc's public name
 from sail.grpc._route import check_method, target_name
-from sail.grpc._tls import subchannel_args
+from sail.grpc._tls import attempt_identity, subchannel_args
 from sail.model import RouteAction
 
 if TYPE_CHECKING:
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     from sail.grpc._errors import StatusError
     from sail.grpc._flow import Send
     from sail.seam import MeshSeam
+    from sail.security.spiffe import SpiffeId
     from sail.security.tls import TlsMaterial
 
 __all__ = [
@@ -62,9 +69,10 @@ class Subchannel:
         self.tls = tls
 
 
-SubchannelKey = tuple[str, "TlsMaterial | None"]
-"""A subchannel's key: its endpoint's `host:port`, and the TLS material it was opened with
-(`None`: plaintext). A rotation makes new material, so new calls open a new subchannel."""
+SubchannelKey = tuple[str, "TlsMaterial | None", "SpiffeId | None"]
+"""A subchannel's key: its endpoint's `host:port`, the TLS material it was opened with
+and the identity its handshakes check (`None`, `None`: plaintext). A rotation makes new
+material, so new calls open a new subchannel."""
 
 
 class ChannelCore:
@@ -172,20 +180,20 @@ class ChannelCore:
         if sub is None:
             if self._closed:
                 raise ValueError("Cannot invoke RPC on closed channel!")
-            authority, material = where
+            authority, material, peer = where
             args = None
             if tls is not None:  # fail closed: a TLS cluster's subchannel is never plaintext
-                if material is None:
+                if material is None or peer is None:
                     raise NoCredentials(f"service {self.service!r}: no credentials for "
                                         f"{authority}'s TLS yet: {tls.why}")
-                args = subchannel_args(tls, material, self._options)
+                args = subchannel_args(material, peer, self._options)
             channel = self._open(authority, args)
             sub = self._subchannels.setdefault(where, Subchannel(channel, tls))
             if sub.channel is not channel:  # another thread opened it first
                 self._close_later(channel)
             elif tls is not None:
                 for key, old in list(self._subchannels.items()):
-                    if key[0] == authority and old.tls is tls and key[1] is not material:
+                    if key[0] == authority and old.tls is tls and key != where:
                         self._subchannels.pop(key, None)
                         self._close_later(old.channel)
         return sub
@@ -212,11 +220,13 @@ class ChannelCore:
                     if cluster is not None and cluster.assignment is not None:
                         tls = cluster.tls
                         try:
-                            where = (pick(cluster).authority,
-                                     tls.material if tls is not None else None)
-                            return where, tls
-                        except NoHealthyUpstream:
+                            endpoint = pick(cluster)
+                            peer = None if tls is None else attempt_identity(
+                                self.service, name, tls, endpoint)
+                        except (NoHealthyUpstream, UnsupportedRequest):
                             continue
+                        material = tls.material if tls is not None else None
+                        return (endpoint.authority, material, peer), tls
         return None
 
 
@@ -276,7 +286,7 @@ class MultiCallable:
         """The inner multicallable for attempt `sent`, on the subchannel of its endpoint and
         its cluster's current TLS material (two dict probes once both exist)."""
         tls = sent.tls
-        where = (sent.endpoint.authority, tls.material if tls is not None else None)
+        where = (sent.endpoint.authority, tls.material if tls is not None else None, sent.peer)
         sub = self._channel._subchannels.get(where)
         if sub is not None:
             fn = sub.methods.get(self)

@@ -64,7 +64,7 @@ from sail.dataplane import DataplaneState, repick
 from sail.errors import DeadlineExceeded, NoHealthyUpstream, RequestError
 from sail.grpc._errors import StatusError, http_to_grpc
 from sail.grpc._route import prepare
-from sail.grpc._tls import identity_error
+from sail.grpc._tls import attempt_identity, identity_error
 from sail.resilience.call import CallInfo
 from sail.resilience.classify import Local, Outcome
 
@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from sail.model import Endpoint
     from sail.resilience.call import Call
     from sail.resilience.fault import FaultDecision
+    from sail.security.spiffe import SpiffeId
 
 __all__ = [
     "OUTSIDE",
@@ -99,20 +100,23 @@ __all__ = [
 class Send:
     """Send attempt `number` (1, 2...) to `endpoint` on its subchannel, with `timeout`
     (`None`: none) and `metadata`. `host` is the endpoint's counters, `started` when the
-    attempt began (the flow's clock), `tls` the cluster's TLS (`None`: plaintext)."""
+    attempt began (the flow's clock), `tls` the cluster's TLS (`None`: plaintext) and
+    `peer` the identity its handshake checks."""
 
     __slots__ = (
-        "endpoint", "host", "metadata", "number", "released", "started", "timeout", "tls",
+        "endpoint", "host", "metadata", "number", "peer", "released", "started", "timeout",
+        "tls",
     )
 
     def __init__(
         self, number: int, endpoint: Endpoint, timeout: float | None,
         metadata: Metadata | None, host: HostStats, started: float,
-        tls: UpstreamTlsRuntime | None = None,
+        tls: UpstreamTlsRuntime | None = None, peer: SpiffeId | None = None,
     ) -> None:
         self.number = number
         self.endpoint = endpoint
         self.tls = tls
+        self.peer = peer
         self.timeout = timeout
         self.metadata = metadata
         self.host = host
@@ -360,6 +364,14 @@ class _Flow:
         target = self.target
         assert call is not None and target is not None and target.cluster is not None
         endpoint = self.endpoint
+        tls = target.cluster.tls
+        peer = None
+        if tls is not None:  # the identity this attempt's handshake checks
+            try:
+                peer = attempt_identity(self.core.service, target.cluster.cluster.name, tls,
+                                        endpoint)
+            except RequestError as exc:
+                return self._fail(exc)
         now = monotonic()
         host = target.cluster.hosts.host(endpoint)
         try:
@@ -368,7 +380,7 @@ class _Flow:
             return self._fail(exc)
         self.stage = _ATTEMPTING
         sent = self.sent = Send(
-            call.started, endpoint, timeout, self.metadata, host, now, target.cluster.tls
+            call.started, endpoint, timeout, self.metadata, host, now, tls, peer
         )
         return sent
 
@@ -385,7 +397,7 @@ class _Flow:
         if wait is None:
             self.stage = _OVER
             call.finish()
-            failure = identity_error(sent.tls, sent.endpoint.authority, error)
+            failure = identity_error(sent.peer, sent.endpoint.authority, error)
             return Fail(self._give_up(call, failure, now))
         if wait > 0:
             self.stage = _BACKING_OFF

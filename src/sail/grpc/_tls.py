@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import datetime
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,104 +42,131 @@ from sail.security.spiffe import SpiffeId
 
 if TYPE_CHECKING:
     from sail.dataplane import ClusterRuntime, UpstreamTlsRuntime
+    from sail.model import Endpoint
     from sail.security.tls import ServerTls, TlsMaterial
 
 __all__ = [
-    "check_cluster", "identity_error", "peer_of", "refused_peer", "server_credentials",
-    "subchannel_args",
+    "attempt_identity", "check_cluster", "identity_error", "peer_of", "refused_peer",
+    "server_credentials", "subchannel_args",
 ]
 
-# The checked name of each cluster TLS (or why it has none), made once per `ClientTls`.
-_NAMES: weakref.WeakKeyDictionary[Any, SpiffeId | str] = weakref.WeakKeyDictionary()
+@attrs.frozen
+class _Accepted:
+    """What grpcio can check of one cluster TLS: the SPIFFE IDs its SAN matchers accept
+    exactly (that have a DNS name), the sole one when there is one, and why it cannot
+    check the cluster when no endpoint says which of them it is."""
+
+    exact: Mapping[str, SpiffeId]
+    sole: SpiffeId | None
+    why: str
 
 
-def _sole_identity(tls: UpstreamTlsRuntime) -> SpiffeId | str:
-    """The one SPIFFE ID `tls`'s SAN matchers accept exactly, or why there is none."""
-    matchers = tls.spec.san_matchers
-    if len(matchers) != 1:
-        accepted = "any certificate the roots verify" if not matchers else (
-            f"{len(matchers)} identities")
-        return (f"its TLS accepts {accepted}; sail's gRPC channels check a peer by one "
-                "exact SPIFFE ID (grpcio has no verifier but a hostname check)")
-    matcher = matchers[0]
-    rule = matcher.matcher
-    if (matcher.san_type not in (SanType.ANY, SanType.URI)
-            or rule.kind is not StringMatchKind.EXACT or rule.ignore_case):
-        return (f"its SAN matcher ({matcher.san_type.value} {rule.kind.value}) is not an "
-                "exact SPIFFE ID, the only peer check sail's gRPC channels can make")
-    try:
-        identity = SpiffeId.parse(rule.value)
-    except InvalidSpiffeId as exc:
-        return f"its SAN matcher {rule.value!r} is not a SPIFFE ID: {exc}"
-    if identity.dns_name is None:
-        return (f"the identity it expects, {identity}, has no DNS name for grpcio's "
-                "hostname check (an /ns/<ns>/sa/<sa> ID in lower case, without dots)")
-    return identity
+# Made once per `ClientTls` (a config update makes new ones), read per attempt.
+_ACCEPTED: weakref.WeakKeyDictionary[Any, _Accepted] = weakref.WeakKeyDictionary()
 
 
-def _identity(tls: UpstreamTlsRuntime) -> SpiffeId | str:
-    found = _NAMES.get(tls)
+def _accepted(tls: UpstreamTlsRuntime) -> _Accepted:
+    found = _ACCEPTED.get(tls)
     if found is None:
-        found = _NAMES[tls] = _sole_identity(tls)
+        found = _ACCEPTED[tls] = _compile(tls)
     return found
 
 
+def _compile(tls: UpstreamTlsRuntime) -> _Accepted:
+    exact: dict[str, SpiffeId] = {}
+    why = ""
+    for matcher in tls.spec.san_matchers:
+        rule = matcher.matcher
+        if (matcher.san_type not in (SanType.ANY, SanType.URI)
+                or rule.kind is not StringMatchKind.EXACT or rule.ignore_case):
+            why = (f"its SAN matcher ({matcher.san_type.value} {rule.kind.value}) is not an "
+                   "exact SPIFFE ID, the only peer check sail's gRPC channels can make")
+            continue
+        try:
+            identity = SpiffeId.parse(rule.value)
+        except InvalidSpiffeId as exc:
+            why = f"its SAN matcher {rule.value!r} is not a SPIFFE ID: {exc}"
+            continue
+        if identity.dns_name is None:
+            why = (f"the identity it expects, {identity}, has no DNS name for grpcio's "
+                   "hostname check (an /ns/<ns>/sa/<sa> ID in lower case, without dots)")
+            continue
+        exact[str(identity)] = identity
+    matchers = tls.spec.san_matchers
+    if not matchers:
+        why = ("its TLS accepts any certificate the roots verify; sail's gRPC channels check "
+               "a peer by one exact SPIFFE ID (grpcio has no verifier but a hostname check)")
+    elif len(matchers) > 1 and not why:
+        why = (f"its TLS accepts {len(matchers)} identities and the endpoint does not say "
+               "which is its own (sail's gRPC channels check one; the registry writes it)")
+    sole = next(iter(exact.values())) if len(matchers) == 1 and exact else None
+    return _Accepted(exact, sole, why)
+
+
 def check_cluster(service: str, cluster: ClusterRuntime) -> None:
-    """Raise why a call cannot go to TLS cluster `cluster` now: `NoCredentials` when the
-    workload has none for it, `UnsupportedRequest` when its peer check is not one sail's
-    gRPC channels can make (the module docstring)."""
+    """Raise `NoCredentials` when TLS cluster `cluster` cannot be called now because the
+    workload has no credentials for it (the peer check is the attempt's:
+    `attempt_identity`)."""
     tls = cluster.tls
     assert tls is not None
-    material = tls.material
-    if material is None or tls.context is None:
+    if tls.material is None or tls.context is None:
         raise NoCredentials(
             f"service {service!r}: cluster {cluster.cluster.name!r} asks for TLS and this "
             f"workload has no credentials for it: {tls.why}"
         )
-    identity = _identity(tls)
-    if isinstance(identity, str):
+
+
+def attempt_identity(
+    service: str, cluster: str, tls: UpstreamTlsRuntime, endpoint: Endpoint
+) -> SpiffeId:
+    """The identity an attempt to `endpoint` of TLS cluster `cluster` checks (grpcio
+    checks its DNS name in the handshake): the endpoint's own when the cluster accepts it,
+    else the cluster's sole one. `UnsupportedRequest` when the check sail's gRPC channels
+    can make is not the one the cluster asks for (the module docstring)."""
+    accepted = _accepted(tls)
+    identity = accepted.exact.get(endpoint.identity) if endpoint.identity else None
+    if identity is None:
+        identity = accepted.sole
+    if identity is None:
         raise UnsupportedRequest(
-            f"service {service!r}: cluster {cluster.cluster.name!r}: {identity}; refusing "
-            "rather than calling it on a weaker check"
+            f"service {service!r}: cluster {cluster!r}: {accepted.why}; refusing rather "
+            "than calling it on a weaker check"
         )
-    domains = material.trust_domains
+    material = tls.material
+    domains = material.trust_domains if material is not None else None
     if domains is not None and identity.trust_domain not in domains:
         raise UnsupportedRequest(
-            f"service {service!r}: cluster {cluster.cluster.name!r} expects {identity}, "
-            "whose trust domain is not in the SPIFFE trust bundle map "
-            f"({', '.join(sorted(domains))})"
+            f"service {service!r}: cluster {cluster!r} expects {identity}, whose trust "
+            f"domain is not in the SPIFFE trust bundle map ({', '.join(sorted(domains))})"
         )
+    return identity
 
 
 def identity_error(
-    tls: UpstreamTlsRuntime | None, endpoint: str, error: BaseException
+    expected: SpiffeId | None, endpoint: str, error: BaseException
 ) -> BaseException:
-    """The error a call that gave up after `error` fails with: for a TLS attempt whose
-    handshake failed grpcio's name check, `PeerIdentityMismatch` naming the identity
-    expected and the endpoint (its cause `error`); else `error` itself. (grpcio does not
-    say what the peer presented.)"""
+    """The error a call that gave up after `error` fails with: for a TLS attempt (that
+    expected `expected`) whose handshake failed grpcio's name check, `PeerIdentityMismatch`
+    naming the identity expected and the endpoint (its cause `error`); else `error`
+    itself. (grpcio does not say what the peer presented.)"""
     code, details = getattr(error, "code", None), getattr(error, "details", None)
-    if tls is None or not callable(code) or code() is not grpc.StatusCode.UNAVAILABLE:
+    if expected is None or not callable(code) or code() is not grpc.StatusCode.UNAVAILABLE:
         return error
     if not callable(details) or "Hostname Verification" not in (details() or ""):
         return error
-    identity = _identity(tls)
-    if isinstance(identity, str):
-        return error
     mismatch = PeerIdentityMismatch.of(
-        str(identity), f"a certificate without its DNS name {identity.dns_name}", endpoint
+        str(expected), f"a certificate without its DNS name {expected.dns_name}", endpoint
     )
     mismatch.__cause__ = error
     return mismatch
 
 
 def subchannel_args(
-    tls: UpstreamTlsRuntime, material: TlsMaterial, options: tuple[tuple[str, Any], ...]
+    material: TlsMaterial, identity: SpiffeId, options: tuple[tuple[str, Any], ...]
 ) -> tuple[grpc.ChannelCredentials, tuple[tuple[str, Any], ...]]:
-    """The credentials and options of a subchannel of TLS cluster `tls` made from
-    `material` (after `check_cluster` passed)."""
-    identity = _identity(tls)
-    assert isinstance(identity, SpiffeId) and identity.dns_name is not None
+    """The credentials and options of a subchannel made from `material` whose peer must
+    be `identity` (grpcio checks its DNS name)."""
+    assert identity.dns_name is not None
     credentials = grpc.ssl_channel_credentials(
         material.roots, material.key or None, material.chain or None
     )

@@ -54,6 +54,10 @@ class Endpoint:
     * `weight` - the `load_balancing_weight`, at least 1.
     * `health` - the EDS `health_status`.
     * `hostname` - Envoy's `hostname`, used as Host when `auto_host_rewrite` is on.
+    * `identity` - the SPIFFE ID of the endpoint's workload as the control plane knows it
+      (`metadata.filter_metadata["sail"]["identity"]`, which the registry writes), `""`
+      when unknown. A peer check that can test one identity only (grpcio's) tests this
+      one, if the cluster's SAN matchers accept it.
     """
 
     address: str
@@ -61,6 +65,7 @@ class Endpoint:
     weight: int = 1
     health: HealthStatus = HealthStatus.UNKNOWN
     hostname: str = ""
+    identity: str = ""
 
     @functools.cached_property
     def authority(self) -> str:

@@ -349,7 +349,8 @@ class _Mesh:
         self, host: str, port: int, selects: Callable[[Mapping[str, str]], bool]
     ) -> list[tuple[Locality, Endpoint]]:
         out = [
-            (w.locality, Endpoint(w.address, w.port, weight=max(1, w.weight), health=health))
+            (w.locality, Endpoint(w.address, w.port, weight=max(1, w.weight), health=health,
+                                  identity=w.identity or ""))
             for w, health in self.workloads.get(host, ())
             if w.called_port == port and selects(w.labels)
         ]

@@ -52,7 +52,7 @@ def install(channel: ChannelCore, multicallable: object, stub: object) -> None:
     """`stub` as the inner multicallable of `multicallable` on every endpoint."""
     aio = isinstance(channel, AioMeshChannel)
     for address, port in ENDPOINTS:
-        key = (f"{address}:{port}", None)
+        key = (f"{address}:{port}", None, None)
         sub = channel._subchannels.setdefault(key, Subchannel(Closable(aio)))
         sub.methods[multicallable] = stub
 

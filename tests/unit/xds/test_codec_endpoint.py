@@ -186,3 +186,25 @@ def test_cluster_name_is_required() -> None:
 def test_load_balancer_endpoints_list_is_accepted() -> None:
     data = cla({"load_balancer_endpoints": {"lb_endpoints": [lb_endpoint()]}})
     assert decode(data).endpoints == (Endpoint("10.0.0.1", 8080),)
+
+
+def test_an_endpoint_identity_comes_from_its_sail_metadata() -> None:
+    spiffe = "spiffe://example.org/ns/default/sa/reviews"
+    meta = {"metadata": {"filter_metadata": {"sail": {"identity": spiffe},
+                                             "istio": {"workload": "reviews-v1"}}}}
+    decoded = decode(cla(locality(lb_endpoint(**meta), lb_endpoint("10.0.0.2"))))
+    first, second = decoded.localities[0].endpoints
+    assert (first.identity, second.identity) == (spiffe, "")
+    # the registry writes it so, and reads it back
+    from sail.xds.codec.encode import encode_cluster_load_assignment
+    assert decode_cluster_load_assignment(encode_cluster_load_assignment(decoded)) == decoded
+
+
+@pytest.mark.parametrize(("identity", "reason"), [
+    ("reviews", "does not start with 'spiffe://'"),
+    (7, "must be a string"),
+])
+def test_a_bad_endpoint_identity_is_a_nack_naming_the_field(identity: Any, reason: str) -> None:
+    meta = {"metadata": {"filter_metadata": {"sail": {"identity": identity}}}}
+    message = nack(cla(locality(lb_endpoint(**meta))))
+    assert "metadata.filter_metadata.sail.identity" in message and reason in message

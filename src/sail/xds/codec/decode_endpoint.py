@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sail.errors import InvalidSpiffeId
 from sail.model import ClusterLoadAssignment, Endpoint, HealthStatus, Locality, LocalityEndpoints
+from sail.security.spiffe import SpiffeId
 from sail.xds.codec.decode_address import decode_socket_address
 from sail.xds.codec.validation import Invalid, at, resource
 from sail.xds.codec.wellknown import uint32_value
@@ -162,4 +164,27 @@ def _endpoint(lb_endpoint: Any) -> Endpoint:
     except Invalid as exc:
         exc.segments.insert(0, "endpoint.address")
         raise
-    return Endpoint(address=address, port=port, weight=weight, health=health, hostname=ep.hostname)
+    return Endpoint(address=address, port=port, weight=weight, health=health,
+                    hostname=ep.hostname, identity=_identity(lb_endpoint))
+
+
+IDENTITY_METADATA = "sail"
+"""The `filter_metadata` key under which an endpoint's `identity` (its SPIFFE ID) goes."""
+
+
+def _identity(lb_endpoint: Any) -> str:
+    """The endpoint's SPIFFE ID from `metadata.filter_metadata["sail"]["identity"]`, `""`
+    without one; a value that is not a SPIFFE ID is a NACK naming the field."""
+    if not lb_endpoint.HasField("metadata"):
+        return ""
+    sail = lb_endpoint.metadata.filter_metadata.get(IDENTITY_METADATA)
+    if sail is None or "identity" not in sail.fields:
+        return ""
+    field = f"metadata.filter_metadata.{IDENTITY_METADATA}.identity"
+    value = sail.fields["identity"]
+    if value.WhichOneof("kind") != "string_value":
+        raise Invalid(field, "must be a string")
+    try:
+        return str(SpiffeId.parse(value.string_value))
+    except InvalidSpiffeId as exc:
+        raise Invalid(field, str(exc)) from None

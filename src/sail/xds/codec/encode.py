@@ -285,6 +285,15 @@ def encode_cluster_load_assignment(assignment: ClusterLoadAssignment) -> Any:
     )
 
 
+def _identity_metadata(identity: str) -> Any:
+    """An endpoint's `metadata` carrying its SPIFFE ID (`decode_endpoint._identity`)."""
+    if not identity:
+        return None
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata["sail"].update({"identity": identity})
+    return metadata
+
+
 def _locality(group: LocalityEndpoints) -> Any:
     loc = group.locality
     return ep_pb2.LocalityLbEndpoints(
@@ -303,6 +312,7 @@ def _locality(group: LocalityEndpoints) -> Any:
                 ),
                 health_status=int(e.health),
                 load_balancing_weight=wrap_uint32(e.weight),
+                metadata=_identity_metadata(e.identity),
             )
             for e in group.endpoints
         ],
