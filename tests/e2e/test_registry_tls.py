@@ -26,7 +26,7 @@ from sail.registration import Workload
 from sail.registry.remote import RegistryError, RemoteRegistrar, create_certificate
 from sail.security.ca import CertificateAuthority
 from sail.xds.credentials import channel_credentials
-from tests.e2e.test_http_mtls import CLIENT, TD, issue
+from tests.e2e.test_http_mtls import CLIENT, REVIEWS, TD, issue, provider
 from tests.e2e.test_registry import TOKEN, RunningRegistry
 from tests.helpers import wait_until
 
@@ -85,11 +85,14 @@ def tls_bootstrap(address: str, server_ca: Path, files: Path | None) -> sail.Boo
     if files is not None:
         config |= {"certificate_file": str(files / "cert-chain.pem"),
                    "private_key_file": str(files / "key.pem")}
-    return parse_bootstrap({
+    boot: dict[str, Any] = {
         "xds_servers": [{"server_uri": address,
                          "channel_creds": [{"type": "tls", "config": config}]}],
         "node": {"id": "productpage", "cluster": "tests"},
-    })
+    }
+    if files is not None:  # the workload's certificate serves its data plane too
+        boot["certificate_providers"] = provider(files)
+    return parse_bootstrap(boot)
 
 
 def test_ads_and_registration_over_mtls(
@@ -110,6 +113,27 @@ def test_ads_and_registration_over_mtls(
         wait_until(lambda: "type.googleapis.com/envoy.config.endpoint.v3."
                    "ClusterLoadAssignment" in mesh.status().versions, timeout=15)
         assert mesh.status().server == registry.address
+
+
+def test_a_registration_over_mtls_is_bound_to_the_callers_certificate(
+    running: tuple[RunningRegistry, Path], mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """The workload's identity is the one its certificate proves: unclaimed, it is set;
+    claimed as another (to be expected by another service's clients), it is refused."""
+    registry, server_ca = running
+    files = issue(mesh_ca, CLIENT, tmp_path / "client")
+    creds = channel_credentials(tls_bootstrap(registry.address, server_ca, files)
+                                .xds_servers[0].creds)
+    registrar = RemoteRegistrar(registry.address, TOKEN, credentials=creds)
+    try:
+        registrar.register(Workload("productpage", "127.0.0.1", 9080))
+        stored = registry.call(registry.registry.store.workloads)
+        assert [w.identity for w, _ in stored] == [str(CLIENT)]
+        with pytest.raises(RegistryError, match="claims identity") as caught:
+            registrar.register(Workload("reviews", "127.0.0.1", 9081, identity=str(REVIEWS)))
+        assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        registrar.close()
 
 
 @pytest.mark.parametrize("client", ["no certificate", "another CA", "plaintext"])

@@ -144,6 +144,31 @@ class _Reject(Exception):
         self.message = message
 
 
+def _bound_to_caller(body: Json, context: Any) -> Json:
+    """A Register body over mTLS, bound to the caller's certificate: the workload's identity
+    is the SPIFFE ID the certificate proves (a claim of another is PERMISSION_DENIED), so
+    the identities clients expect of a service are ones their holders proved. Without a
+    client certificate (a plaintext or server-only TLS registry) the claim stands, on the
+    registry's token."""
+    auth = context.auth_context() or {}
+    if not auth.get("x509_pem_cert"):
+        return body
+    proven = auth.get("peer_spiffe_id") or []
+    caller = proven[0].decode() if len(proven) == 1 else None
+    claimed = body.get("identity")
+    if caller is None:
+        if claimed is not None:
+            raise _Reject(grpc.StatusCode.PERMISSION_DENIED,
+                          f"Register: claims identity {claimed!r}, and the caller's "
+                          "certificate has no SPIFFE ID")
+        return body
+    if claimed is not None and claimed != caller:
+        raise _Reject(grpc.StatusCode.PERMISSION_DENIED,
+                      f"Register: claims identity {claimed!r}, and the caller's certificate "
+                      f"is {caller}")
+    return {**body, "identity": caller}
+
+
 class _BadBody:
     """What the deserializer returns for bytes that are not JSON, so the handler (which
     authenticates first) can answer INVALID_ARGUMENT instead of gRPC's INTERNAL."""
@@ -240,6 +265,8 @@ class RegistryApi:
                     raise _Reject(_INVALID, f"{method}: body is not JSON: {request.reason}")
                 if not isinstance(request, dict):
                     raise _Reject(_INVALID, f"{method}: body must be a JSON object")
+                if method == "Register":
+                    request = _bound_to_caller(request, context)
                 return encode(await handler(request))
             except _Reject as exc:
                 rejection = exc
