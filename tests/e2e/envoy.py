@@ -245,13 +245,14 @@ def ads_bootstrap(
     admin_port: int,
     node_id: str,
     node_cluster: str = "e2e",
+    node_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A dynamic Envoy bootstrap: listeners and clusters over ADS (State of the World, v3)
     from the xDS server on `127.0.0.1:xds_port`, reached through the static HTTP/2 cluster
     `xds`; the admin listener on `127.0.0.1:admin_port`."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
-        "node": {"id": node_id, "cluster": node_cluster},
+        "node": {"id": node_id, "cluster": node_cluster, "metadata": dict(node_metadata or {})},
         "admin": {"address": _address("127.0.0.1", admin_port)},
         "dynamic_resources": {
             "ads_config": {

@@ -53,6 +53,7 @@ from sail.xds.codec.encode import (
     encode_route_configuration,
 )
 from sail.xds.csds import CsdsServer
+from sail.xds.envoy_files import envoy_file_tls
 from sail.xds.server import SERVER_OPTIONS, AdsServer, ResourceStore
 
 __all__ = ["Registry"]
@@ -129,7 +130,7 @@ class Registry:
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
-        self.ads = AdsServer(self.resources)
+        self.ads = AdsServer(self.resources, shape=envoy_file_tls)
         self.csds = CsdsServer(self.ads)
         self.api = RegistryApi(self.store, token, self.check_configs, self.status)
         self._static: list[IstioObject] = load_paths(config_paths)

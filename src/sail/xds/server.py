@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -267,11 +267,13 @@ class _Stream:
         sub.sent_version = version
         sub.sent_names = names
         sub.sent = chosen
+        shape = self.server.shape
         response = discovery_pb2.DiscoveryResponse(
             type_url=type_url,
             version_info=str(version),
             nonce=sub.nonce,
-            resources=chosen,
+            resources=chosen if shape is None else [shape(self.node, type_url, r)
+                                                     for r in chosen],
         )
         self.outbox.put_nowait(response)
 
@@ -296,10 +298,18 @@ class StreamView:
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """The ADS servicer. Add it to a `grpc.aio.server` with `add_to(server)`."""
+    """The ADS servicer. Add it to a `grpc.aio.server` with `add_to(server)`.
 
-    def __init__(self, store: ResourceStore | None = None) -> None:
+    `shape(node, type_url, resource)`, when given, is what each node gets of a resource
+    (`sail.xds.envoy_files.envoy_file_tls`: certificate files for Envoy nodes); it must
+    return the same object for a resource it leaves alone."""
+
+    def __init__(
+        self, store: ResourceStore | None = None,
+        shape: Callable[[Any, str, any_pb2.Any], any_pb2.Any] | None = None,
+    ) -> None:
         self.store = store if store is not None else ResourceStore()
+        self.shape = shape
         self.acks: dict[tuple[str, str], AckRecord] = {}
         self.nacks: list[AckRecord] = []
         self.requests = 0

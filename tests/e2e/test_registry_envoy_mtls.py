@@ -1,0 +1,120 @@
+"""A real Envoy in a STRICT mesh: fed by the registry, with certificates from `sail cert`
+named in its node metadata (`SAIL_CERT_DIR`), it calls a sail HTTP server over mTLS (the
+registry turns the cluster's certificate provider instances into Envoy's watched files),
+and the sail server sees Envoy's SPIFFE ID. An Envoy without certificates gets nothing
+through: it refuses the TLS cluster rather than send plaintext."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sail
+from sail.registry.remote import RemoteRegistrar
+from tests.e2e.envoy import Envoy, ads_bootstrap, launch_envoy
+from tests.e2e.test_grpc_mtls_interop import sail_cert
+from tests.e2e.test_registry import TOKEN, RunningRegistry
+from tests.e2e.test_registry_mtls import bootstrap, echo_peer, peer_authentication, token
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TD = "example.org"
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[RunningRegistry, int]]:
+    listener_port = free_port()
+    registry = RunningRegistry(trust_domain=TD, envoy_listener=("127.0.0.1", listener_port))
+    with registry.admin() as admin:
+        admin.apply("peer.yaml", peer_authentication("STRICT"))
+    yield registry, listener_port
+    registry.stop()
+
+
+def envoy_with(registry: RunningRegistry, listener_port: int, workdir: Path,
+               metadata: dict[str, Any]) -> Envoy:
+    admin_port = free_port()
+    return launch_envoy(
+        workdir, ads_bootstrap(registry.port, admin_port=admin_port, node_id="envoy-mtls",
+                               node_metadata=metadata),
+        port=listener_port, admin_port=admin_port,
+    )
+
+
+def test_envoy_calls_a_strict_sail_server_over_mtls(
+    running: tuple[RunningRegistry, int], tmp_path: Path
+) -> None:
+    registry, listener_port = running
+    port = free_port()
+    server_mesh = sail.Mesh.from_bootstrap(
+        bootstrap(registry, "reviews"), join_token=token(registry, "reviews"),
+        registrar=RemoteRegistrar([registry.address], TOKEN),
+    )
+    envoy: Envoy | None = None
+    try:
+        assert server_mesh.wait_identity(20) is not None
+        app = server_mesh.service("reviews", port=port)(echo_peer)
+        with server_mesh.http_server(app, port=port, xds=True) as server:
+            wait_until(lambda: server.mode == "STRICT", timeout=20)
+            certs = sail_cert(registry, "productpage", tmp_path / "certs")
+            envoy = envoy_with(registry, listener_port, tmp_path / "envoy",
+                               {"SAIL_CERT_DIR": str(certs)})
+            url = f"http://127.0.0.1:{listener_port}/"
+
+            def through_envoy() -> str | None:
+                try:
+                    response = httpx.get(url, headers={"host": "reviews"}, timeout=5)
+                except httpx.TransportError:
+                    return None
+                return response.text if response.status_code == 200 else None
+
+            seen = wait_until(through_envoy, timeout=30)
+            assert seen == f"spiffe://{TD}/ns/default/sa/productpage", envoy.log_tail()
+            nacks = registry.call(lambda: list(registry.registry.ads.nacks))
+            assert not [n for n in nacks if n.node_id == "envoy-mtls"], nacks
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        server_mesh.close()
+
+
+def test_an_envoy_without_certificates_sends_nothing_in_plaintext(
+    running: tuple[RunningRegistry, int], tmp_path: Path
+) -> None:
+    registry, listener_port = running
+    port = free_port()
+    server_mesh = sail.Mesh.from_bootstrap(
+        bootstrap(registry, "reviews"), join_token=token(registry, "reviews"),
+        registrar=RemoteRegistrar([registry.address], TOKEN),
+    )
+    envoy: Envoy | None = None
+    try:
+        assert server_mesh.wait_identity(20) is not None
+        hits: list[str] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            hits.append(scope["type"])
+            await echo_peer(scope, receive, send)
+
+        service = server_mesh.service("reviews", port=port)(app)
+        with server_mesh.http_server(service, port=port, xds=True) as server:
+            wait_until(lambda: server.mode == "STRICT", timeout=20)
+            envoy = envoy_with(registry, listener_port, tmp_path / "envoy", {})
+            # Envoy refuses the TLS cluster it cannot serve (a NACK naming it)...
+            wait_until(lambda: any(
+                n.node_id == "envoy-mtls" for n in
+                registry.call(lambda: list(registry.registry.ads.nacks))), timeout=20)
+            # ...so nothing reaches the server, in plaintext or otherwise
+            response = httpx.get(f"http://127.0.0.1:{listener_port}/",
+                                 headers={"host": "reviews"}, timeout=5)
+            assert response.status_code >= 500
+            assert "http" not in hits
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        server_mesh.close()
