@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,15 @@ import sail
 from sail.bootstrap import parse_bootstrap
 from sail.errors import BootstrapError
 from sail.registration import Workload
-from sail.registry.remote import RegistryError, RemoteRegistrar, create_certificate
+from sail.registry.remote import (
+    AdminClient,
+    RegistryError,
+    RemoteRegistrar,
+    create_certificate,
+)
 from sail.security.ca import CertificateAuthority
 from sail.xds.credentials import channel_credentials
+from tests.e2e.procs import ROOT
 from tests.e2e.test_http_mtls import CLIENT, REVIEWS, TD, issue, provider
 from tests.e2e.test_registry import TOKEN, RunningRegistry
 from tests.helpers import wait_until
@@ -172,3 +180,59 @@ def test_bad_tls_channel_creds_are_refused_naming_the_field(
                              "channel_creds": [{"type": "tls", "config": config}]}],
             "node": {"id": "n"},
         })
+
+
+def test_a_workload_enrolls_on_the_enrollment_port_then_joins_over_mtls(
+    mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A registry that requires client certificates, with an enrollment port beside it:
+    `sail cert` gets a first certificate there with a join token (TLS, no client
+    certificate), and a mesh whose A65 credentials are those files then gets its config
+    over mTLS. The mTLS port itself gives nothing to a caller without a certificate."""
+    chain, key, server_ca = serving_certificate(tmp_path / "control-plane")
+    ca_cert, ca_key = tmp_path / "mesh-ca.pem", tmp_path / "mesh-ca.key"
+    ca_cert.write_text(mesh_ca.trust_bundle)
+    ca_key.write_bytes(mesh_ca.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    registry = RunningRegistry(trust_domain=TD, ca_cert=ca_cert, ca_key=ca_key,
+                               tls=(chain, key, ca_cert), enroll_address="127.0.0.1:0")
+    try:
+        enroll = f"127.0.0.1:{registry.registry.enroll_port}"
+        out = tmp_path / "certs"
+        with AdminClient(registry.address, TOKEN, credentials=channel_credentials(
+                tls_bootstrap(registry.address, server_ca, None).xds_servers[0].creds)) \
+                as admin:
+            assert not _answers(admin)  # the mTLS port: no certificate, no answer
+        token = _join_token(registry, tmp_path, server_ca)
+        done = subprocess.run(
+            [sys.executable, "-m", "sail.cli.main", "cert", "--out", str(out), "--once",
+             "--registry", enroll, "--ca-file", str(server_ca)],
+            env={"SAIL_JOIN_TOKEN": token, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with sail.Mesh.from_bootstrap(tls_bootstrap(registry.address, server_ca, out),
+                                      services=["reviews"]) as mesh:
+            wait_until(lambda: mesh.status().connected, timeout=15)
+            assert mesh.wait_identity(10) is not None
+    finally:
+        registry.stop()
+
+
+def _answers(admin: AdminClient) -> bool:
+    try:
+        admin.status()
+    except RegistryError:
+        return False
+    return True
+
+
+def _join_token(registry: RunningRegistry, tmp_path: Path, server_ca: Path) -> str:
+    """A join token, asked over mTLS with an operator's certificate of the mesh CA."""
+    assert registry.registry.identity is not None
+    operator = issue(registry.registry.identity.ca, CLIENT, tmp_path / "operator")
+    creds = channel_credentials(tls_bootstrap(registry.address, server_ca, operator)
+                                .xds_servers[0].creds)
+    with AdminClient(registry.address, TOKEN, credentials=creds) as admin:
+        return admin.create_join_token("default", "reviews")

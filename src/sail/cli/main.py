@@ -147,21 +147,27 @@ def _run_registry(args: argparse.Namespace) -> int:
         raise SystemExit(f"sail registry: --store: {exc}") from None
 
     async def run() -> None:
-        registry = Registry(
-            config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
-            envoy_listeners=not args.no_envoy_listeners,
-            store=store, server_listener_template=args.server_listener_template,
-            trust_domain=args.trust_domain,
-            ca_cert=Path(args.ca_cert) if args.ca_cert else None,
-            ca_key=Path(args.ca_key) if args.ca_key else None,
-            tls=_tls_files(args),
-        )
+        try:
+            registry = Registry(
+                config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
+                envoy_listeners=not args.no_envoy_listeners,
+                store=store, server_listener_template=args.server_listener_template,
+                trust_domain=args.trust_domain,
+                ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+                ca_key=Path(args.ca_key) if args.ca_key else None,
+                tls=_tls_files(args), enroll_address=args.enroll_address,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"sail registry: {exc}") from None
         try:
             port = await registry.start(args.address)
         except OSError as exc:
             raise SystemExit(f"sail registry: {exc}") from None
         print(f"sail registry listening on {args.address.rpartition(':')[0]}:{port}",
               flush=True)
+        if registry.enroll_port:
+            print(f"sail registry: enrollment on {args.enroll_address.rpartition(':')[0]}:"
+                  f"{registry.enroll_port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -228,9 +234,20 @@ def _cert(args: argparse.Namespace) -> int:
     target = args.registry or os.environ.get("SAIL_REGISTRY", DEFAULT_REGISTRY)
     targets = [t.strip() for t in target.split(",") if t.strip()]
 
+    credentials = None
+    if args.ca_file:  # the registry's TLS (its enrollment port), verified against this CA
+        import grpc
+
+        try:
+            credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
+        except OSError as exc:
+            print(f"sail cert: --ca-file {args.ca_file}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+
     def ask(csr: str, current: Sequence[str] | None) -> list[str]:
         return create_certificate(targets, None if current else token, csr, args.lifetime,
-                                  current_chain=current)
+                                  current_chain=current, credentials=credentials)
 
     enrollment = Enrollment(ask)
     out = Path(args.out)
@@ -322,6 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.add_argument("--tls-key", metavar="FILE", help="the --tls-cert key, PEM")
     registry.add_argument("--tls-client-ca", metavar="FILE",
                           help="require client certificates this CA verifies (mTLS)")
+    registry.add_argument("--enroll-address", metavar="HOST:PORT",
+                          help="with --tls-client-ca: serve first certificates and renewals "
+                          "(CreateCertificate only) here over TLS without a client "
+                          "certificate")
     token = sub.add_parser("token", help="join tokens for workloads' first certificates")
     token_sub = token.add_subparsers(dest="action", required=True)
     create = token_sub.add_parser("create", help="print a join token")
@@ -338,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="the lifetime to ask for (default: the CA's, 24 h)")
     cert.add_argument("--once", action="store_true", help="write the files once and exit")
     cert.add_argument("--registry", help=f"HOST:PORT (default {DEFAULT_REGISTRY})")
+    cert.add_argument("--ca-file", metavar="FILE",
+                      help="reach the registry over TLS, verified against this CA (PEM)")
     for name, text in (("apply", "add or replace config"), ("delete", "remove config")):
         cmd = sub.add_parser(name, help=f"{text} in a running registry")
         cmd.add_argument("-f", "--file", required=True)

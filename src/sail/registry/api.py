@@ -249,11 +249,19 @@ class RegistryApi:
             )
             for name, handler in self._handlers.items()
         }
-        handlers["CreateCertificate"] = grpc.unary_unary_rpc_method_handler(
+        handlers["CreateCertificate"] = self._certificate_handler()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    def add_certificates_to(self, server: Any) -> None:
+        """Serve `CreateCertificate` alone on `server` (the registry's enrollment port)."""
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"CreateCertificate": self._certificate_handler()}),))
+
+    def _certificate_handler(self) -> Any:
+        return grpc.unary_unary_rpc_method_handler(
             self._certificate_rpc, request_deserializer=_decode_request,
             response_serializer=bytes,
         )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     # -- dispatch -----------------------------------------------------------------------------
 

@@ -110,6 +110,10 @@ class Registry:
       with that certificate (its SANs must name the address clients dial, as gRFC A65
       clients check it), and with a client CA require a client certificate it verifies
       (mTLS); `None`: plaintext. Read at start.
+    * `enroll_address` - with `tls` and a client CA: also serve `CreateCertificate`, and
+      nothing else, on this `host:port` over TLS without a client certificate, so that a
+      workload without one yet gets its first certificate with a join token (and renews
+      it, by proof of possession). `enroll_port` is the port.
     """
 
     def __init__(
@@ -127,7 +131,11 @@ class Registry:
         ca_cert: Path | None = None,
         ca_key: Path | None = None,
         tls: tuple[Path, Path, Path | None] | None = None,
+        enroll_address: str | None = None,
     ) -> None:
+        if enroll_address is not None and (tls is None or tls[2] is None):
+            raise ValueError("an enrollment address is for a registry that requires client "
+                             "certificates (tls with a client CA)")
         self.store: Store = store if store is not None else MemoryStore()
         self.resources = ResourceStore()
         self.ads = AdsServer(self.resources, shape=envoy_file_tls)
@@ -149,6 +157,9 @@ class Registry:
         self._trust_domain = trust_domain
         self._ca_files = (ca_cert, ca_key)
         self._tls = tls
+        self._enroll_address = enroll_address
+        self._enroll_server: grpc.aio.Server | None = None
+        self.enroll_port = 0
         self.identity: MeshIdentity | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -193,6 +204,8 @@ class Registry:
             raise OSError(f"cannot listen on {address} (in use?)")
         await server.start()
         self._server = server
+        if self._enroll_address is not None and self._tls is not None:
+            await self._start_enrollment(self._enroll_address, self._tls)
         self.store.watch(self._schedule_rebuild)
         if self._grace > 0:
             asyncio.get_running_loop().call_later(self._grace, self._start_serving)
@@ -204,12 +217,29 @@ class Registry:
         log.info("sail registry serving ADS, CSDS and the registry API on %s", address)
         return self.port
 
+    async def _start_enrollment(
+        self, address: str, tls: tuple[Path, Path, Path | None]
+    ) -> None:
+        enroll = grpc.aio.server(options=list(SERVER_OPTIONS))
+        self.api.add_certificates_to(enroll)
+        chain, key, _ = tls
+        self.enroll_port = enroll.add_secure_port(
+            address, _server_credentials((chain, key, None)))
+        if self.enroll_port == 0:
+            await self.stop(0)
+            raise OSError(f"cannot listen on {address} (in use?)")
+        await enroll.start()
+        self._enroll_server = enroll
+
     async def stop(self, grace: float | None = 1.0) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._enroll_server is not None:
+            enroll, self._enroll_server = self._enroll_server, None
+            await enroll.stop(grace)
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
