@@ -146,19 +146,21 @@ def _run_registry(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"sail registry: --store: {exc}") from None
 
+    tls = _tls_files(args)
+    if args.enroll_address is not None and (tls is None or tls[2] is None):
+        raise SystemExit("sail registry: --enroll-address is for a registry that requires "
+                         "client certificates (--tls-cert, --tls-key, --tls-client-ca)")
+
     async def run() -> None:
-        try:
-            registry = Registry(
-                config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
-                envoy_listeners=not args.no_envoy_listeners,
-                store=store, server_listener_template=args.server_listener_template,
-                trust_domain=args.trust_domain,
-                ca_cert=Path(args.ca_cert) if args.ca_cert else None,
-                ca_key=Path(args.ca_key) if args.ca_key else None,
-                tls=_tls_files(args), enroll_address=args.enroll_address,
-            )
-        except ValueError as exc:
-            raise SystemExit(f"sail registry: {exc}") from None
+        registry = Registry(
+            config_paths=args.config, token=token, envoy_listener=args.envoy_listener,
+            envoy_listeners=not args.no_envoy_listeners,
+            store=store, server_listener_template=args.server_listener_template,
+            trust_domain=args.trust_domain,
+            ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+            ca_key=Path(args.ca_key) if args.ca_key else None,
+            tls=tls, enroll_address=args.enroll_address,
+        )
         try:
             port = await registry.start(args.address)
         except OSError as exc:
