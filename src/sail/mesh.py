@@ -181,11 +181,13 @@ class _LocalSource:
 
 
 def _certificate_sources(
-    boot: Bootstrap, join_token: str | None, lifetime: float = 0
+    boot: Bootstrap, join_token: str | None, lifetime: float = 0,
+    ca_address: str | None = None,
 ) -> dict[str, WorkloadIdentity]:
     """The credentials source of each certificate provider instance a TLS context may name
     (`Mesh.from_bootstrap`): each `file_watcher` instance of the bootstrap, and with a join
-    token, instance `default` from the mesh CA (in place of the bootstrap's)."""
+    token, instance `default` from the mesh CA at `ca_address` (default: the bootstrap's
+    xDS servers), in place of the bootstrap's."""
     from sail.security.workload import WorkloadIdentity
 
     sources: dict[str, WorkloadIdentity] = {}
@@ -193,14 +195,18 @@ def _certificate_sources(
         from sail.registry.remote import create_certificate
         from sail.security.enroll import Enrollment
 
-        targets = [server.server_uri for server in boot.xds_servers]
+        targets = ([ca_address] if ca_address
+                   else [server.server_uri for server in boot.xds_servers])
+        held: list[WorkloadIdentity] = []
 
         def ask(csr: str, current: Sequence[str] | None) -> list[str]:
+            own = _own_certificate(held[0]) if held else None
             return create_certificate(targets, None if current else join_token, csr,
                                       lifetime, current_chain=current,
-                                      credentials=_control_plane_credentials(boot))
+                                      credentials=_control_plane_credentials(boot, own))
 
-        sources["default"] = WorkloadIdentity(Enrollment(ask))
+        held.append(WorkloadIdentity(Enrollment(ask)))
+        sources["default"] = held[0]
     for name, provider in boot.certificate_providers.items():
         if provider.plugin_name == "file_watcher" and name not in sources:
             from sail.security.providers import file_watcher_from_config
@@ -209,12 +215,25 @@ def _certificate_sources(
     return sources
 
 
-def _control_plane_credentials(boot: Bootstrap) -> Any:
+def _control_plane_credentials(boot: Bootstrap, own: Any = None) -> Any:
     """The credentials of the registry's API calls: the first xDS server's `channel_creds`
-    (gRFC A65 `tls` files read now), `None` for plaintext."""
+    (gRFC A65 `tls` files read now; `own`, the workload's certificate, without them),
+    `None` for plaintext."""
     from sail.xds.credentials import channel_credentials
 
-    return channel_credentials(boot.xds_servers[0].creds) if boot.xds_servers else None
+    return channel_credentials(boot.xds_servers[0].creds, own) if boot.xds_servers else None
+
+
+def _own_certificate(source: WorkloadIdentity) -> Callable[[], tuple[bytes, bytes] | None]:
+    """The workload's current certificate chain and key from `source`, for the control
+    plane's mTLS (`sail.xds.credentials`)."""
+
+    def current() -> tuple[bytes, bytes] | None:
+        creds = source.current
+        return (creds.chain_pem, creds.key_pem) if creds is not None and creds.chain_pem \
+            else None
+
+    return current
 
 
 class Mesh:
@@ -266,6 +285,7 @@ class Mesh:
         register: bool = False,
         join_token: str | None = None,
         certificate_lifetime: float = 0,
+        ca_address: str | None = None,
         **client_options: Any,
     ) -> Mesh:
         """A mesh fed by xDS from the bootstrap's servers.
@@ -284,14 +304,20 @@ class Mesh:
         The workload's identity (`mesh.identity`, docs/security.md): with a `join_token`
         (or `$SAIL_JOIN_TOKEN`), a certificate from the mesh CA of the registry at the
         bootstrap's xDS servers, valid `certificate_lifetime` seconds (0: the CA's default,
-        Istio's 24 h) and renewed at half-life with jitter; else, when the bootstrap's
+        Istio's 24 h) and renewed at half-life with jitter, asked of `ca_address` (or
+        `$SAIL_CA_ADDRESS`: a registry's enrollment port) when given; the mesh then presents
+        that certificate to an mTLS registry whose `tls` channel_creds name no certificate
+        files (gRFC A65 otherwise). Else, when the bootstrap's
         `certificate_providers` has a `file_watcher` instance `default` (Istio's name),
         the certificate in its files; else none.
         """
         boot = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
+        token = join_token or os.environ.get("SAIL_JOIN_TOKEN")
         certificates = _certificate_sources(
-            boot, join_token or os.environ.get("SAIL_JOIN_TOKEN"), certificate_lifetime
+            boot, token, certificate_lifetime, ca_address or os.environ.get("SAIL_CA_ADDRESS")
         )
+        if token and "own_certificate" not in client_options:
+            client_options["own_certificate"] = _own_certificate(certificates["default"])
         if certificates and "resource_types" not in client_options:
             from sail.xds.codec.types import resource_types
 

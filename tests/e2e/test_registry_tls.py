@@ -236,3 +236,35 @@ def _join_token(registry: RunningRegistry, tmp_path: Path, server_ca: Path) -> s
                                 .xds_servers[0].creds)
     with AdminClient(registry.address, TOKEN, credentials=creds) as admin:
         return admin.create_join_token("default", "reviews")
+
+
+def test_a_mesh_enrolls_with_a_join_token_then_dials_the_mtls_registry_with_it(
+    mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """No files: the mesh gets its first certificate at the enrollment port (join token,
+    `ca_address`) and presents it, from memory, to the mTLS registry for its config (A65
+    `tls` credentials without certificate files: the workload's own, when the registry
+    asks for one)."""
+    chain, key, server_ca = serving_certificate(tmp_path / "control-plane")
+    ca_cert, ca_key = tmp_path / "mesh-ca.pem", tmp_path / "mesh-ca.key"
+    ca_cert.write_text(mesh_ca.trust_bundle)
+    ca_key.write_bytes(mesh_ca.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    registry = RunningRegistry(trust_domain=TD, ca_cert=ca_cert, ca_key=ca_key,
+                               tls=(chain, key, ca_cert), enroll_address="127.0.0.1:0")
+    try:
+        token = _join_token(registry, tmp_path, server_ca)
+        enroll = f"127.0.0.1:{registry.registry.enroll_port}"
+        boot = tls_bootstrap(registry.address, server_ca, None)
+        with sail.Mesh.from_bootstrap(boot, join_token=token, ca_address=enroll,
+                                      services=["reviews"]) as mesh:
+            identity = mesh.wait_identity(20)
+            assert identity is not None and identity.source == "mesh CA"
+            wait_until(lambda: mesh.status().connected, timeout=15)
+        # without the certificate (no join token), the same bootstrap gets nothing
+        with sail.Mesh.from_bootstrap(boot, services=["reviews"]) as anonymous:
+            time.sleep(2)
+            assert not anonymous.status().connected
+    finally:
+        registry.stop()

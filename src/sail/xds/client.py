@@ -58,7 +58,7 @@ from sail.bootstrap import Bootstrap, XdsServer
 from sail.errors import ResourceError, SecurityError
 from sail.status import Nack
 from sail.xds.codec.types import RESOURCE_TYPES, ResourceType, resource_name, unpack
-from sail.xds.credentials import channel_credentials
+from sail.xds.credentials import OwnCertificate, channel_credentials
 
 __all__ = ["AdsClient", "Backoff", "ClientStatus", "XdsHandler"]
 
@@ -198,8 +198,10 @@ class _Stream:
     detail). The client writes requests with `send`; gRPC's own thread consumes them.
     """
 
-    def __init__(self, server: XdsServer, events: queue.Queue[Any], connect_timeout: float):
+    def __init__(self, server: XdsServer, events: queue.Queue[Any], connect_timeout: float,
+                 own_certificate: OwnCertificate | None = None):
         self.server = server
+        self._own = own_certificate
         self.delivered = False
         self._events = events
         self._timeout = connect_timeout
@@ -255,7 +257,7 @@ class _Stream:
         uri = self.server.server_uri
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", -1)]
         try:
-            credentials = channel_credentials(self.server.creds)
+            credentials = channel_credentials(self.server.creds, self._own)
         except SecurityError as exc:
             self._events.put(("unreachable", self, f"{uri}: {exc}"))
             return
@@ -306,6 +308,8 @@ class AdsClient:
     * `resource_types` - decoders by type URL (default: the four core types).
     * `does_not_exist_timeout` - seconds (gRFC A27: 15).
     * `connect_timeout` - seconds to wait for a server before trying the next one.
+    * `own_certificate` - the workload's certificate, presented to a `tls` server that asks
+      for one when the bootstrap names no certificate files (`sail.xds.credentials`).
     """
 
     def __init__(
@@ -317,8 +321,10 @@ class AdsClient:
         does_not_exist_timeout: float = 15.0,
         connect_timeout: float = 5.0,
         backoff: Backoff = Backoff(),
+        own_certificate: OwnCertificate | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._own_certificate = own_certificate
         self._handler = handler
         self._types = resource_types
         self._dne_timeout = does_not_exist_timeout
@@ -419,7 +425,8 @@ class AdsClient:
         now = time.monotonic()
         if self._stream is None and now >= self._next_attempt:
             server = self._bootstrap.xds_servers[self._server_index]
-            self._stream = _Stream(server, self._events, self._connect_timeout)
+            self._stream = _Stream(server, self._events, self._connect_timeout,
+                                   self._own_certificate)
         wake = self._timers[0][0] if self._timers else now + 3600
         if self._stream is None:
             wake = min(wake, self._next_attempt)
