@@ -118,3 +118,84 @@ def test_an_envoy_without_certificates_sends_nothing_in_plaintext(
         if envoy is not None:
             envoy.stop()
         server_mesh.close()
+
+
+def test_a_sail_client_calls_an_envoy_sidecar_over_mtls(
+    running: tuple[RunningRegistry, int], tmp_path: Path
+) -> None:
+    """The other direction: an Envoy inbound sidecar (a TLS listener requiring client
+    certificates, files from `sail cert`) in front of a plaintext app, registered as a
+    STRICT workload with its identity. A sail client uses mTLS to it on its own
+    (auto-mTLS), checks the Envoy's SPIFFE ID, and the Envoy forwards the client's SPIFFE
+    ID to the app (`x-forwarded-client-cert`)."""
+    import threading
+
+    import uvicorn
+
+    from sail.registration import Workload
+    from tests.e2e.envoy import bootstrap as static_bootstrap
+
+    registry, _ = running
+    certs = sail_cert(registry, "ratings", tmp_path / "certs")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        body = headers.get(b"x-forwarded-client-cert", b"none")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    app_port, envoy_port, admin_port = free_port(), free_port(), free_port()
+    upstream = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=app_port,
+                                             log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=upstream.run, daemon=True)
+    thread.start()
+    wait_until(lambda: upstream.started, timeout=10)
+    config = static_bootstrap(
+        {"name": "inbound", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+        {"app": [("127.0.0.1", app_port)]}, port=envoy_port, admin_port=admin_port)
+    chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+    chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/"
+                 "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(certs / "cert-chain.pem")},
+                                  "private_key": {"filename": str(certs / "key.pem")}}],
+            "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}},
+        }}}
+    hcm = chain["filters"][0]["typed_config"]
+    hcm["forward_client_cert_details"] = "SANITIZE_SET"
+    hcm["set_current_client_cert_details"] = {"uri": True}
+    envoy = launch_envoy(tmp_path / "envoy", config, port=envoy_port, admin_port=admin_port)
+    registrar = RemoteRegistrar([registry.address], TOKEN)
+    client = sail.Mesh.from_bootstrap(
+        bootstrap(registry, "productpage"), join_token=token(registry, "productpage"),
+        services=["ratings"],
+    )
+    try:
+        registrar.register(Workload("ratings", "127.0.0.1", envoy_port,
+                                    identity=f"spiffe://{TD}/ns/default/sa/ratings",
+                                    permissive=False))
+        assert client.wait_identity(20) is not None
+        with client.client() as http:
+            def answer() -> str | None:
+                try:
+                    response = http.get("http://ratings/", timeout=5)
+                except httpx.TransportError:
+                    return None
+                return response.text if response.status_code == 200 else None
+
+            seen = wait_until(answer, timeout=30)
+        assert f"URI=spiffe://{TD}/ns/default/sa/productpage" in seen, seen
+        with pytest.raises(httpx.TransportError):  # the sidecar takes no plaintext
+            httpx.get(f"http://127.0.0.1:{envoy_port}/", timeout=5)
+    finally:
+        client.close()
+        registrar.close()
+        envoy.stop()
+        upstream.should_exit = True
+        thread.join(10)
