@@ -112,10 +112,10 @@ def test_ads_and_registration_over_mtls(
     registrar = RemoteRegistrar(registry.address, TOKEN,
                                 credentials=channel_credentials(boot.xds_servers[0].creds))
     try:
-        registrar.register(Workload("reviews", "127.0.0.1", 9080))
+        registrar.register(Workload("productpage", "127.0.0.1", 9080))
     finally:
         registrar.close()
-    with sail.Mesh.from_bootstrap(boot, services=["reviews"]) as mesh:
+    with sail.Mesh.from_bootstrap(boot, services=["productpage"]) as mesh:
         wait_until(lambda: mesh.status().connected, timeout=15)
         # the workload registered over mTLS came back over ADS: its cluster's endpoints
         wait_until(lambda: "type.googleapis.com/envoy.config.endpoint.v3."
@@ -140,8 +140,28 @@ def test_a_registration_over_mtls_is_bound_to_the_callers_certificate(
         with pytest.raises(RegistryError, match="claims identity") as caught:
             registrar.register(Workload("reviews", "127.0.0.1", 9081, identity=str(REVIEWS)))
         assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED
+        # a service of another name takes it only if its WorkloadGroup names the account
+        with pytest.raises(RegistryError, match="no WorkloadGroup default/reviews") as caught:
+            registrar.register(Workload("reviews", "127.0.0.1", 9081))
+        assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED
+        with AdminClient(registry.address, TOKEN, credentials=creds) as admin:
+            admin.apply("group.yaml", WORKLOAD_GROUP.format(name="reviews", sa="productpage"))
+            registry.call(lambda: None)  # the apply's rebuild has run
+            registrar.register(Workload("reviews", "127.0.0.1", 9081))
+            admin.apply("group2.yaml", WORKLOAD_GROUP.format(name="productpage", sa="ratings"))
+            registry.call(lambda: None)
+        with pytest.raises(RegistryError, match="takes service account 'ratings'"):
+            registrar.register(Workload("productpage", "127.0.0.1", 9082))
     finally:
         registrar.close()
+
+
+WORKLOAD_GROUP = """apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: {name}, namespace: default}}
+spec:
+  template: {{serviceAccount: {sa}}}
+"""
 
 
 @pytest.mark.parametrize("client", ["no certificate", "another CA", "plaintext"])

@@ -144,12 +144,15 @@ class _Reject(Exception):
         self.message = message
 
 
-def _bound_to_caller(body: Json, context: Any) -> Json:
+def _bound_to_caller(
+    body: Json, context: Any, admits: Callable[[str, str], str | None] | None
+) -> Json:
     """A Register body over mTLS, bound to the caller's certificate: the workload's identity
     is the SPIFFE ID the certificate proves (a claim of another is PERMISSION_DENIED), so
-    the identities clients expect of a service are ones their holders proved. Without a
-    client certificate (a plaintext or server-only TLS registry) the claim stands, on the
-    registry's token."""
+    the identities clients expect of a service are ones their holders proved, and the
+    service must take workloads of that identity (`admits(service, identity)`: why not, or
+    `None`). Without a client certificate (a plaintext or server-only TLS registry) the
+    claim stands, on the registry's token."""
     auth = context.auth_context() or {}
     if not auth.get("x509_pem_cert"):
         return body
@@ -166,6 +169,11 @@ def _bound_to_caller(body: Json, context: Any) -> Json:
         raise _Reject(grpc.StatusCode.PERMISSION_DENIED,
                       f"Register: claims identity {claimed!r}, and the caller's certificate "
                       f"is {caller}")
+    service = body.get("service")
+    refused = admits(service, caller) if admits is not None and isinstance(service, str) \
+        else None
+    if refused is not None:
+        raise _Reject(grpc.StatusCode.PERMISSION_DENIED, f"Register: {refused}")
     return {**body, "identity": caller}
 
 
@@ -238,6 +246,9 @@ class RegistryApi:
             "CreateJoinToken": self._create_join_token,
         }
         self.identity: MeshIdentity | None = None  # set by the registry when it runs a CA
+        # why service `s` does not take a workload of identity `i` over mTLS (the registry's
+        # WorkloadGroup rule), `None` to take it; unset: any
+        self.admits: Callable[[str, str], str | None] | None = None
 
     def add_to(self, server: Any) -> None:
         """Serve the API on a `grpc.aio.Server` (before it starts)."""
@@ -274,7 +285,7 @@ class RegistryApi:
                 if not isinstance(request, dict):
                     raise _Reject(_INVALID, f"{method}: body must be a JSON object")
                 if method == "Register":
-                    request = _bound_to_caller(request, context)
+                    request = _bound_to_caller(request, context, self.admits)
                 return encode(await handler(request))
             except _Reject as exc:
                 rejection = exc

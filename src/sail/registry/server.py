@@ -33,11 +33,11 @@ from typing import Any
 
 import grpc.aio
 
-from sail.errors import ConfigError
+from sail.errors import ConfigError, InvalidSpiffeId
 from sail.registry.api import RegistryApi
 from sail.registry.envoy_listener import outbound_listener, outbound_routes
 from sail.registry.identity import MeshIdentity
-from sail.registry.istio.model import IstioObject
+from sail.registry.istio.model import IstioObject, WorkloadGroup
 from sail.registry.istio.parse import load_documents, load_paths
 from sail.registry.istio.peer_authentication import PeerPolicies
 from sail.registry.istio.validate import validate
@@ -46,6 +46,7 @@ from sail.registry.server_listener import DEFAULT_TEMPLATE, server_listeners
 from sail.registry.status import sync_status
 from sail.registry.store import MemoryStore, Store
 from sail.registry.translate import Resources, port_listeners, translate
+from sail.security.spiffe import SpiffeId
 from sail.xds.codec.encode import (
     encode_cluster,
     encode_cluster_load_assignment,
@@ -141,6 +142,8 @@ class Registry:
         self.ads = AdsServer(self.resources, shape=envoy_file_tls)
         self.csds = CsdsServer(self.ads)
         self.api = RegistryApi(self.store, token, self.check_configs, self.status)
+        self.api.admits = self.registration_refusal
+        self._groups: dict[tuple[str, str], str] = {}  # (namespace, name) -> service account
         self._static: list[IstioObject] = load_paths(config_paths)
         validate(self._static, None)
         self._envoy_listener = envoy_listener
@@ -177,6 +180,10 @@ class Registry:
                 await self.store.close()
                 raise
             self.api.identity = self.identity
+        # The registration rule (WorkloadGroups) holds from the first registration on,
+        # before the first config is served.
+        with contextlib.suppress(ConfigError):
+            self._note_groups(self._objects(self.store.configs()))
         # grpc.aio accepts one new call at a time and refuses calls past
         # `max_pending_requests` (1,000 by default): after a registry restart thousands of
         # clients reconnect at once, and the defaults turned some of them away.
@@ -268,6 +275,35 @@ class Registry:
             objects.extend(load_documents(configs[source], source))
         return objects
 
+    def registration_refusal(self, service: str, identity: str) -> str | None:
+        """Why a workload proving `identity` (over mTLS) may not register for `service`, or
+        `None`: the WorkloadGroup named `service` in the identity's namespace names the
+        service account it must have (Istio's auto-registration rule); without one, the
+        service account must be the service's name (`kubectl create serviceaccount
+        reviews` for service `reviews`)."""
+        try:
+            spiffe = SpiffeId.parse(identity)
+        except InvalidSpiffeId as exc:
+            return f"{identity!r}: {exc}"
+        namespace, account = spiffe.namespace, spiffe.service_account
+        if namespace is None or account is None:
+            return f"{identity} is not a workload identity (/ns/<ns>/sa/<sa>)"
+        wanted = self._groups.get((namespace, service))
+        if wanted is None:
+            if account == service:
+                return None
+            return (f"{identity} may not register service {service!r}: no WorkloadGroup "
+                    f"{namespace}/{service} names its service account, and it is not "
+                    f"{service!r}")
+        if account == wanted:
+            return None
+        return (f"{identity} may not register service {service!r}: WorkloadGroup "
+                f"{namespace}/{service} takes service account {wanted!r}")
+
+    def _note_groups(self, objects: list[IstioObject]) -> None:
+        self._groups = {(o.meta.namespace, o.meta.name): o.spec.template.service_account
+                        for o in objects if isinstance(o, WorkloadGroup)}
+
     def check_configs(self, configs: dict[str, str]) -> None:
         """Validate the config set `sail apply`/`delete` would leave; raises `ConfigError`
         naming the file, object and field. Routes must name known hosts here."""
@@ -309,12 +345,13 @@ class Registry:
         """Translate the current config and workloads and serve the result; on error keep
         serving the last good resources."""
         self._rebuild_scheduled = False
-        if not self._serving:
-            return
         try:
             objects = self._objects(self.store.configs())
             # Hosts are not checked here: a workload leaving must not freeze the config.
             validate(objects, None)
+            self._note_groups(objects)  # registrations follow it, serving or not
+            if not self._serving:
+                return
             messages = self._translate(objects)
         except ConfigError as exc:
             self.last_error = str(exc)

@@ -165,3 +165,21 @@ def test_the_destination_rule_decides_over_auto_mtls(mode: str, expected: bool) 
     assert (tls is not None) is expected
     if expected:
         assert tls == [REVIEWS.identity]  # the identities known for the service
+
+
+@pytest.mark.parametrize(("spec", "error"), [
+    ("  template: {serviceAccount: bookinfo-reviews}\n", None),
+    ("  template: {serviceAccount: Bad_Name}\n", "spec.template.serviceAccount: 'Bad_Name' is not"),
+    ("  template: {}\n", "spec.template.serviceAccount: is required"),
+    ("  template: {serviceAccount: a, ports: {http: 80}}\n", "spec.template.ports: not supported"),
+    ("  probe: {httpGet: {port: 80}}\n  template: {serviceAccount: a}\n", "spec.probe: not"),
+])
+def test_a_workload_group_names_its_service_account(spec: str, error: str | None) -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\n"
+            "metadata: {name: reviews, namespace: default}\nspec:\n" + spec)
+    if error is None:
+        (group,) = load_documents(text, "group.yaml")
+        assert group.spec.template.service_account == "bookinfo-reviews"  # type: ignore[union-attr]
+        return
+    with pytest.raises(IstioConfigError, match=re.escape(error)):
+        load_documents(text, "group.yaml")

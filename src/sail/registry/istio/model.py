@@ -11,6 +11,7 @@ in one module per kind, each saying which Istio fields it supports:
 | `ServiceEntry` | networking.istio.io | `ServiceEntrySpec` | `service_entry` |
 | `PeerAuthentication` | security.istio.io | `PeerAuthenticationSpec` | `security` |
 | `AuthorizationPolicy` | security.istio.io | `AuthorizationPolicySpec` | `security` |
+| `WorkloadGroup` | networking.istio.io | `WorkloadGroupSpec` | `workload_group` |
 
 Field names are Istio's in snake_case (`perTryTimeout` → `per_try_timeout`; `from` →
 `from_`); durations are float seconds; enums are `enum.Enum`s whose values are Istio's.
@@ -31,6 +32,7 @@ from sail.registry.istio.schema import field_key
 from sail.registry.istio.security import AuthorizationPolicySpec, PeerAuthenticationSpec
 from sail.registry.istio.service_entry import ServiceEntrySpec
 from sail.registry.istio.virtual_service import VirtualServiceSpec
+from sail.registry.istio.workload_group import WorkloadGroupSpec
 
 __all__ = [
     "KINDS",
@@ -43,6 +45,7 @@ __all__ = [
     "PeerAuthentication",
     "ServiceEntry",
     "VirtualService",
+    "WorkloadGroup",
 ]
 
 NETWORKING = "networking.istio.io"
@@ -165,8 +168,19 @@ class AuthorizationPolicy(_Object):
     source: str = attrs.field(default="", eq=False)
 
 
+@attrs.frozen
+class WorkloadGroup(_Object):
+    KIND: ClassVar = "WorkloadGroup"
+    GROUP: ClassVar = NETWORKING
+
+    meta: ObjectMeta
+    spec: WorkloadGroupSpec
+    source: str = attrs.field(default="", eq=False)
+
+
 IstioObject: TypeAlias = (
     VirtualService | DestinationRule | ServiceEntry | PeerAuthentication | AuthorizationPolicy
+    | WorkloadGroup
 )
 
 KINDS: Mapping[str, type[IstioObject]] = {
@@ -177,6 +191,7 @@ KINDS: Mapping[str, type[IstioObject]] = {
         ServiceEntry,
         PeerAuthentication,
         AuthorizationPolicy,
+        WorkloadGroup,
     )
 }
 """The supported kinds by name."""
