@@ -325,10 +325,11 @@ class Mesh:
         if register and registrar is None:
             from sail.registry.remote import RemoteRegistrar
 
+            own = _own_certificate(certificates["default"]) if token else None
             registrar = RemoteRegistrar(
                 [server.server_uri for server in boot.xds_servers],
                 os.environ.get("SAIL_REGISTRY_TOKEN"),
-                credentials=_control_plane_credentials(boot),
+                credentials=lambda: _control_plane_credentials(boot, own),
             )
         mesh = cls(
             lambda publish, refuse: _XdsSource(boot, publish, refuse, client_options),

@@ -259,7 +259,7 @@ def _join_token(registry: RunningRegistry, tmp_path: Path, server_ca: Path) -> s
 
 
 def test_a_mesh_enrolls_with_a_join_token_then_dials_the_mtls_registry_with_it(
-    mesh_ca: CertificateAuthority, tmp_path: Path
+    mesh_ca: CertificateAuthority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No files: the mesh gets its first certificate at the enrollment port (join token,
     `ca_address`) and presents it, from memory, to the mTLS registry for its config (A65
@@ -282,6 +282,15 @@ def test_a_mesh_enrolls_with_a_join_token_then_dials_the_mtls_registry_with_it(
             identity = mesh.wait_identity(20)
             assert identity is not None and identity.source == "mesh CA"
             wait_until(lambda: mesh.status().connected, timeout=15)
+        # its registrar too: the first calls (no certificate yet) fail the handshake, then
+        # a new channel presents it, and the workload is registered bound to it
+        monkeypatch.setenv("SAIL_REGISTRY_TOKEN", TOKEN)
+        with sail.Mesh.from_bootstrap(boot, join_token=token, ca_address=enroll,
+                                      register=True) as mesh:
+            mesh.registrar.register(Workload("reviews", "127.0.0.1", 9080))
+            assert mesh.wait_identity(20) is not None
+            wait_until(lambda: [w.identity for w, _ in registry.call(
+                registry.registry.store.workloads)] == [str(REVIEWS)], timeout=20)
         # without the certificate (no join token), the same bootstrap gets nothing
         with sail.Mesh.from_bootstrap(boot, services=["reviews"]) as anonymous:
             time.sleep(2)

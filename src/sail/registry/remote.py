@@ -114,18 +114,24 @@ class _Channel:
         # gRPC's own reconnect backoff grows to 120 s, and a call made meanwhile fails at
         # once without trying: bounding it bounds how long a registry that came back
         # goes unnoticed.
-        options = [
+        self._options = [
             ("grpc.initial_reconnect_backoff_ms", min(1000, int(max_reconnect_backoff * 1000))),
             ("grpc.max_reconnect_backoff_ms", int(max_reconnect_backoff * 1000)),
         ]
-        self._channel = (
-            grpc.insecure_channel(target, options=options)
-            if credentials is None
-            else grpc.secure_channel(target, credentials, options=options)
-        )
+        # A callable gives the credentials for each new channel (a workload certificate
+        # that rotates); the channel is made again after the registry was unreachable.
+        self._factory = credentials if callable(credentials) else None
+        self._credentials = None if callable(credentials) else credentials
+        self._channel = self._open()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
         self._stubs: dict[str, Any] = {}
+
+    def _open(self) -> Any:
+        credentials = self._factory() if self._factory is not None else self._credentials
+        if credentials is None:
+            return grpc.insecure_channel(self.target, options=self._options)
+        return grpc.secure_channel(self.target, credentials, options=self._options)
 
     def call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Call one method; raises `grpc.RpcError` as the registry answered."""
@@ -134,7 +140,18 @@ class _Channel:
             stub = self._stubs[method] = self._channel.unary_unary(
                 method_path(method), request_serializer=encode, response_deserializer=decode
             )
-        reply = stub(body, timeout=self._timeout, metadata=self._metadata)
+        try:
+            reply = stub(body, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if self._factory is not None and exc.code() in _UNREACHABLE:
+                try:
+                    fresh = self._open()  # the next call dials with the credentials then
+                except SailError as error:  # unreadable files: keep the channel, say why
+                    log.warning("registry at %s: %s", self.target, error)
+                else:
+                    self._channel.close()
+                    self._channel, self._stubs = fresh, {}
+            raise
         return dict(reply) if isinstance(reply, dict) else {}
 
     def close(self) -> None:
@@ -161,7 +178,9 @@ class RemoteRegistrar:
     * `heartbeat_interval` - seconds between heartbeats (default 3); must be below `ttl`.
     * `ttl` - the lease asked for (default 10 s): how long a dead workload stays in EDS.
     * `call_timeout` - deadline of each call (default 5 s).
-    * `credentials` - `grpc.ChannelCredentials` for TLS; `None` is plaintext.
+    * `credentials` - `grpc.ChannelCredentials` for TLS; `None` is plaintext; or a callable
+      returning either, asked again for each new connection after the registry was
+      unreachable (a workload certificate that is obtained, then rotates).
     * `backoff` - retry delays while the registry is unreachable.
 
     `register` makes one attempt at once. If the registry *refuses* it (a bad token, an
