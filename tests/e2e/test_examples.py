@@ -41,3 +41,18 @@ def test_grpc_example() -> None:
     assert "retried: 200 grpc-status 14 from" in out  # greeter-c's UNAVAILABLE, retried
     assert "answered by: {'greeter-a': 6, 'greeter-b': 6}" in out
     assert "DEADLINE_EXCEEDED after 1.0 s; the server was told it had 1.0 s" in out
+
+
+def test_mtls_example() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mtls" / "run.py")],
+        capture_output=True, text=True, timeout=90, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    caller = "spiffe://example.org/ns/default/sa/productpage"
+    assert f"productpage is {caller}, its certificate valid for another 24 h" in out
+    assert f"reviews sees {caller}" in out
+    assert f"ratings sees {caller}" in out
+    assert "plaintext to reviews: refused" in out
+    assert "plaintext to ratings: refused (UNAVAILABLE)" in out
