@@ -311,18 +311,25 @@ def test_inherited_deadline_caps_the_call(flaky: Upstreams, tmp_path: Path) -> N
 
 def test_overflow_matches_envoy(flaky: Upstreams, tmp_path: Path) -> None:
     """max_connections 1 and max_pending_requests 1, ten concurrent calls to an upstream
-    that takes 1 s: two are served (one connected, one pending), eight overflow at once -
-    Envoy answers those 503 with x-envoy-overloaded, sail raises UpstreamOverflowError."""
+    that takes 1 s: two are served (one on the connection, one pending), eight overflow at
+    once - Envoy answers those 503 with x-envoy-overloaded, sail raises
+    UpstreamOverflowError. A first call opens the upstream connection, so that the burst
+    does not race its connect (while it connects, Envoy holds the first request as pending
+    and overflows the second: nine, on a loaded machine)."""
     cluster = {"circuit_breakers": {"thresholds": [
         {"max_connections": 1, "max_pending_requests": 1, "max_requests": 100}
     ]}}
     config = routes()
-    flaky.mode("a", "slow", delay=1)
 
     async def burst(client: httpx.AsyncClient, url: str) -> list[Any]:
-        return await asyncio.gather(
-            *(client.get(url) for _ in range(10)), return_exceptions=True
-        )
+        (await client.get(url)).raise_for_status()  # the upstream connection, kept alive
+        flaky.mode("a", "slow", delay=1)
+        try:
+            return await asyncio.gather(
+                *(client.get(url) for _ in range(10)), return_exceptions=True
+            )
+        finally:
+            flaky.mode("a", "ok")
 
     with run_envoy(tmp_path / "envoy", config, flaky.endpoints("a"), cluster) as envoy:
         async def via_envoy() -> list[Any]:
