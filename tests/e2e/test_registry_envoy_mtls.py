@@ -6,6 +6,7 @@ through: it refuses the TLS cluster rather than send plaintext."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,32 @@ def envoy_with(registry: RunningRegistry, listener_port: int, workdir: Path,
     )
 
 
+@contextlib.contextmanager
+def strict_reviews(registry: RunningRegistry, app: Any) -> Iterator[None]:
+    """A sail HTTP server of `reviews` running `app`, with a certificate from the
+    registry's CA, serving once its Listener says STRICT."""
+    port = free_port()
+    mesh = sail.Mesh.from_bootstrap(
+        bootstrap(registry, "reviews"), join_token=token(registry, "reviews"),
+        registrar=RemoteRegistrar([registry.address], TOKEN),
+    )
+    try:
+        assert mesh.wait_identity(20) is not None
+        with mesh.http_server(mesh.service("reviews", port=port)(app), port=port,
+                              xds=True) as server:
+            wait_until(lambda: server.mode == "STRICT", timeout=20)
+            yield
+    finally:
+        mesh.close()
+
+
 def test_envoy_calls_a_strict_sail_server_over_mtls(
     running: tuple[RunningRegistry, int], tmp_path: Path
 ) -> None:
     registry, listener_port = running
-    port = free_port()
-    server_mesh = sail.Mesh.from_bootstrap(
-        bootstrap(registry, "reviews"), join_token=token(registry, "reviews"),
-        registrar=RemoteRegistrar([registry.address], TOKEN),
-    )
     envoy: Envoy | None = None
     try:
-        assert server_mesh.wait_identity(20) is not None
-        app = server_mesh.service("reviews", port=port)(echo_peer)
-        with server_mesh.http_server(app, port=port, xds=True) as server:
-            wait_until(lambda: server.mode == "STRICT", timeout=20)
+        with strict_reviews(registry, echo_peer):
             certs = sail_cert(registry, "productpage", tmp_path / "certs")
             envoy = envoy_with(registry, listener_port, tmp_path / "envoy",
                                {"SAIL_CERT_DIR": str(certs)})
@@ -80,30 +92,21 @@ def test_envoy_calls_a_strict_sail_server_over_mtls(
     finally:
         if envoy is not None:
             envoy.stop()
-        server_mesh.close()
 
 
 def test_an_envoy_without_certificates_sends_nothing_in_plaintext(
     running: tuple[RunningRegistry, int], tmp_path: Path
 ) -> None:
     registry, listener_port = running
-    port = free_port()
-    server_mesh = sail.Mesh.from_bootstrap(
-        bootstrap(registry, "reviews"), join_token=token(registry, "reviews"),
-        registrar=RemoteRegistrar([registry.address], TOKEN),
-    )
+    hits: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hits.append(scope["type"])
+        await echo_peer(scope, receive, send)
+
     envoy: Envoy | None = None
     try:
-        assert server_mesh.wait_identity(20) is not None
-        hits: list[str] = []
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            hits.append(scope["type"])
-            await echo_peer(scope, receive, send)
-
-        service = server_mesh.service("reviews", port=port)(app)
-        with server_mesh.http_server(service, port=port, xds=True) as server:
-            wait_until(lambda: server.mode == "STRICT", timeout=20)
+        with strict_reviews(registry, app):
             envoy = envoy_with(registry, listener_port, tmp_path / "envoy", {})
             # Envoy refuses the TLS cluster it cannot serve (a NACK naming it)...
             wait_until(lambda: any(
@@ -117,7 +120,6 @@ def test_an_envoy_without_certificates_sends_nothing_in_plaintext(
     finally:
         if envoy is not None:
             envoy.stop()
-        server_mesh.close()
 
 
 def test_a_sail_client_calls_an_envoy_sidecar_over_mtls(

@@ -202,13 +202,11 @@ def test_bad_tls_channel_creds_are_refused_naming_the_field(
         })
 
 
-def test_a_workload_enrolls_on_the_enrollment_port_then_joins_over_mtls(
+def enrolling_registry(
     mesh_ca: CertificateAuthority, tmp_path: Path
-) -> None:
-    """A registry that requires client certificates, with an enrollment port beside it:
-    `sail cert` gets a first certificate there with a join token (TLS, no client
-    certificate), and a mesh whose A65 credentials are those files then gets its config
-    over mTLS. The mTLS port itself gives nothing to a caller without a certificate."""
+) -> tuple[RunningRegistry, Path]:
+    """A registry whose CA is `mesh_ca`, requiring client certificates of it on its port,
+    with an enrollment port beside it; and the CA file of its serving certificate."""
     chain, key, server_ca = serving_certificate(tmp_path / "control-plane")
     ca_cert, ca_key = tmp_path / "mesh-ca.pem", tmp_path / "mesh-ca.key"
     ca_cert.write_text(mesh_ca.trust_bundle)
@@ -217,6 +215,17 @@ def test_a_workload_enrolls_on_the_enrollment_port_then_joins_over_mtls(
         serialization.NoEncryption()))
     registry = RunningRegistry(trust_domain=TD, ca_cert=ca_cert, ca_key=ca_key,
                                tls=(chain, key, ca_cert), enroll_address="127.0.0.1:0")
+    return registry, server_ca
+
+
+def test_a_workload_enrolls_on_the_enrollment_port_then_joins_over_mtls(
+    mesh_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A registry that requires client certificates, with an enrollment port beside it:
+    `sail cert` gets a first certificate there with a join token (TLS, no client
+    certificate), and a mesh whose A65 credentials are those files then gets its config
+    over mTLS. The mTLS port itself gives nothing to a caller without a certificate."""
+    registry, server_ca = enrolling_registry(mesh_ca, tmp_path)
     try:
         enroll = f"127.0.0.1:{registry.registry.enroll_port}"
         out = tmp_path / "certs"
@@ -265,14 +274,7 @@ def test_a_mesh_enrolls_with_a_join_token_then_dials_the_mtls_registry_with_it(
     `ca_address`) and presents it, from memory, to the mTLS registry for its config (A65
     `tls` credentials without certificate files: the workload's own, when the registry
     asks for one)."""
-    chain, key, server_ca = serving_certificate(tmp_path / "control-plane")
-    ca_cert, ca_key = tmp_path / "mesh-ca.pem", tmp_path / "mesh-ca.key"
-    ca_cert.write_text(mesh_ca.trust_bundle)
-    ca_key.write_bytes(mesh_ca.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    registry = RunningRegistry(trust_domain=TD, ca_cert=ca_cert, ca_key=ca_key,
-                               tls=(chain, key, ca_cert), enroll_address="127.0.0.1:0")
+    registry, server_ca = enrolling_registry(mesh_ca, tmp_path)
     try:
         token = _join_token(registry, tmp_path, server_ca)
         enroll = f"127.0.0.1:{registry.registry.enroll_port}"
